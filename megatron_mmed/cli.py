@@ -1,0 +1,62 @@
+"""The ``mmed`` console entry point: one subcommand per pipeline arrow, each a thin wrapper.
+
+Every command module in ``megatron_mmed.commands`` exposes ``HELP``, ``add_arguments(parser)`` and
+``run(args) -> int``; heavy imports (torch, megatron) happen inside ``run`` so ``mmed --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from megatron_mmed.common.config import ConfigError
+from megatron_mmed.common.errors import UserError
+
+#: subcommand -> module (in pipeline order).
+COMMANDS: dict[str, str] = {
+    "prep": "megatron_mmed.commands.prep",
+    "dedup": "megatron_mmed.commands.dedup",
+    "decontam": "megatron_mmed.commands.decontam",
+    "tokenize": "megatron_mmed.commands.tokenize",
+    "pipeline": "megatron_mmed.commands.pipeline",
+    "train": "megatron_mmed.commands.train",
+    "demo": "megatron_mmed.commands.demo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmed",
+        description="megatron-mmed: build multilingual medical LMs (MMedC -> MMedLM -> MMedBench)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, modname in COMMANDS.items():
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name == modname:  # command not built yet
+                continue
+            raise
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (UserError, ConfigError) as e:
+        print(f"mmed {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mmed {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Thin CLI wrappers, one module per ``mmed`` subcommand (see ``megatron_mmed.cli``)."""

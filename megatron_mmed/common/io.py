@@ -1,0 +1,146 @@
+"""I/O helpers shared by the stages: zstd JSONL records, atomic files, completion markers."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from megatron_mmed.common.errors import UserError
+
+ZSTD_LEVEL = 3
+
+
+def dumps(record: dict[str, Any]) -> str:
+    """One JSON line (UTF-8, no ASCII escaping)."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+class JsonlZstWriter:
+    """Streams records into ``path`` (``.jsonl.zst``) through a temp file renamed on ``close()``.
+
+    A crash leaves only ``*.tmp`` files, never a truncated final file. Nothing is created when no record
+    is written, unless ``create_empty`` is set.
+    """
+
+    def __init__(self, path: str | Path, create_empty: bool = False, level: int = ZSTD_LEVEL):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.count = 0
+        self._level = level
+        self._fh = None
+        self._stream = None
+        if create_empty:
+            self._open()
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.tmp, "wb")  # noqa: SIM115 (closed in close()/abort())
+        cctx = zstandard.ZstdCompressor(level=self._level)
+        self._stream = io.TextIOWrapper(cctx.stream_writer(self._fh, closefd=False), encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._stream is None:
+            self._open()
+        self._stream.write(dumps(record))
+        self._stream.write("\n")
+        self.count += 1
+
+    def close(self) -> None:
+        if self._stream is None:
+            return
+        self._stream.flush()
+        self._stream.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self.tmp, self.path)
+        self._stream = None
+
+    def abort(self) -> None:
+        if self._stream is not None:
+            try:
+                self._stream.close()
+                self._fh.close()
+            finally:
+                self.tmp.unlink(missing_ok=True)
+                self._stream = None
+
+    def __enter__(self) -> JsonlZstWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_jsonl_zst(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
+    with JsonlZstWriter(path, create_empty=True) as w:
+        for r in records:
+            w.write(r)
+        return w.count
+
+
+def read_jsonl_zst(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Records of one ``.jsonl.zst`` file, streamed."""
+    with open(path, "rb") as fh:
+        dctx = zstandard.ZstdDecompressor()
+        with io.TextIOWrapper(dctx.stream_reader(fh), encoding="utf-8") as text:
+            for line in text:
+                if line.strip():
+                    yield json.loads(line)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False) + "\n")
+
+
+def ensure_writable_dir(path: str | Path) -> Path:
+    """Create ``path`` (and parents) or raise ``UserError`` when it cannot be written."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output directory is not writable: {path} ({e.strerror or e})") from None
+    return path
+
+
+class DoneMarkers:
+    """Per-shard completion markers under ``root/.done/``: a rerun skips what is done."""
+
+    def __init__(self, root: str | Path, stage: str):
+        self.dir = Path(root) / ".done" / stage
+
+    def path(self, shard_id: str) -> Path:
+        return self.dir / f"{shard_id}.json"
+
+    def is_done(self, shard_id: str) -> bool:
+        return self.path(shard_id).is_file()
+
+    def mark(self, shard_id: str, payload: dict[str, Any]) -> None:
+        atomic_write_json(self.path(shard_id), payload)
+
+    def read(self, shard_id: str) -> dict[str, Any]:
+        return json.loads(self.path(shard_id).read_text(encoding="utf-8"))
