@@ -37,9 +37,6 @@ class IngestConfig:
     id_field: str = "id"
     #: plain JSONL files are cut into shards of about this many bytes (at line boundaries)
     shard_bytes: int = 128 * 2**20
-    #: documents longer than this (characters, or bytes before decoding) are rejected as quality:max_length
-    #: before any other work, so one 50 MB document cannot stall a worker
-    max_chars: int = 1_000_000
     #: trust a record's ``lang`` field (when it is one of the configured languages) instead of detecting
     trust_lang_field: bool = False
     parquet_batch_rows: int = 1024
@@ -49,8 +46,6 @@ class IngestConfig:
             raise ConfigError("ingest.text_field must not be empty")
         if self.shard_bytes < 1024:
             raise ConfigError(f"ingest.shard_bytes must be >= 1024, got {self.shard_bytes}")
-        if self.max_chars < 1:
-            raise ConfigError(f"ingest.max_chars must be positive, got {self.max_chars}")
         if self.parquet_batch_rows < 1:
             raise ConfigError("ingest.parquet_batch_rows must be positive")
 
@@ -245,17 +240,13 @@ def _record_to_doc(obj: object, uid: str, source: str, cfg: IngestConfig, raw: s
     return Doc(id=doc_id, text=text, source=src, lang=lang if isinstance(lang, str) else None)
 
 
-def _iter_jsonl(shard: Shard, cfg: IngestConfig) -> Iterator[Doc | BadRecord]:
+def _iter_jsonl(shard: Shard, cfg: IngestConfig, max_bytes: int) -> Iterator[Doc | BadRecord]:
     line_no = shard.first_line - 1
-    max_bytes = cfg.max_chars * 4
     for raw in _open_lines(shard):
         line_no += 1
         uid = f"{shard.name}:{line_no}"
         if not raw.strip():
             yield BadRecord(uid, "empty", "blank line", shard.name)
-            continue
-        if len(raw) > max_bytes:
-            yield BadRecord(uid, "quality:max_length", f"line of {len(raw)} bytes > {max_bytes}", shard.name)
             continue
         text = _decode(raw.rstrip(b"\r\n"), uid, shard.name)
         if isinstance(text, BadRecord):
@@ -266,10 +257,16 @@ def _iter_jsonl(shard: Shard, cfg: IngestConfig) -> Iterator[Doc | BadRecord]:
         except json.JSONDecodeError as e:
             yield BadRecord(uid, "parse", f"malformed JSON: {e.msg} at column {e.colno}", shard.name, text)
             continue
-        yield _record_to_doc(obj, uid, shard.name, cfg, text)
+        doc = _record_to_doc(obj, uid, shard.name, cfg, text)
+        if isinstance(doc, Doc) and len(raw) > max_bytes:
+            # parsed only to keep its id; the text is neither cleaned nor stored
+            doc = BadRecord(
+                doc.id, "quality:max_length", f"line of {len(raw)} bytes > {max_bytes}", doc.source
+            )
+        yield doc
 
 
-def _iter_parquet(shard: Shard, cfg: IngestConfig) -> Iterator[Doc | BadRecord]:
+def _iter_parquet(shard: Shard, cfg: IngestConfig, max_bytes: int) -> Iterator[Doc | BadRecord]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(shard.path)
@@ -287,18 +284,22 @@ def _iter_parquet(shard: Shard, cfg: IngestConfig) -> Iterator[Doc | BadRecord]:
             yield _record_to_doc(obj, f"{shard.name}:{row}", shard.name, cfg, "")
 
 
-def _text_doc(raw: bytes, uid: str, source: str, cfg: IngestConfig) -> Doc | BadRecord:
-    if len(raw) > cfg.max_chars * 4:
-        return BadRecord(uid, "quality:max_length", f"{len(raw)} bytes > {cfg.max_chars * 4}", source)
+def _text_doc(raw: bytes, uid: str, source: str, max_bytes: int) -> Doc | BadRecord:
+    if len(raw) > max_bytes:
+        return BadRecord(uid, "quality:max_length", f"{len(raw)} bytes > {max_bytes}", source)
     text = _decode(raw, uid, source)
     return text if isinstance(text, BadRecord) else Doc(id=uid, text=text, source=source)
 
 
-def _iter_txt(shard: Shard, cfg: IngestConfig) -> Iterator[Doc | BadRecord]:
-    yield _text_doc(Path(shard.path).read_bytes(), shard.name, shard.name, cfg)
+def _iter_txt(shard: Shard, cfg: IngestConfig, max_bytes: int) -> Iterator[Doc | BadRecord]:
+    size = Path(shard.path).stat().st_size
+    if size > max_bytes:
+        yield BadRecord(shard.name, "quality:max_length", f"{size} bytes > {max_bytes}", shard.name)
+        return
+    yield _text_doc(Path(shard.path).read_bytes(), shard.name, shard.name, max_bytes)
 
 
-def _iter_zip(shard: Shard, cfg: IngestConfig) -> Iterator[Doc | BadRecord]:
+def _iter_zip(shard: Shard, cfg: IngestConfig, max_bytes: int) -> Iterator[Doc | BadRecord]:
     with zipfile.ZipFile(shard.path) as zf:
         for info in sorted(zf.infolist(), key=lambda i: i.filename):
             if info.is_dir():
@@ -307,9 +308,9 @@ def _iter_zip(shard: Shard, cfg: IngestConfig) -> Iterator[Doc | BadRecord]:
             if not info.filename.lower().endswith(".txt"):
                 yield BadRecord(uid, "parse", "unsupported archive member (only .txt is read)", shard.name)
                 continue
-            if info.file_size > cfg.max_chars * 4:
+            if info.file_size > max_bytes:
                 yield BadRecord(
-                    uid, "quality:max_length", f"{info.file_size} bytes > {cfg.max_chars * 4}", shard.name
+                    uid, "quality:max_length", f"{info.file_size} bytes > {max_bytes}", shard.name
                 )
                 continue
             try:
@@ -317,7 +318,7 @@ def _iter_zip(shard: Shard, cfg: IngestConfig) -> Iterator[Doc | BadRecord]:
             except (zipfile.BadZipFile, OSError, EOFError) as e:
                 yield BadRecord(uid, "unreadable", f"cannot read archive member: {e}", shard.name)
                 continue
-            yield _text_doc(raw, uid, shard.name, cfg)
+            yield _text_doc(raw, uid, shard.name, max_bytes)
 
 
 READERS = {
@@ -330,11 +331,16 @@ READERS = {
 }
 
 
-def read_shard(shard: Shard, cfg: IngestConfig) -> Iterator[Doc | BadRecord]:
-    """Documents and bad records of one shard. A file that breaks mid-way yields an ``unreadable`` record."""
+def read_shard(shard: Shard, cfg: IngestConfig, max_chars: int | None = None) -> Iterator[Doc | BadRecord]:
+    """Documents and bad records of one shard. A file that breaks mid-way yields an ``unreadable`` record.
+
+    Inputs of more than ``4 * max_chars`` bytes (UTF-8 needs at most 4 bytes a character) are rejected as
+    ``quality:max_length`` before decoding, so a single 50 MB document cannot stall a worker.
+    """
+    max_bytes = 4 * max_chars if max_chars else 1 << 62
     produced = 0
     try:
-        for item in READERS[shard.kind](shard, cfg):
+        for item in READERS[shard.kind](shard, cfg, max_bytes):
             produced += 1
             yield item
     except (OSError, EOFError, zipfile.BadZipFile, zstandard.ZstdError, ValueError) as e:

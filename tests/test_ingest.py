@@ -20,11 +20,11 @@ from preprocessing.ingest import BadRecord, IngestConfig, discover, plan_shards,
 CFG = IngestConfig()
 
 
-def _read_all(paths, cfg=CFG):
+def _read_all(paths, cfg=CFG, max_chars=None):
     files, skipped = discover(paths)
     out = []
     for shard in plan_shards(files, cfg):
-        out.extend(read_shard(shard, cfg))
+        out.extend(read_shard(shard, cfg, max_chars))
     return out, skipped
 
 
@@ -100,7 +100,7 @@ def test_bad_lines_become_records(tmp_path: Path):
         b'{"id": "big", "text": "' + b"x" * 5000 + b'"}',
     ]
     p.write_bytes(b"\n".join(lines) + b"\n")
-    items, _ = _read_all([p], IngestConfig(max_chars=1000))
+    items, _ = _read_all([p], max_chars=1000)
     got = [(i.id, i.reason if isinstance(i, BadRecord) else "doc") for i in items]
     assert got == [
         ("ok", "doc"),
@@ -111,7 +111,7 @@ def test_bad_lines_become_records(tmp_path: Path):
         ("bad.jsonl:6", "encoding"),
         ("bad.jsonl:7", "encoding"),
         ("bad.jsonl:8", "empty"),
-        ("bad.jsonl:9", "quality:max_length"),
+        ("big", "quality:max_length"),
     ]
     assert "caf\\xe9" in items[5].raw  # quarantined with its bytes visible, not silently lost
 

@@ -1,0 +1,98 @@
+"""Shared building blocks: typed configs with overrides, zstd JSONL writer read-back, markers, CLI errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from megatron_mmed.cli import main
+from megatron_mmed.common.config import ConfigError, load_config, replace_with, save_config, to_dict
+from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, read_jsonl_zst, write_jsonl_zst
+
+
+@dataclass(frozen=True)
+class Inner:
+    lr: float = 1e-3
+    mode: Literal["a", "b"] = "a"
+    langs: tuple[str, ...] = ("en", "zh")
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError("inner.lr must be positive")
+
+
+@dataclass(frozen=True)
+class Outer:
+    inner: Inner = field(default_factory=Inner)
+    steps: int = 10
+    name: str | None = None
+
+
+def test_yaml_overrides_and_roundtrip(tmp_path: Path):
+    y = tmp_path / "c.yaml"
+    y.write_text("steps: 5\ninner:\n  mode: b\n")
+    cfg = load_config(Outer, y, ["inner.lr=0.5", "name=run1", "inner.langs=[ja]"])
+    assert cfg == Outer(Inner(lr=0.5, mode="b", langs=("ja",)), steps=5, name="run1")
+    saved = save_config(cfg, tmp_path / "out" / "config.yaml")
+    assert load_config(Outer, saved) == cfg
+    assert replace_with(cfg, ["steps=7"]).steps == 7
+    assert to_dict(cfg)["inner"]["langs"] == ["ja"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["inner.lrr=1"], "unknown config key.*inner.lrr"),
+        (["steps=many"], "steps: expected an integer"),
+        (["inner.mode=c"], "inner.mode: 'c' is not one of"),
+        (["inner.lr=-1"], "inner.lr must be positive"),
+        (["steps"], "must look like key.path=value"),
+        (["steps.x=1"], "steps: expected an integer"),
+    ],
+)
+def test_config_errors_are_clear(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(Outer, None, overrides)
+
+
+def test_missing_and_bad_yaml(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Outer, tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(Outer, bad)
+
+
+def test_jsonl_zst_writer_read_back_and_abort(tmp_path: Path):
+    recs = [{"id": str(i), "text": "中文 текст é " * i} for i in range(100)]
+    assert write_jsonl_zst(tmp_path / "a.jsonl.zst", recs) == 100
+    assert list(read_jsonl_zst(tmp_path / "a.jsonl.zst")) == recs
+    w = JsonlZstWriter(tmp_path / "b.jsonl.zst")
+    w.write(recs[0])
+    w.abort()
+    assert not (tmp_path / "b.jsonl.zst").exists() and not list(tmp_path.glob("b*.tmp"))
+    with JsonlZstWriter(tmp_path / "c.jsonl.zst"):
+        pass  # nothing written: no file
+    assert not (tmp_path / "c.jsonl.zst").exists()
+
+
+def test_done_markers(tmp_path: Path):
+    m = DoneMarkers(tmp_path, "stage")
+    assert not m.is_done("00001")
+    m.mark("00001", {"n": 3})
+    assert m.is_done("00001") and m.read("00001") == {"n": 3}
+
+
+def test_cli_user_errors_exit_2(tmp_path: Path, capsys):
+    rc = main(
+        ["prep", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o"), "--no-progress"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "input path does not exist" in err and "Traceback" not in err
+    rc = main(["prep", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "nosuch.key=1"])
+    assert rc == 2 and "unknown config key" in capsys.readouterr().err
