@@ -1,0 +1,192 @@
+"""``mmed pipeline``: prep -> dedup -> decontam -> tokenize in one command, one folder per stage.
+
+::
+
+    OUT/config.yaml        the PipelineConfig (every stage's config inside)
+    OUT/prep/ OUT/dedup/ OUT/decontam/   stage folders (same layout, see preprocessing.layout)
+    OUT/tokenizer/         a SentencePiece model trained on the data, only when no tokenizer is given
+    OUT/tok/               <lang>_text_document.{bin,idx} + blend.json
+    OUT/pipeline.json      what ran, per-stage document counts, seconds
+
+Every stage resumes from its own completion markers, so rerunning the same command after a crash redoes
+only unfinished work.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from megatron_mmed.common.config import ConfigError, save_config
+from megatron_mmed.common.errors import UserError
+from megatron_mmed.common.io import atomic_write_json, ensure_writable_dir
+from megatron_mmed.common.progress import console
+from preprocessing.decontam import DecontamConfig, run_decontam
+from preprocessing.dedup.config import DedupConfig
+from preprocessing.dedup.run import run_dedup
+from preprocessing.layout import iter_kept
+from preprocessing.prep import PrepConfig, run_prep
+from preprocessing.tokenization import TokenizeConfig, run_tokenize
+
+STAGES: tuple[str, ...] = ("prep", "dedup", "decontam", "tokenize")
+
+
+@dataclass(frozen=True)
+class SentencePieceConfig:
+    """The small tokenizer trained when ``tokenizer`` is empty (demo, smoke tests; real runs use InternLM2's)."""
+
+    vocab_size: int = 2000
+    model_type: str = "unigram"
+    character_coverage: float = 0.9995
+    max_sentences: int = 200_000
+
+    def validate(self) -> None:
+        if self.vocab_size < 100:
+            raise ConfigError(f"sentencepiece.vocab_size must be >= 100, got {self.vocab_size}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The whole preprocessing chain; ``configs/prep/*.yaml`` are recipes of this."""
+
+    inputs: tuple[str, ...] = ()
+    output: str = ""
+    #: MMedBench-schema QA folder for decontamination (``<Language>.jsonl`` or ``Test/<Language>.jsonl``)
+    benchmark: str = ""
+    #: SentencePiece ``.model`` or HF ``tokenizer.json``; empty: train a small SentencePiece model on the data
+    tokenizer: str = ""
+    stages: tuple[str, ...] = STAGES
+    #: worker processes for every stage (overrides the stages' own ``workers`` when set)
+    workers: int | None = None
+    prep: PrepConfig = field(default_factory=PrepConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    decontam: DecontamConfig = field(default_factory=DecontamConfig)
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    sentencepiece: SentencePieceConfig = field(default_factory=SentencePieceConfig)
+
+    def validate(self) -> None:
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ConfigError(f"stages: unknown {unknown} (choose from {list(STAGES)})")
+        order = [STAGES.index(s) for s in self.stages]
+        if order != sorted(order) or len(set(order)) != len(order):
+            raise ConfigError(f"stages must be a subsequence of {list(STAGES)}, got {list(self.stages)}")
+        if not self.output:
+            raise ConfigError("output is required (the pipeline's root folder)")
+        if "prep" in self.stages and not self.inputs:
+            raise ConfigError("inputs is required when the prep stage runs")
+        if "decontam" in self.stages and not self.benchmark:
+            raise ConfigError("benchmark (an MMedBench-schema QA folder) is required for the decontam stage")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+
+
+def train_sentencepiece(data_dir: Path, out_dir: Path, cfg: SentencePieceConfig) -> Path:
+    """Train a SentencePiece model on the kept documents of ``data_dir``; returns ``out_dir/tokenizer.model``."""
+    import sentencepiece as spm
+
+    model = out_dir / "tokenizer.model"
+    if model.is_file():
+        return model
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = out_dir / "train.txt"
+    n = 0
+    with open(text, "w", encoding="utf-8") as fh:
+        for rec in iter_kept(data_dir):
+            for line in rec["text"].splitlines():
+                if line.strip() and n < cfg.max_sentences:
+                    fh.write(line.strip() + "\n")
+                    n += 1
+    if n == 0:
+        raise UserError(f"no text to train a tokenizer on in {data_dir} (every document was filtered out?)")
+    tmp_prefix = out_dir / "tokenizer.tmp"
+    spm.SentencePieceTrainer.train(
+        input=str(text),
+        model_prefix=str(tmp_prefix),
+        vocab_size=cfg.vocab_size,
+        model_type=cfg.model_type,
+        character_coverage=cfg.character_coverage,
+        hard_vocab_limit=False,
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=-1,
+        byte_fallback=True,
+        num_threads=1,
+        minloglevel=2,
+    )
+    Path(f"{tmp_prefix}.vocab").replace(out_dir / "tokenizer.vocab")
+    Path(f"{tmp_prefix}.model").replace(model)
+    text.unlink()
+    return model
+
+
+def _with_workers(cfg: PipelineConfig) -> PipelineConfig:
+    if cfg.workers is None:
+        return cfg
+    w = cfg.workers
+    return replace(
+        cfg,
+        prep=replace(cfg.prep, workers=w),
+        decontam=replace(cfg.decontam, workers=w),
+        tokenize=replace(cfg.tokenize, workers=w),
+    )
+
+
+def run_pipeline(cfg: PipelineConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Run the configured stages in order; returns the summary also written to ``OUT/pipeline.json``."""
+    cfg = _with_workers(cfg)
+    root = ensure_writable_dir(cfg.output)
+    save_config(cfg, root / "config.yaml")
+    dirs = {s: root / ("tok" if s == "tokenize" else s) for s in STAGES}
+    summary: dict[str, Any] = {"stages": {}, "dirs": {s: str(d) for s, d in dirs.items()}}
+    prev: Path | None = None
+    for stage in STAGES:
+        if stage not in cfg.stages:
+            if (dirs[stage] / "report.json").is_file():
+                prev = dirs[stage]  # a later stage may start from an earlier run's output
+            continue
+        t0 = time.time()
+        console.rule(f"[bold]{stage}")
+        if stage == "prep":
+            res = run_prep(list(cfg.inputs), dirs[stage], cfg.prep, show_progress=show_progress)
+            info = res.report["totals"]
+        else:
+            if prev is None:
+                raise UserError(f"stage {stage} needs the output of the stage before it (run it first)")
+            if stage == "dedup":
+                workers = cfg.workers or 1
+                run_dedup(
+                    prev,
+                    dirs[stage],
+                    cfg.dedup,
+                    workers=workers,
+                    show_progress=show_progress,
+                    log=console.print,
+                )
+                info = _totals(dirs[stage])
+            elif stage == "decontam":
+                res = run_decontam(
+                    prev, cfg.benchmark, dirs[stage], cfg.decontam, show_progress=show_progress
+                )
+                info = res.report["totals"]
+            else:
+                tokenizer = cfg.tokenizer or str(
+                    train_sentencepiece(prev, root / "tokenizer", cfg.sentencepiece)
+                )
+                res = run_tokenize(prev, tokenizer, dirs[stage], cfg.tokenize, show_progress=show_progress)
+                info = _totals(dirs[stage])
+                summary["tokenizer"] = tokenizer
+        summary["stages"][stage] = {"seconds": round(time.time() - t0, 2), **info}
+        prev = dirs[stage]
+    atomic_write_json(root / "pipeline.json", summary)
+    return summary
+
+
+def _totals(stage_dir: Path) -> dict[str, Any]:
+    import json
+
+    rep = json.loads((stage_dir / "report.json").read_text(encoding="utf-8"))
+    return rep.get("totals", {})

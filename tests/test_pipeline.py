@@ -1,0 +1,97 @@
+"""`mmed pipeline` / `mmed demo` on the embedded sample: every stage runs and removes exactly what it should."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_mmed.common.config import ConfigError, load_config
+from megatron_mmed.demo import DEMO_RECIPE, SAMPLE
+from preprocessing.document import LANGS
+from preprocessing.layout import iter_kept, iter_rejected
+from preprocessing.pipeline import PipelineConfig
+
+MMED = [sys.executable, "-m", "megatron_mmed.cli"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    res = subprocess.run(
+        [*MMED, "demo", "--output", str(out), "--no-progress"], capture_output=True, text=True, timeout=900
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "mmed demo" in res.stderr
+    return out
+
+
+def _sample_ids(domain: str | None = None) -> set[str]:
+    ids = set()
+    for lang in LANGS:
+        for line in (SAMPLE / "raw" / f"{lang}.jsonl").read_text(encoding="utf-8").splitlines():
+            r = json.loads(line)
+            if domain is None or r.get("domain") == domain:
+                ids.add(r["id"])
+    return ids
+
+
+def test_demo_stages(demo_run: Path):
+    data = demo_run / "data"
+    summary = json.loads((data / "pipeline.json").read_text())
+    assert list(summary["stages"]) == ["prep", "dedup", "decontam", "tokenize"]
+    prep_kept = {r["id"] for r in iter_kept(data / "prep")}
+    assert prep_kept == _sample_ids("medical")  # every medical sample doc kept, every general one dropped
+    prep_rej = {r["id"]: r["reason"] for r in iter_rejected(data / "prep")}
+    assert {prep_rej[i] for i in ("other-de-1", "other-ko-1", "other-pt-1")} == {"lang"}
+    dup = {r["id"]: r for r in iter_rejected(data / "dedup")}
+    kept_ids = {r["kept_id"] for r in dup.values()}
+    for lang in LANGS:
+        assert dup[f"{lang}-med-dup-001"]["reason"] == "dup:exact"
+        near = [r for r in dup.values() if r["lang"] == lang and r["reason"] == "dup:near"]
+        assert len(near) == 2
+        for k in ("001", "002"):  # each near copy is the removed one, or the one kept in its place (longer)
+            assert f"{lang}-med-near-{k}" in set(dup) | kept_ids
+    assert len(dup) == 3 * len(LANGS)
+    contam = {r["id"]: r for r in iter_rejected(data / "decontam")}
+    assert set(contam) == {f"{lang}-med-contam-001" for lang in LANGS}
+    assert all(r["reason"] == "contaminated" and r["matches"] for r in contam.values())
+    blend = json.loads((data / "tok" / "blend.json").read_text())
+    assert blend
+    for lang in LANGS:
+        assert (data / "tok" / f"{lang}_text_document.bin").stat().st_size > 0
+        assert (data / "tok" / f"{lang}_text_document.idx").is_file()
+    assert (data / "tokenizer" / "tokenizer.model").is_file()
+    for stage in ("prep", "dedup", "decontam", "tok"):
+        assert (data / stage / "config.yaml").is_file() and (data / stage / "report.json").is_file()
+    chain = json.loads((data / "tok" / "report.json").read_text())["chain"]
+    assert [c["stage"] for c in chain] == ["prep", "dedup", "decontam"]
+
+
+def test_demo_rerun_resumes(demo_run: Path):
+    before = {p: p.read_bytes() for p in (demo_run / "data").rglob("*.zst")}
+    res = subprocess.run(
+        [*MMED, "demo", "--output", str(demo_run), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed" in res.stderr or "already complete" in res.stderr
+    assert {p: p.read_bytes() for p in (demo_run / "data").rglob("*.zst")} == before
+
+
+def test_pipeline_config_validation(tmp_path: Path):
+    with pytest.raises(ConfigError, match="benchmark"):
+        load_config(PipelineConfig, DEMO_RECIPE, [f"output={tmp_path}", "inputs=[x]"])
+    with pytest.raises(ConfigError, match="subsequence"):
+        load_config(
+            PipelineConfig,
+            DEMO_RECIPE,
+            [f"output={tmp_path}", "inputs=[x]", "benchmark=q", "stages=[dedup,prep]"],
+        )
+    for recipe in sorted((Path(DEMO_RECIPE).parent).glob("*.yaml")):  # every shipped recipe parses
+        load_config(PipelineConfig, recipe, [f"output={tmp_path}", "inputs=[x]", "benchmark=q"])
