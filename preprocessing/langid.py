@@ -49,47 +49,26 @@ _MIN_KANA_SHARE = 0.02
 _URL_RE = re.compile(r"(?:https?://|www\.)\S+|\S+@\S+\.\w+", re.IGNORECASE)
 
 
-def _is_han(cp: int) -> bool:
-    return (
-        0x4E00 <= cp <= 0x9FFF  # CJK Unified Ideographs
-        or 0x3400 <= cp <= 0x4DBF  # Extension A
-        or 0xF900 <= cp <= 0xFAFF  # Compatibility Ideographs
-        or 0x20000 <= cp <= 0x3134F  # Extensions B..G
-        or cp == 0x3005  # 々 iteration mark (Japanese, but counts with kanji)
-    )
-
-
-def _is_kana(cp: int) -> bool:
-    # U+30FB (・) and U+30FC (ー) are left out: they appear in Chinese text as punctuation too.
-    return (
-        0x3041 <= cp <= 0x309F or 0x30A1 <= cp <= 0x30FA or 0x31F0 <= cp <= 0x31FF or 0xFF66 <= cp <= 0xFF9D
-    )
+_HAN = "\u3005\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"  # 々 counts with kanji
+# U+30FB (・) and U+30FC (ー) are left out: they appear in Chinese text as punctuation too.
+_KANA = "\u3041-\u3096\u309d-\u309f\u30a1-\u30fa\u31f0-\u31ff\uff66-\uff9d"
+_HAN_RE = re.compile(f"[{_HAN}]")
+_KANA_RE = re.compile(f"[{_KANA}]")
+#: a run of letters that are neither Han nor kana (a Latin/Cyrillic/... word)
+_OTHER_RUN_RE = re.compile(f"[^\\W\\d_{_HAN}{_KANA}]+")
 
 
 def script_counts(text: str) -> tuple[int, int, int]:
     """``(units, han, kana)`` of ``text``: units are Han/kana characters plus runs of other letters.
 
     Counting a Latin/Cyrillic word as one unit (not one per letter) keeps lab values such as
-    "AST 78U/L, ALT 62U/L" from outweighing the Japanese or Chinese around them.
+    "AST 78U/L, ALT 62U/L" from outweighing the Japanese or Chinese around them. Regex counts, not a Python
+    loop over characters: this runs on every document.
     """
-    units = han = kana = 0
-    in_run = False
-    for ch in text:
-        if not ch.isalpha():
-            in_run = False
-            continue
-        cp = ord(ch)
-        if cp >= 0x3000 and _is_han(cp):
-            han += 1
-        elif cp >= 0x3000 and _is_kana(cp):
-            kana += 1
-        else:
-            if not in_run:
-                units += 1
-                in_run = True
-            continue
-        in_run = False
-    return units + han + kana, han, kana
+    han = len(_HAN_RE.findall(text))
+    kana = len(_KANA_RE.findall(text))
+    runs = len(_OTHER_RUN_RE.findall(text))
+    return runs + han + kana, han, kana
 
 
 @dataclass(frozen=True)
