@@ -1,0 +1,276 @@
+"""What ``mmed tokenize`` leaves beside its binaries: the blend training reads (``OUT/blend.json``, ``blend.yaml``)
+and the report (``report.json|md``, token histograms), both computed from the written ``.idx`` files.
+
+Sampling weights by temperature over token counts, as multilingual pretraining does: p_i ∝ m_i · n_i^(1/T)
+(T = 1: proportional to tokens; larger T flattens towards uniform), with optional per-language multipliers
+m_i. Schema (``format: megatron-mmed.blend/1``)::
+
+    {"format": "megatron-mmed.blend/1",
+     "root": "/abs/TOK",                      # the folder holding the .bin/.idx files
+     "temperature": 1.0, "multipliers": {"en": 1.0, ...},
+     "tokenizer": {"kind", "path", "vocab_size", "eod_id", "bos_id", "dtype"},
+     "datasets": [{"lang": "en", "prefix": "/abs/TOK/en_text_document", "name": "en_text_document",
+                   "tokens": 123, "documents": 45, "multiplier": 1.0, "weight": 0.31}, ...],
+     "blend": [["/abs/TOK/en_text_document", ...], [0.31, ...]]}
+
+``prefix`` is absolute (path without ``.bin``/``.idx``) so megatron-core's ``BlendedMegatronDatasetConfig(blend=
+tuple(data["blend"]))`` takes it as is; ``name`` is the same prefix relative to ``root`` for a moved folder
+(``read_blend`` falls back to it). ``tokens`` counts the appended EOD too. Weights sum to 1; a language whose
+multiplier is 0 stays in ``datasets`` with weight 0 and is left out of ``blend``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from megatron_mmed.common.config import ConfigError
+from megatron_mmed.common.errors import UserError
+from megatron_mmed.common.io import atomic_write_json, atomic_write_text
+from preprocessing.document import LANGS
+from preprocessing.layout import StageStats, write_stage_report
+
+FORMAT = "megatron-mmed.blend/1"
+BLEND_JSON = "blend.json"
+BLEND_YAML = "blend.yaml"
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    """Temperature sampling over token counts, with per-language multipliers (``blend.weights.ru=2``)."""
+
+    temperature: float = 1.0
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ConfigError(f"blend.temperature must be a positive number, got {self.temperature}")
+        for lang, w in self.weights.items():
+            if lang not in LANGS:
+                raise ConfigError(f"blend.weights.{lang}: unknown language (one of {', '.join(LANGS)})")
+            if not (w >= 0 and math.isfinite(w)):
+                raise ConfigError(f"blend.weights.{lang} must be >= 0, got {w}")
+
+
+def temperature_weights(
+    tokens: dict[str, int], temperature: float, multipliers: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Normalised p_i ∝ m_i · n_i^(1/T), computed in log space (no overflow for small T)."""
+    multipliers = multipliers or {}
+    logs = {}
+    for lang, n in tokens.items():
+        m = multipliers.get(lang, 1.0)
+        if n > 0 and m > 0:
+            logs[lang] = math.log(m) + math.log(n) / temperature
+    if not logs:
+        raise UserError("no dataset has a positive sampling weight (all empty or multiplier 0)")
+    top = max(logs.values())
+    raw = {lang: math.exp(v - top) for lang, v in logs.items()}
+    total = sum(raw.values())
+    return {lang: raw.get(lang, 0.0) / total for lang in tokens}
+
+
+def _lang_order(lang: str) -> tuple[int, str]:
+    return (LANGS.index(lang) if lang in LANGS else len(LANGS), lang)
+
+
+def build_blend(
+    root: str | Path, counts: dict[str, dict[str, int]], cfg: BlendConfig, tokenizer: dict[str, Any]
+) -> dict[str, Any]:
+    """The blend document for ``counts`` = ``{lang: {"tokens": n, "documents": d}}`` under ``root``."""
+    root = Path(root).resolve()
+    langs = sorted((lang for lang, c in counts.items() if c["documents"] > 0), key=_lang_order)
+    weights = temperature_weights(
+        {lang: counts[lang]["tokens"] for lang in langs}, cfg.temperature, cfg.weights
+    )
+    datasets = []
+    for lang in langs:
+        name = f"{lang}_text_document"
+        datasets.append(
+            {
+                "lang": lang,
+                "prefix": str(root / name),
+                "name": name,
+                "tokens": int(counts[lang]["tokens"]),
+                "documents": int(counts[lang]["documents"]),
+                "multiplier": float(cfg.weights.get(lang, 1.0)),
+                "weight": weights[lang],
+            }
+        )
+    used = [d for d in datasets if d["weight"] > 0]
+    return {
+        "format": FORMAT,
+        "root": str(root),
+        "temperature": cfg.temperature,
+        "multipliers": {d["lang"]: d["multiplier"] for d in datasets},
+        "tokenizer": tokenizer,
+        "datasets": datasets,
+        "blend": [[d["prefix"] for d in used], [d["weight"] for d in used]],
+    }
+
+
+def write_blend(out_dir: str | Path, blend: dict[str, Any]) -> Path:
+    """Write ``blend.json`` and the same content as ``blend.yaml``."""
+    out = Path(out_dir)
+    atomic_write_text(out / BLEND_YAML, yaml.safe_dump(blend, sort_keys=False, allow_unicode=True))
+    return atomic_write_json(out / BLEND_JSON, blend)
+
+
+def read_blend(path: str | Path) -> tuple[list[str], list[float]]:
+    """``(prefixes, weights)`` for megatron-core's ``blend`` from a ``blend.json`` (or its folder).
+
+    A prefix whose files are gone is looked up by ``name`` next to the blend file (the folder was moved).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / BLEND_JSON
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read blend file {path}: {e}") from None
+    if data.get("format") != FORMAT:
+        raise UserError(f"{path} is not a {FORMAT} blend file")
+    prefixes, weights = [], []
+    for d in data["datasets"]:
+        if d["weight"] <= 0:
+            continue
+        prefix = d["prefix"]
+        if not Path(prefix + ".idx").is_file():
+            prefix = str(path.parent.resolve() / d["name"])
+            if not Path(prefix + ".idx").is_file():
+                raise UserError(f"{path}: dataset {d['name']} not found at {d['prefix']} or {prefix}")
+        prefixes.append(prefix)
+        weights.append(float(d["weight"]))
+    return prefixes, weights
+
+
+# ---- the tokenize report: read back from the .idx files ----
+def _length_stats(lengths: np.ndarray) -> dict[str, float]:
+    q = np.percentile(lengths, [5, 50, 95])
+    return {
+        "mean": round(float(lengths.mean()), 2),
+        "p5": float(q[0]),
+        "median": float(q[1]),
+        "p95": float(q[2]),
+        "min": int(lengths.min()),
+        "max": int(lengths.max()),
+    }
+
+
+def _histograms(path: Path, lengths: dict[str, np.ndarray]) -> None:
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(lengths)
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), dpi=100, squeeze=False)
+    for ax, (lang, lens) in zip(axes.flat, lengths.items(), strict=False):
+        bins = np.geomspace(max(1, lens.min()), max(2, lens.max()), 40)
+        ax.hist(lens, bins=bins, color="#3b75af")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_title(f"{lang}: {len(lens):,} docs, median {int(np.median(lens)):,} tokens", fontsize=9)
+        ax.set_xlabel("tokens per document (incl. EOD)", fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_tokenize_report(
+    out: Path,
+    inp: Path,
+    stats: StageStats,
+    counts: dict[str, dict[str, int]],
+    blend: dict[str, Any],
+    cfg_dict: dict[str, Any],
+) -> dict[str, Any]:
+    """``report.json`` (chained to the input's), ``report.md`` and the PNG charts, read back from the .idx files."""
+    from megatron_mmed.common.plots import bar_chart
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    lengths: dict[str, np.ndarray] = {}
+    datasets: dict[str, dict[str, Any]] = {}
+    for d in blend["datasets"]:
+        ds = IndexedDataset(d["prefix"])  # keep it alive while copying: its arrays view an mmap
+        lens = np.array(ds.sequence_lengths, dtype=np.int64)
+        del ds
+        lengths[d["lang"]] = lens
+        datasets[d["lang"]] = {
+            "documents": d["documents"],
+            "tokens": d["tokens"],
+            "weight": d["weight"],
+            "tokens_per_doc": _length_stats(lens),
+            "bin_bytes": Path(d["prefix"] + ".bin").stat().st_size,
+        }
+    plots = []
+    if lengths:
+        _histograms(out / "tokens_per_doc.png", lengths)
+        langs = list(lengths)
+        bar_chart(
+            out / "tokens_per_language.png", langs, [counts[x]["tokens"] for x in langs], "tokens", "tokens"
+        )
+        plots = ["tokens_per_doc.png", "tokens_per_language.png"]
+    report = write_stage_report(
+        out,
+        "tokenize",
+        stats,
+        input_dir=inp,
+        tokens_per_language={lang: c["tokens"] for lang, c in counts.items()},
+        datasets=datasets,
+        tokenizer=blend["tokenizer"],
+        blend={
+            "temperature": blend["temperature"],
+            "weights": {d["lang"]: d["weight"] for d in blend["datasets"]},
+        },
+        config=cfg_dict,
+        plots=plots,
+    )
+    atomic_write_text(out / "report.md", _render_md(report))
+    return report
+
+
+def _render_md(report: dict[str, Any]) -> str:
+    tk = report["tokenizer"]
+    lines = [
+        "# mmed tokenize",
+        "",
+        f"Tokenizer: {tk['kind']} `{tk['path']}` (vocabulary {tk['vocab_size']:,}, EOD {tk['eod_id']}, "
+        f"BOS {tk['bos_id']}, tokens stored as {tk['dtype']}). Blend temperature {report['blend']['temperature']}.",
+        "",
+        "| language | docs in | documents | tokens | weight | tokens/doc mean | median | p95 | rejected |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for lang, v in report["languages"].items():
+        d = report["datasets"].get(lang)
+        drops = ", ".join(f"{r} {c}" for r, c in v["drops"].items()) or "-"
+        if d is None:
+            lines.append(f"| {lang} | {v['docs_in']:,} | 0 | 0 | - | - | - | - | {drops} |")
+            continue
+        s = d["tokens_per_doc"]
+        lines.append(
+            f"| {lang} | {v['docs_in']:,} | {d['documents']:,} | {d['tokens']:,} | {d['weight']:.4f} | "
+            f"{s['mean']:,.1f} | {s['median']:,.0f} | {s['p95']:,.0f} | {drops} |"
+        )
+    lines += ["", *[f"![{p}]({p})" for p in report["plots"]]]
+    if report["chain"]:
+        lines += [
+            "",
+            "Earlier stages: " + " -> ".join(c.get("stage", "?") for c in report["chain"]) + " -> tokenize",
+        ]
+    return "\n".join(lines) + "\n"
