@@ -212,9 +212,18 @@ class PrepResult:
 
 
 def run_prep(
-    inputs: list[str | Path], out_dir: str | Path, cfg: PrepConfig, show_progress: bool = True
+    inputs: list[str | Path],
+    out_dir: str | Path,
+    cfg: PrepConfig,
+    show_progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> PrepResult:
-    """Run ``mmed prep`` over ``inputs`` into ``out_dir`` (resuming finished shards)."""
+    """Run ``mmed prep`` over ``inputs`` into ``out_dir`` (resuming finished shards).
+
+    With ``world_size > 1`` (a slurm array) this task takes shards ``rank, rank + world_size, ...``; whichever
+    task finds every shard done at its end writes the report (``report.json`` is absent until then).
+    """
     from preprocessing.prep_report import write_prep_report
 
     t0 = time.time()
@@ -228,13 +237,14 @@ def run_prep(
     shards = plan_shards(files, cfg.ingest)
     markers = DoneMarkers(out, "prep")
     pending, results = [], {}
-    for s in shards:
+    mine = [s for i, s in enumerate(shards) if i % world_size == rank]
+    for s in mine:
         if markers.is_done(s.shard_id) and markers.read(s.shard_id).get("shard") == s.describe():
             results[s.shard_id] = markers.read(s.shard_id)
         else:
             pending.append(s)
-    skipped = len(shards) - len(pending)
-    with progress_bar("prep", total=len(shards), unit="shards", enabled=show_progress) as bar:
+    skipped = len(mine) - len(pending)
+    with progress_bar("prep", total=len(mine), unit="shards", enabled=show_progress) as bar:
         bar.advance(skipped)
         if local is not None:
             for s in pending:
@@ -248,6 +258,11 @@ def run_prep(
                     results[sid] = res
                     markers.mark(sid, res)
                     bar.advance(1)
+    for s in shards:  # other array tasks' shards, when they are done
+        if s.shard_id not in results and markers.is_done(s.shard_id):
+            results[s.shard_id] = markers.read(s.shard_id)
+    if len(results) < len(shards):
+        return PrepResult(out, StageStats(), {}, len(shards), skipped, skipped_files, time.time() - t0, {})
     overall = StageStats()
     stages = {s: StageStats() for s in STAGES}
     for sid in sorted(results):

@@ -284,3 +284,19 @@ def test_cli_errors(tmp_path: Path):
         text=True,
     )
     assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_array_tasks_equal_one_run(prep_run, tmp_path: Path, monkeypatch):
+    base, _, _ = prep_run
+    out = tmp_path / "arr"
+    cfg = load_config(PrepConfig, None, ["ingest.shard_bytes=65536"])
+    first = run_prep([base / "raw"], out, cfg, show_progress=False, rank=1, world_size=2)
+    assert first.report == {} and not (out / "report.json").exists()  # the other task is not done yet
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    res = subprocess.run([*MMED, "prep", "--input", str(base / "raw"), "--output", str(out), "--no-progress",
+                          "ingest.shard_bytes=65536"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert _outputs(out) == _outputs(base / "out")
+    assert json.loads((out / "report.json").read_text())["totals"] == json.loads(
+        (base / "out" / "report.json").read_text())["totals"]

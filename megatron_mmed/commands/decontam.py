@@ -19,7 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (rerun to resume)")
     p.add_argument("--workers", type=int, help="worker processes (output is the same for any number)")
-    p.add_argument("--config", metavar="YAML", help="a DecontamConfig YAML")
+    p.add_argument(
+        "--config", metavar="YAML", help="a DecontamConfig YAML, or a pipeline recipe (its decontam: section)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. char.n=25 min_fraction=0.3"
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.workers is not None:
         overrides.append(f"workers={args.workers}")
-    cfg = load_config(DecontamConfig, args.config, overrides)
+    cfg = load_config(DecontamConfig, args.config, overrides, section="decontam")
     res = run_decontam(args.input, args.benchmark, args.output, cfg, show_progress=not args.no_progress)
     t = res.stats.to_dict()["totals"]
     removed = sum(res.contaminated_per_language.values())

@@ -19,7 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=["default", "mmedc"], help="medical filter preset (default: default)")
     p.add_argument("--keywords", metavar="FILE", help="keyword lists JSON for --preset mmedc")
     p.add_argument("--workers", type=int, help="worker processes (output is the same for any number)")
-    p.add_argument("--config", metavar="YAML", help="a PrepConfig YAML (e.g. configs/prep/default.yaml)")
+    p.add_argument(
+        "--config", metavar="YAML", help="a PrepConfig YAML, or a pipeline recipe (its prep: section)"
+    )
+    p.add_argument("--rank", type=int, help="this task's index (default: SLURM_ARRAY_TASK_ID, else 0)")
+    p.add_argument("--world-size", type=int, help="number of tasks (default: SLURM_ARRAY_TASK_COUNT, else 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. quality.enabled=false"
@@ -37,14 +41,24 @@ def config_from_args(args: argparse.Namespace):
         overrides.append(f"medical.keywords_file={args.keywords}")
     if args.workers is not None:
         overrides.append(f"workers={args.workers}")
-    return load_config(PrepConfig, args.config, overrides)
+    return load_config(PrepConfig, args.config, overrides, section="prep")
 
 
 def run(args: argparse.Namespace) -> int:
+    from megatron_mmed.common.progress import console
+    from megatron_mmed.common.slurm import array_rank_world
     from preprocessing.prep import run_prep
     from preprocessing.prep_report import print_prep_summary
 
     cfg = config_from_args(args)
-    result = run_prep(args.input, args.output, cfg, show_progress=not args.no_progress)
-    print_prep_summary(result)
+    rank, world = array_rank_world(args.rank, args.world_size)
+    result = run_prep(
+        args.input, args.output, cfg, show_progress=not args.no_progress, rank=rank, world_size=world
+    )
+    if result.report:
+        print_prep_summary(result)
+    else:
+        console.print(
+            f"mmed prep: task {rank}/{world} done; the report is written by the last task to finish"
+        )
     return 0

@@ -18,7 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (rerun to resume)")
     p.add_argument("--workers", type=int, help="worker processes (output is byte-identical for any number)")
     p.add_argument("--eod-id", type=int, help="end-of-document id (default: the tokenizer's EOS)")
-    p.add_argument("--config", metavar="YAML", help="a TokenizeConfig YAML")
+    p.add_argument(
+        "--config", metavar="YAML", help="a TokenizeConfig YAML, or a pipeline recipe (its tokenize: section)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "overrides",
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"workers={args.workers}")
     if args.eod_id is not None:
         overrides.append(f"eod_id={args.eod_id}")
-    cfg = load_config(TokenizeConfig, args.config, overrides)
+    cfg = load_config(TokenizeConfig, args.config, overrides, section="tokenize")
     res = run_tokenize(args.input, args.tokenizer, args.output, cfg, show_progress=not args.no_progress)
     drops = res.stats.to_dict()["totals"]["drops"]
     console.print(

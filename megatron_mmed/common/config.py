@@ -156,8 +156,15 @@ def validate_tree(cfg: Any) -> None:
             validate_tree(v)
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
-    """YAML file (optional) + dot-list overrides -> validated dataclass."""
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = (), section: str | None = None
+) -> T:
+    """YAML file (optional) + dot-list overrides -> validated dataclass.
+
+    With ``section``, a file whose top level has that key and is not itself a ``cls`` config (a pipeline
+    recipe such as ``configs/prep/mmedc.yaml``) contributes only that section, so every stage command can
+    read the same recipe.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -171,6 +178,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
+        names = {f.name for f in dataclasses.fields(cls)}
+        if section is not None and section in loaded and section not in names:
+            loaded = loaded[section] or {}
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{p}: section {section!r} must be a mapping")
         data = loaded
     apply_overrides(data, overrides)
     cfg = from_dict(cls, data)
