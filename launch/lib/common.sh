@@ -1,0 +1,71 @@
+# Shared helpers for the launch scripts (sourced, not run). Every knob is an environment variable; see the
+# scripts' headers. Nothing here prints secrets: WANDB_API_KEY and other *KEY*/*TOKEN* values are never echoed.
+
+mmed_die() { echo "mmed launch: error: $*" >&2; exit 2; }
+mmed_log() { echo "[mmed $(date +%H:%M:%S)] $*" >&2; }
+
+# The repository root: MMED_REPO, else (inside a batch job) the submit dir, else this file's ../..
+mmed_repo() {
+  if [[ -n "${MMED_REPO:-}" ]]; then echo "$MMED_REPO"
+  elif [[ -n "${SLURM_JOB_ID:-}" && -f "${SLURM_SUBMIT_DIR:-}/launch/lib/common.sh" ]]; then echo "$SLURM_SUBMIT_DIR"
+  else (cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+  fi
+}
+
+# The python that runs `mmed`: PYTHON, else the repo's .venv, else python3 (inside a container image).
+mmed_python() {
+  local repo=$1
+  if [[ -n "${PYTHON:-}" ]]; then echo "$PYTHON"
+  elif [[ -x "$repo/.venv/bin/python" && -z "${CONTAINER_IMAGE:-}" ]]; then echo "$repo/.venv/bin/python"
+  else echo python3
+  fi
+}
+
+# Print a command line with each argument shell-quoted (what --dry-run shows).
+mmed_show() { printf '%q ' "$@"; printf '\n'; }
+
+# First host of the allocation (the rendezvous host) and a port derived from the job id, so that two jobs
+# sharing a node never collide.
+mmed_master_addr() {
+  if [[ -n "${SLURM_JOB_NODELIST:-}" ]] && command -v scontrol >/dev/null; then
+    scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1
+  else
+    echo 127.0.0.1
+  fi
+}
+mmed_master_port() { echo $((20000 + ${SLURM_JOB_ID:-0} % 20000)); }
+
+# srun arguments for a pyxis/enroot container when CONTAINER_IMAGE is set.
+mmed_container_args() {
+  local repo=$1
+  if [[ -n "${CONTAINER_IMAGE:-}" ]]; then
+    local mounts="$repo:$repo${CONTAINER_MOUNTS:+,$CONTAINER_MOUNTS}"
+    printf '%s\n' "--container-image=$CONTAINER_IMAGE" "--container-mounts=$mounts" "--container-workdir=$repo" \
+      "--no-container-mount-home"
+  fi
+}
+
+# Environment Megatron wants on H100 clusters (exported into every task).
+mmed_gpu_env() {
+  # TP/SP communication must be issued in order with compute: one hardware queue per device.
+  export CUDA_DEVICE_MAX_CONNECTIONS=1
+  # A hung or failed collective raises instead of blocking the whole job until the time limit.
+  export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
+  # Tensor-parallel buffers are freed promptly instead of waiting for the caching allocator's streams.
+  export TORCH_NCCL_AVOID_RECORD_STREAMS=${TORCH_NCCL_AVOID_RECORD_STREAMS:-1}
+  # InfiniBand retry timeout 4.096us * 2^22: large jobs survive transient fabric hiccups.
+  export NCCL_IB_TIMEOUT=${NCCL_IB_TIMEOUT:-22}
+  # Only warnings in the logs; set NCCL_DEBUG=INFO to debug topology or hangs.
+  export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
+  # Leave SMs free for overlapped communication kernels during layernorm (Transformer Engine).
+  export NVTE_FWD_LAYERNORM_SM_MARGIN=${NVTE_FWD_LAYERNORM_SM_MARGIN:-16}
+  export NVTE_BWD_LAYERNORM_SM_MARGIN=${NVTE_BWD_LAYERNORM_SM_MARGIN:-16}
+}
+
+# W&B: offline on compute nodes (no internet there); sync later with `wandb sync` from a login node.
+mmed_wandb_env() {
+  local save=$1
+  export WANDB_MODE=${WANDB_MODE:-offline}
+  export WANDB_DIR=${WANDB_DIR:-$save/wandb}
+  if [[ -n "${WANDB_API_KEY:-}" ]]; then mmed_log "W&B: API key found in the environment (not shown)"; fi
+}

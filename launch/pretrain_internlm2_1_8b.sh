@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# InternLM2-1.8B continued pretraining on MMedC (megatron-core), one task per H100.
+#
+#   sbatch launch/pretrain_internlm2_1_8b.sh                          # header below: 1 node(s) x 8 GPUs
+#   NODES=8 DATA=/data/tok/blend.json INIT_FROM=/ckpt/internlm2-1_8b-mcore launch/pretrain_internlm2_1_8b.sh
+#   DRY_RUN=1 NODES=8 launch/pretrain_internlm2_1_8b.sh                # print commands + layout, submit nothing
+#   DEVICE=cpu TASKS_PER_NODE=2 CONFIG=configs/train/tiny_cpu.yaml OVERRIDES="data.blend=TOK/blend.json" \
+#     sbatch --wait launch/pretrain_internlm2_1_8b.sh                  # CPU smoke run (gloo)
+#
+# Default layout, chosen for 8xH100 nodes: 1.8b: fits one H100 with the distributed optimizer: pure data parallel (TP=1, PP=1) is fastest; FP8 hybrid.
+# Every knob is an environment variable: see launch/lib/pretrain.sh. On USR1 (sent 600 s before the
+# time limit) or TERM the job checkpoints, requeues itself, and resumes from SAVE/latest with no manual step.
+#SBATCH --job-name=mmed-internlm2-1_8b
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --exclusive
+#SBATCH --time=24:00:00
+#SBATCH --signal=B:USR1@600
+#SBATCH --requeue
+#SBATCH --open-mode=append
+
+MODEL_SIZE=internlm2-1_8b
+DEFAULT_CONFIG=configs/train/internlm2_1_8b.yaml
+DEFAULT_NODES=1
+DEFAULT_LAYOUT="parallel.tp=1 parallel.pp=1"
+DEFAULT_FP8=hybrid
+SCRIPT=$(realpath "$0")
+_repo=${MMED_REPO:-${SLURM_SUBMIT_DIR:-$(cd "$(dirname "$0")/.." && pwd)}}
+[[ -f "$_repo/launch/lib/pretrain.sh" ]] || { echo "mmed launch: cannot find the repo (set MMED_REPO)" >&2; exit 2; }
+source "$_repo/launch/lib/pretrain.sh" "$@"
