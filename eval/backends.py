@@ -1,0 +1,216 @@
+"""Generation and log-likelihood backends: Hugging Face transformers (batched, left-padded; CPU or GPU) and
+vLLM (imported only when chosen). Both take the same prompt strings and return raw text or log-probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from megatron_mmed.common.errors import UserError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+
+
+class Backend(Protocol):
+    """What the evaluation needs from a model."""
+
+    eos_text: tuple[str, ...]
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]: ...
+
+    def loglik(self, context: str, continuations: Sequence[str]) -> list[float]: ...
+
+
+def check_model_dir(model: str | Path) -> Path:
+    """A clear ``UserError`` for a missing folder, no config.json or no tokenizer files."""
+    path = Path(model)
+    if not path.is_dir():
+        raise UserError(f"model folder not found: {path}")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path} has no config.json (expected a Hugging Face model folder)")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(
+            f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save one next to the model"
+        )
+    return path
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, "auto")
+
+
+class HFBackend:
+    """transformers causal LM: greedy ``generate`` on left-padded batches sorted by length, batched loglik."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        batch_size: int = 16,
+        dtype: str = "auto",
+        device: str = "auto",
+        trust_remote_code: bool = False,
+        max_prompt_tokens: int = 0,
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = check_model_dir(model)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        try:
+            self.tok = AutoTokenizer.from_pretrained(
+                path, trust_remote_code=trust_remote_code, local_files_only=True
+            )
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load the tokenizer from {path}: {e}") from None
+        self.tok.padding_side = "left"
+        if self.tok.pad_token is None:
+            if self.tok.eos_token is None:
+                raise UserError(f"the tokenizer in {path} has neither a pad nor an eos token")
+            self.tok.pad_token = self.tok.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, local_files_only=True
+        ).to(self.device)
+        self.model.eval()
+        self.eos_ids = self._eos_ids()
+        self.eos_text = tuple(t for t in {self.tok.eos_token, self.tok.pad_token} if t)
+        limit = getattr(self.model.config, "max_position_embeddings", 0) or 0
+        self.max_prompt_tokens = max_prompt_tokens or limit
+        self.truncated = 0
+
+    def _eos_ids(self) -> list[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = [ids] if isinstance(ids, int) else list(ids or [])
+        if self.tok.eos_token_id is not None and self.tok.eos_token_id not in ids:
+            ids.append(self.tok.eos_token_id)
+        return ids
+
+    def _encode(self, prompts: Sequence[str], room: int) -> list[list[int]]:
+        """Token ids per prompt, left-truncated (counted) so that prompt + ``room`` fits the context."""
+        out = []
+        limit = self.max_prompt_tokens - room if self.max_prompt_tokens else 0
+        for ids in self.tok(list(prompts), add_special_tokens=True)["input_ids"]:
+            if limit > 0 and len(ids) > limit:
+                ids = ids[-limit:]
+                self.truncated += 1
+            out.append(ids)
+        return out
+
+    def _left_pad(self, seqs: Sequence[Sequence[int]]):
+        import torch
+
+        width = max(len(s) for s in seqs)
+        pad = self.tok.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in seqs], device=self.device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+        return ids, mask
+
+    def _decode(self, new_ids: Sequence[int]) -> str:
+        """Text up to and including the first EOS (kept so the parser sees real end-of-text tokens)."""
+        ids = list(new_ids)
+        for i, t in enumerate(ids):
+            if t in self.eos_ids:
+                ids = ids[: i + 1]
+                break
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        """Greedy continuations of ``prompts`` (returned in input order)."""
+        import torch
+
+        encoded = self._encode(prompts, max_new_tokens)
+        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+        outputs: list[str] = [""] * len(prompts)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            ids, mask = self._left_pad([encoded[i] for i in chunk])
+            with torch.inference_mode():
+                gen = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    do_sample=False,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=self.tok.pad_token_id,
+                    eos_token_id=self.eos_ids or None,
+                )
+            for row, i in enumerate(chunk):
+                outputs[i] = self._decode(gen[row, ids.shape[1] :].tolist())
+        return outputs
+
+    def loglik(self, context: str, continuations: Sequence[str]) -> list[float]:
+        """Sum of log-probabilities of each continuation's tokens after ``context`` (one batched forward)."""
+        import torch
+
+        ctx = self._encode([context], room=8)[0]
+        conts = [self.tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        seqs = [ctx + c for c in conts]
+        width = max(len(s) for s in seqs)
+        pad = self.tok.pad_token_id
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=self.device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=self.device)
+        with torch.inference_mode():
+            logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        scores = []
+        for row, c in enumerate(conts):
+            pos = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(c), device=self.device)
+            tgt = torch.tensor(c, device=self.device)
+            scores.append(float(logp[row, pos, tgt].sum()))
+        return scores
+
+
+class VLLMBackend:
+    """vLLM engine with the same prompts; needs ``pip install vllm`` on a GPU machine (optional extra)."""
+
+    def __init__(
+        self, model: str | Path, dtype: str = "auto", trust_remote_code: bool = False, **engine: Any
+    ):
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise UserError(
+                "backend 'vllm' needs the vllm package (pip install vllm on a GPU machine)"
+            ) from None
+        path = check_model_dir(model)
+        self.llm = LLM(model=str(path), dtype=dtype, trust_remote_code=trust_remote_code, **engine)
+        self.tok = self.llm.get_tokenizer()
+        self.eos_text = tuple(t for t in {self.tok.eos_token} if t)
+        self.truncated = 0
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=False)
+        return [o.outputs[0].text for o in self.llm.generate(list(prompts), params, use_tqdm=False)]
+
+    def loglik(self, context: str, continuations: Sequence[str]) -> list[float]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        ctx = self.tok(context)["input_ids"]
+        conts = [self.tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
+        outs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=ctx + c) for c in conts], params, use_tqdm=False
+        )
+        scores = []
+        for o, c in zip(outs, conts, strict=True):
+            lp = o.prompt_logprobs[len(ctx) :]
+            scores.append(sum(step[t].logprob for step, t in zip(lp, c, strict=True)))
+        return scores
+
+
+def make_backend(kind: str, model: str | Path, **kw: Any) -> Backend:
+    """``"hf"`` or ``"vllm"`` backend for ``model``."""
+    if kind == "hf":
+        return HFBackend(model, **kw)
+    if kind == "vllm":
+        return VLLMBackend(
+            model, dtype=kw.get("dtype", "auto"), trust_remote_code=kw.get("trust_remote_code", False)
+        )
+    raise UserError(f"unknown backend {kind!r} (hf or vllm)")

@@ -1,0 +1,249 @@
+"""End to end on a tiny random Llama (built here, no downloads): both modes, all outputs, resume, the CLI,
+``eval score`` agreeing with the live run, batched generation equal to one-at-a-time, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from eval.backends import HFBackend
+from eval.data import LANGUAGES
+from eval.metrics import bertscore
+from eval.run import EvalConfig, run_mmedbench
+from eval.scoring import score_predictions
+from eval.tiny import build_tiny_model
+from megatron_mmed.cli import main
+from megatron_mmed.common.config import ConfigError
+from megatron_mmed.common.errors import UserError
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, shared_data):
+    texts = []
+    for f in sorted((shared_data / "qa").glob("*.jsonl")):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            texts.append(rec["question"] + " " + " ".join(rec["options"].values()) + " " + rec["rationale"])
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), texts, vocab_size=1500)
+
+
+@pytest.fixture(scope="module")
+def small_qa(tmp_path_factory, shared_data):
+    """The first 2 real items of every language (a tmp copy, so a full run stays tiny)."""
+    folder = tmp_path_factory.mktemp("qa")
+    for f in sorted((shared_data / "qa").glob("*.jsonl")):
+        (folder / f.name).write_text(
+            "".join(f.read_text(encoding="utf-8").splitlines(True)[:2]), encoding="utf-8"
+        )
+    return folder
+
+
+def _cfg(tiny_model, shared_data, out, **kw):
+    base = dict(model=str(tiny_model), data=str(shared_data / "qa"), out=str(out), limit=2, max_new_tokens=4,
+                batch_size=4)  # fmt: skip
+    return EvalConfig.from_mapping({**base, **kw})
+
+
+def _lines(path):
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_generate_via_cli_writes_everything_and_score_agrees(tiny_model, small_qa, tmp_path, capsys):
+    out = tmp_path / "gen"
+    rc = main(["eval", "mmedbench", "--model", str(tiny_model), "--data", str(small_qa), "--out",
+               str(out), "--max-new-tokens", "4", "--batch-size", "4", "--no-progress"])  # fmt: skip
+    assert rc == 0
+    assert "MMedLM 2-7B (paper)" in capsys.readouterr().err
+    for name in ("predictions.jsonl", "results.json", "results.md", "results.png", "config.yaml"):
+        assert (out / name).is_file(), name
+    preds = _lines(out / "predictions.jsonl")
+    assert len(preds) == 12 and {p["language"] for p in preds} == set(LANGUAGES)
+    for p in preds:
+        assert {"language", "index", "id", "prompt", "output", "parsed", "correct"} <= set(p)
+        assert "Let's solve this step-by-step" in p["prompt"]
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["mode"] == "generate" and res["run"]["generated"] == 12
+    assert "Spanish" in res["rationale"] and res["rationale"]["Spanish"]["n"] == 2  # Spanish has rationales
+    rescored = score_predictions(small_qa, out / "predictions.jsonl", tmp_path / "rescored")
+    assert rescored["accuracy"] == res["accuracy"] and rescored["counts"] == res["counts"]
+    assert rescored["rationale"]["Spanish"] == res["rationale"]["Spanish"]
+
+
+def test_loglik_mode_and_score_agrees(tiny_model, shared_data, tmp_path):
+    cfg = _cfg(tiny_model, shared_data, tmp_path / "ll", mode="loglik", limit=4, languages=["ja", "fr", "ru"])
+    # with --limit the live run scores the first 4 items; `eval score` against the full files counts the
+    # other 76 as missing (wrong), so its accuracy on predicted items must equal the live accuracy
+    res = run_mmedbench(cfg, progress=False)
+    preds = _lines(tmp_path / "ll" / "predictions.jsonl")
+    assert len(preds) == 12
+    gold = {
+        lang: [
+            json.loads(x)["answer_idx"].split(",")
+            for x in (shared_data / "qa" / f"{lang}.jsonl").read_text().splitlines()
+        ]
+        for lang in ("Japanese", "French", "Russian")
+    }
+    right = {lang: 0 for lang in gold}
+    for p in preds:
+        k = len(gold[p["language"]][p["index"]])  # documented rule: top-k letters, k = number of gold answers
+        top = sorted(sorted(p["logprobs"], key=lambda x: -p["logprobs"][x])[:k])
+        assert p["parsed"] == ",".join(top)
+        right[p["language"]] += top == sorted(gold[p["language"]][p["index"]])
+    assert res["accuracy"] == {lang: pytest.approx(r / 4) for lang, r in right.items()}
+    assert res["rationale"] == {}
+    assert "Answer:" in preds[0]["prompt"] and "step-by-step" not in preds[0]["prompt"]
+    rescored = score_predictions(shared_data / "qa", tmp_path / "ll" / "predictions.jsonl")
+    for lang, c in rescored["counts"].items():
+        assert c["missing"] == 76 and c["accuracy_on_predicted"] == pytest.approx(res["accuracy"][lang])
+        assert rescored["accuracy"][lang] == pytest.approx(res["accuracy"][lang] * 4 / 80)
+
+
+def test_resume_after_interruption(tiny_model, shared_data, tmp_path):
+    kw = dict(languages=["English", "Russian"], limit=3)
+    full = run_mmedbench(_cfg(tiny_model, shared_data, tmp_path / "full", **kw), progress=False)
+    full_preds = {
+        (p["language"], p["index"]): p["output"] for p in _lines(tmp_path / "full" / "predictions.jsonl")
+    }
+    # simulate a kill: the first chunk's 2 lines survive, the third is torn mid-write
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copy(tmp_path / "full" / "config.yaml", part / "config.yaml")
+    lines = (tmp_path / "full" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    (part / "predictions.jsonl").write_text(
+        lines[0] + "\n" + lines[1] + "\n" + lines[2][:40], encoding="utf-8"
+    )
+    res = run_mmedbench(_cfg(tiny_model, shared_data, part, **kw), progress=False)
+    assert (
+        res["run"]["generated"] == 4
+        and res["run"]["resumed"] == 2
+        and res["run"]["stale_records_dropped"] == 1
+    )
+    again = {(p["language"], p["index"]): p["output"] for p in _lines(part / "predictions.jsonl")}
+    assert again == full_preds  # greedy: the resumed run reproduces the uninterrupted one
+    assert res["accuracy"] == full["accuracy"]
+    done = run_mmedbench(_cfg(tiny_model, shared_data, part, **kw), progress=False)
+    assert done["run"]["generated"] == 0 and done["run"]["resumed"] == 6
+    # a changed question (same language and index) is redone, not silently reused
+    data = tmp_path / "data"
+    data.mkdir()
+    for lang in ("English", "Russian"):
+        lines = (shared_data / "qa" / f"{lang}.jsonl").read_text(encoding="utf-8").splitlines(True)
+        if lang == "Russian":
+            rec = json.loads(lines[1])
+            lines[1] = (
+                json.dumps({**rec, "question": rec["question"] + " (edited)"}, ensure_ascii=False) + "\n"
+            )
+        (data / f"{lang}.jsonl").write_text("".join(lines), encoding="utf-8")
+    edited = run_mmedbench(_cfg(tiny_model, shared_data, part, data=str(data), **kw), progress=False)
+    assert edited["run"]["generated"] == 1 and edited["run"]["stale_records_dropped"] == 1
+    with pytest.raises(UserError, match="different mode"):
+        run_mmedbench(_cfg(tiny_model, shared_data, part, mode="loglik", **kw), progress=False)
+
+
+def test_batched_left_padded_generation_equals_one_at_a_time(tiny_model, shared_data):
+    texts = [
+        json.loads(x)["question"] for x in (shared_data / "qa" / "Chinese.jsonl").read_text().splitlines()[:3]
+    ]
+    texts += [
+        json.loads(x)["question"] for x in (shared_data / "qa" / "English.jsonl").read_text().splitlines()[:3]
+    ]
+    backend = HFBackend(tiny_model, batch_size=6)
+    batched = backend.generate(texts, max_new_tokens=6)
+    single = [backend.generate([t], max_new_tokens=6)[0] for t in texts]
+    assert batched == single
+    assert len({len(backend.tok(t)["input_ids"]) for t in texts}) > 1  # the batch really needed padding
+
+
+def test_bad_items_do_not_crash_a_run(tiny_model, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    good = {"question": "Fever?", "options": {"A": "да", "B": "нет"}, "answer_idx": "A", "rationale": ""}
+    lines = [good, {**good, "answer_idx": "C"}, {**good, "options": {}}, good]
+    (data / "Russian.jsonl").write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
+    res = run_mmedbench(_cfg(tiny_model, tmp_path, tmp_path / "o", data=str(data), limit=0), progress=False)
+    assert res["counts"]["Russian"]["items"] == 2 and res["counts"]["Russian"]["bad_items"] == 2
+    assert [b["index"] for b in res["bad_items"]["Russian"]] == [1, 2]
+
+
+def test_model_folder_without_tokenizer(tiny_model, shared_data, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model / name, bare / name)
+    with pytest.raises(UserError, match="has no tokenizer"):
+        run_mmedbench(_cfg(bare, shared_data, tmp_path / "o"), progress=False)
+    rc = main(["eval", "mmedbench", "--model", str(tmp_path / "missing"), "--data", str(shared_data / "qa"),
+               "--out", str(tmp_path / "o2")])  # fmt: skip
+    assert rc == 2 and "model folder not found" in capsys.readouterr().err
+    rc = main(["eval", "mmedbench", "--model", str(tiny_model), "--data", str(shared_data / "qa")])
+    assert rc == 2 and "missing --out" in capsys.readouterr().err
+
+
+def test_bertscore_with_a_local_model(tiny_model):
+    same = bertscore(["el paciente tiene fiebre"], ["el paciente tiene fiebre"], str(tiny_model))
+    assert same["bertscore_f1"] == pytest.approx(100.0, abs=1e-3)
+    other = bertscore(["el paciente tiene fiebre"], ["咳嗽和发热"], str(tiny_model))
+    assert other["bertscore_f1"] < 99.0
+
+
+@pytest.mark.gpu
+def test_vllm_backend_matches_prompt_and_parsing(tiny_model, shared_data, tmp_path):
+    pytest.importorskip("vllm")
+    res = run_mmedbench(
+        _cfg(tiny_model, shared_data, tmp_path / "v", backend="vllm", mode="loglik"), progress=False
+    )
+    hf = run_mmedbench(
+        _cfg(tiny_model, shared_data, tmp_path / "h", mode="loglik", device="cuda"), progress=False
+    )
+    assert res["counts"].keys() == hf["counts"].keys()
+    assert res["average"] == pytest.approx(hf["average"], abs=0.2)
+
+
+def test_config_validation():
+    base = {"model": "m", "data": "d", "out": "o"}
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+        EvalConfig.from_mapping({**base, "batch_size": 0})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        EvalConfig.from_mapping({**base, "temperature": 0.7})
+    with pytest.raises(ConfigError, match="not one of"):
+        EvalConfig.from_mapping({**base, "mode": "sample"})
+    with pytest.raises(ConfigError, match="model must be set"):
+        EvalConfig.from_mapping({**base, "model": ""})
+
+
+def test_cli_yaml_config_few_shot_from_train(tiny_model, shared_data, tmp_path):
+    data = tmp_path / "bench"
+    for split in ("Test", "Train"):
+        (data / split).mkdir(parents=True)
+        lines = (shared_data / "qa" / "Russian.jsonl").read_text(encoding="utf-8").splitlines(True)
+        (data / split / "Russian.jsonl").write_text("".join(lines[:2] if split == "Test" else lines[40:]))
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"model: {tiny_model}\ndata: {data}\nmode: loglik\nshots: 2\nlanguages: [ru]\n")
+    out = tmp_path / "o"
+    assert (
+        main(["eval", "mmedbench", "--config", str(cfg), "--out", str(out), "--no-progress", "seed=7"]) == 0
+    )
+    preds = _lines(out / "predictions.jsonl")
+    assert len(preds) == 2 and all(
+        p["prompt"].count("Question:") == 3 for p in preds
+    )  # 2 shots + the question
+    assert (
+        preds[0]["prompt"].split("Question:")[1:3] == preds[1]["prompt"].split("Question:")[1:3]
+    )  # fixed shots
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["shots"] == 2 and res["config"]["seed"] == 7 and res["config"]["languages"] == ["ru"]
+
+
+def test_wandb_requested_but_missing(tiny_model, small_qa, tmp_path):
+    try:
+        import wandb  # noqa: F401
+
+        pytest.skip("wandb is installed here")
+    except ImportError:
+        pass
+    cfg = _cfg(tiny_model, small_qa, tmp_path / "o", data=str(small_qa), wandb_project="mmed")
+    with pytest.raises(UserError, match="wandb package is not installed"):
+        run_mmedbench(cfg, progress=False)
+    assert not (tmp_path / "o").exists()  # refused before any work, not after a long run
