@@ -1,0 +1,348 @@
+"""megatron-core ``torch_dist`` checkpoints: write the ``checkpoint.init_from`` format, read any TP/PP save.
+
+Writing builds the TP=1 ``GPTModel`` (no random init), copies the converted tensors in layer by layer and saves
+it with :func:`megatron_mmed.training.checkpoint.save_weights`, so the result is exactly what ``mmed train``'s
+``load_weights`` reads, at any TP/PP. Reading needs no model and no process group: each tensor of each layer
+is read alone from the checkpoint's global tensors, so the TP/PP layout it was saved at does not matter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from conversion.arch import Arch
+from conversion.layouts import checkpoint_key
+from megatron_mmed.common.config import to_dict
+from megatron_mmed.common.errors import UserError
+from megatron_mmed.models.internlm2 import ModelPreset
+
+MODEL_CONFIG = "model_config.yaml"
+MODEL_CONFIG_FORMAT = "megatron-mmed.converted-model/1"
+EMBEDDING = "embedding.word_embeddings.weight"
+OUTPUT = "output_layer.weight"
+
+
+# --- a one-process megatron-core session ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def mcore_session(seed: int = 1234) -> Iterator[bool]:
+    """A TP=1/PP=1 megatron-core context on this process (gloo, CPU shim without CUDA); yields on_cpu."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    from megatron_mmed.training.cpu_shim import cpu_shim
+    from megatron_mmed.training.dist import _free_port
+
+    with cpu_shim() as on_cpu:
+        own_group = not torch.distributed.is_initialized()
+        if own_group:
+            backend = "gloo" if on_cpu else "nccl"
+            init = f"tcp://127.0.0.1:{_free_port()}"
+            torch.distributed.init_process_group(backend, init_method=init, rank=0, world_size=1)
+        own_mp = not ps.model_parallel_is_initialized()
+        if own_mp:
+            ps.initialize_model_parallel()
+        model_parallel_cuda_manual_seed(seed, force_reset_rng=True)
+        try:
+            yield on_cpu
+        finally:
+            if own_mp:
+                ps.destroy_model_parallel()
+            if own_group:
+                torch.distributed.destroy_process_group()
+
+
+def build_model(arch: Arch, padded_vocab: int, dtype: torch.dtype, on_cpu: bool = True):
+    """The TP=1 megatron-core ``GPTModel`` of ``arch`` (local spec, parameters left uninitialised)."""
+    from megatron_mmed.models.builder import build_gpt_model, transformer_config
+
+    preset = arch.to_preset("converted", "conversion")
+    cfg = transformer_config(
+        preset,
+        params_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu_initialization=on_cpu,
+        perform_initialization=False,
+    )
+    model = build_gpt_model(preset, cfg, padded_vocab, arch.max_position_embeddings, spec="local")
+    return model if on_cpu else model.cuda()
+
+
+# --- writing ------------------------------------------------------------------------------------------------
+
+
+def write_mcore(
+    tensors: Iterable[tuple[str, torch.Tensor]], arch: Arch, padded_vocab: int, dtype: torch.dtype, out: Path
+) -> None:
+    """Save ``(mcore name, tensor)`` pairs as a weights-only torch_dist checkpoint in ``out`` (an empty dir).
+
+    The content is ``{"model": gpt_model.sharded_state_dict()}``, what ``training.checkpoint.save_weights``
+    writes and ``load_weights`` reads.
+    """
+    from megatron.core import dist_checkpointing
+
+    with mcore_session():
+        model = build_model(arch, padded_vocab, dtype)
+        params = dict(model.named_parameters())
+        seen = set()
+        with torch.no_grad():
+            for name, t in tensors:
+                dest = params[name]
+                if name in (EMBEDDING, OUTPUT):
+                    dest[: arch.vocab_size].copy_(t)
+                    dest[arch.vocab_size :].zero_()
+                else:
+                    dest.copy_(t)
+                seen.add(name)
+                del t
+        left = sorted(set(params) - seen)
+        if left:
+            raise RuntimeError(f"megatron-core parameters never filled: {left[:10]}")
+        sharded = {"model": model.sharded_state_dict()}
+        _own_storage_for_views(sharded, params)
+        del params
+        dist_checkpointing.save(sharded, str(out))
+        del model, sharded
+
+
+def _own_storage_for_views(sharded: dict, params: dict[str, torch.Tensor]) -> None:
+    """Give views (SwiGLU's gate/up halves of ``linear_fc1``) their own storage, freeing the parameter.
+
+    torch_dist's writer clones every CPU view before writing anything, which for all layers' ``linear_fc1``
+    is a third of the model at once. Cloning one parameter's views and then releasing that parameter keeps
+    the peak at one model plus one layer.
+    """
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories
+
+    apply_factories(sharded)
+    by_storage: dict[int, list] = {}
+    for sh in nested_values(sharded):
+        if not isinstance(sh, ShardedTensor) or sh.data is None:
+            continue
+        if sh.data.untyped_storage().nbytes() != sh.data.numel() * sh.data.element_size():
+            by_storage.setdefault(sh.data.untyped_storage().data_ptr(), []).append(sh)
+    owners = {p.untyped_storage().data_ptr(): p for p in params.values()}
+    for ptr, shards in by_storage.items():
+        for sh in shards:
+            sh.data = sh.data.detach().clone()
+        if ptr in owners:
+            owners[ptr].data = torch.empty(0, dtype=owners[ptr].dtype)
+
+
+def write_model_config(out: Path, arch: Arch, name: str, padded_vocab: int, source: dict[str, Any]) -> Path:
+    """``DIR/model_config.yaml``: the ``ModelPreset`` a converted checkpoint implies, for ``mmed train``."""
+    doc = {
+        "format": MODEL_CONFIG_FORMAT,
+        "preset": to_dict(arch.to_preset(name, f"converted from {source.get('hf', '?')}")),
+        "padded_vocab_size": padded_vocab,
+        "rope_scaling": arch.rope_scaling,
+        "token_ids": dict(arch.token_ids),
+        "source": source,
+    }
+    path = out / MODEL_CONFIG
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def read_model_config(path: str | Path) -> tuple[ModelPreset, Arch, dict[str, Any]]:
+    """``(preset, arch, document)`` of a ``model_config.yaml`` written by ``mmed convert hf-to-mcore``."""
+    path = Path(path)
+    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if doc.get("format") != MODEL_CONFIG_FORMAT:
+        raise UserError(f"{path}: not a {MODEL_CONFIG_FORMAT} file")
+    preset = ModelPreset(**doc["preset"])
+    arch = Arch.from_preset(
+        preset, rope_scaling=doc.get("rope_scaling"), token_ids=doc.get("token_ids") or {}
+    )
+    return preset, arch, doc
+
+
+# --- reading ------------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(path: str | Path, iteration: int | None = None) -> Path:
+    """The torch_dist dir of a run dir (``latest`` or ``--iteration N``), an ``iter_*`` dir or a weights dir."""
+    from megatron_mmed.training.checkpoint import iter_dir_name, latest_checkpoint
+
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"--ckpt {p}: not a directory")
+    if iteration is not None:
+        p = p / iter_dir_name(iteration)
+        if not p.is_dir():
+            found = sorted(d.name for d in Path(path).glob("iter_*") if d.is_dir())
+            raise UserError(
+                f"{path}: no checkpoint for iteration {iteration} (found: {', '.join(found) or 'none'})"
+            )
+    elif (p / "latest").is_file():
+        p = latest_checkpoint(p)  # type: ignore[assignment]
+    if not (p / "metadata.json").is_file() or not (p / ".metadata").is_file():
+        raise UserError(f"{p}: not a torch_dist checkpoint (no metadata.json / .metadata)")
+    return p
+
+
+class _SlicePlanner:  # built lazily: torch.distributed.checkpoint imports are heavy
+    cls: Any = None
+
+    @classmethod
+    def make(cls, offsets: dict[str, tuple[int, ...]]):
+        if cls.cls is None:
+            from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+            from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+            from torch.distributed.checkpoint.planner import LoadPlan
+            from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
+
+            class SlicePlanner(DefaultLoadPlanner):
+                """Reads one chunk (e.g. one layer) of each requested global tensor into a plain buffer."""
+
+                def __init__(self, offsets):
+                    super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
+                    self.offsets = offsets
+
+                def create_local_plan(self):
+                    reqs = []
+                    for fqn, buf in self.state_dict.items():
+                        chunk = ChunkStorageMetadata(offsets=torch.Size(self.offsets[fqn]), sizes=buf.size())
+                        reqs += create_read_items_for_chunk_list(
+                            fqn, self.metadata.state_dict_metadata[fqn], [chunk]
+                        )
+                    return LoadPlan(reqs)
+
+                def lookup_tensor(self, index):
+                    return self.state_dict[index.fqn]
+
+            cls.cls = SlicePlanner
+        return cls.cls(offsets)
+
+
+@dataclass
+class McoreCheckpoint:
+    """A torch_dist checkpoint opened for reading one tensor (of one layer) at a time."""
+
+    path: Path
+    shapes: dict[str, tuple[int, ...]]  # checkpoint key -> global shape
+    dtypes: dict[str, torch.dtype]
+
+    @classmethod
+    def open(cls, path: Path) -> McoreCheckpoint:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+        md = dcp.FileSystemReader(str(path)).read_metadata()
+        shapes, dtypes = {}, {}
+        for key, m in md.state_dict_metadata.items():
+            if isinstance(m, TensorStorageMetadata):
+                shapes[key] = tuple(m.size)
+                dtypes[key] = m.properties.dtype
+        return cls(path=path, shapes=shapes, dtypes=dtypes)
+
+    def shape_of(self, mcore_name: str) -> tuple[int, ...]:
+        key, layer = checkpoint_key(mcore_name)
+        if key not in self.shapes:
+            raise UserError(f"{self.path}: checkpoint has no tensor {key!r} (needed for {mcore_name})")
+        return self.shapes[key][1:] if layer is not None else self.shapes[key]
+
+    def get(self, mcore_name: str) -> torch.Tensor:
+        """One tensor (one layer's slice of a stacked ``decoder.layers.*`` tensor), read from disk alone."""
+        import torch.distributed.checkpoint as dcp
+
+        key, layer = checkpoint_key(mcore_name)
+        shape = self.shape_of(mcore_name)
+        if layer is not None:
+            buf = torch.empty((1, *shape), dtype=self.dtypes[key])
+            offsets = (layer,) + (0,) * len(shape)
+        else:
+            buf = torch.empty(shape, dtype=self.dtypes[key])
+            offsets = (0,) * len(shape)
+        dcp.load(
+            {key: buf},
+            storage_reader=dcp.FileSystemReader(str(self.path)),
+            planner=_SlicePlanner.make({key: offsets}),
+            no_dist=True,
+        )
+        return buf[0] if layer is not None else buf
+
+    @property
+    def padded_vocab(self) -> int:
+        return self.shapes[EMBEDDING][0]
+
+    def check_arch(self, arch: Arch, what: str) -> None:
+        """Refuse a checkpoint whose tensors do not have the shapes ``arch`` implies (a different preset)."""
+        h, L = arch.hidden_size, arch.num_layers
+        expected = {
+            "decoder.layers.self_attention.linear_qkv.weight": (L, arch.qkv_rows, h),
+            "decoder.layers.self_attention.linear_proj.weight": (L, h, arch.num_heads * arch.head_dim),
+            "decoder.layers.mlp.linear_fc1.weight": (L, 2 * arch.ffn_hidden_size, h),
+            "decoder.layers.mlp.linear_fc2.weight": (L, h, arch.ffn_hidden_size),
+            "decoder.final_layernorm.weight": (h,),
+        }
+        bad = [
+            f"{k}: checkpoint {self.shapes.get(k)} vs {v}"
+            for k, v in expected.items()
+            if self.shapes.get(k) != v
+        ]
+        for key in (EMBEDDING, OUTPUT):
+            shape = self.shapes.get(key)
+            if shape is None or shape[1] != h or shape[0] < arch.vocab_size:
+                bad.append(
+                    f"{key}: checkpoint {shape} vs ({arch.vocab_size}+padding, {h}) (see --vocab-size)"
+                )
+        if bad:
+            raise UserError(f"{self.path}: the checkpoint does not match {what}: " + "; ".join(bad))
+
+
+def checkpoint_arch(ckpt: Path, vocab_size: int | None = None) -> tuple[Arch, str, dict[str, Any]]:
+    """The architecture of a checkpoint: its ``model_config.yaml`` (converted) or the run's ``config.yaml``.
+
+    Returns ``(arch, name, extras)``; ``extras`` may hold ``init_from`` (where the run started, whose
+    ``model_config.yaml`` carries rope_scaling and token ids) and the blend's tokenizer.
+    """
+    for d in (ckpt, ckpt.parent):
+        if (d / MODEL_CONFIG).is_file():
+            preset, arch, doc = read_model_config(d / MODEL_CONFIG)
+            return arch, preset.name, {"source": doc.get("source", {}), "init_from": str(d)}
+    for d in (ckpt, ckpt.parent):
+        if (d / "config.yaml").is_file():
+            return _arch_from_train_config(d / "config.yaml", vocab_size)
+    raise UserError(
+        f"{ckpt}: neither {MODEL_CONFIG} (converted) nor config.yaml (training run) found beside it"
+    )
+
+
+def _arch_from_train_config(path: Path, vocab_size: int | None) -> tuple[Arch, str, dict[str, Any]]:
+    from megatron_mmed.common.config import load_config
+    from megatron_mmed.training.config import TrainConfig
+    from megatron_mmed.training.data import blend_vocab_size
+
+    cfg = load_config(TrainConfig, path)
+    extras: dict[str, Any] = {}
+    vocab = vocab_size or cfg.model.vocab_size
+    blend = cfg.data.blend
+    if blend and Path(blend).is_file():
+        import json
+
+        extras["tokenizer"] = (
+            json.loads(Path(blend).read_text(encoding="utf-8")).get("tokenizer") or {}
+        ).get("path")
+        vocab = vocab or blend_vocab_size(blend)
+    base = None
+    if cfg.checkpoint.init_from and (Path(cfg.checkpoint.init_from) / MODEL_CONFIG).is_file():
+        _, base, doc = read_model_config(Path(cfg.checkpoint.init_from) / MODEL_CONFIG)
+        extras["init_from"] = cfg.checkpoint.init_from
+        extras["source"] = doc.get("source", {})
+    preset = cfg.model.architecture()
+    if vocab:
+        preset = dataclasses.replace(preset, vocab_size=vocab)
+    carried = {"rope_scaling": base.rope_scaling, "token_ids": base.token_ids} if base else {}
+    return Arch.from_preset(preset, **carried), cfg.model.preset, extras

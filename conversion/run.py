@@ -1,0 +1,249 @@
+"""The two conversions, end to end: check inputs, stream tensors, write into a temp dir, validate, rename.
+
+Nothing half-written is left behind: the output is built in ``.<name>.tmp-<pid>`` beside ``out`` and renamed
+only after the weights are written and (by default) the logits validated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from conversion import hf_io, mcore_io, validate
+from conversion.arch import Arch, hf_config
+from conversion.layouts import (
+    FAMILIES,
+    LLAMA,
+    hf_names_in_order,
+    hf_shapes,
+    hf_to_mcore_tensors,
+    mcore_to_hf_tensors,
+)
+from megatron_mmed.common.errors import UserError
+from megatron_mmed.models.internlm2 import get_preset, padded_vocab_size
+
+_DTYPE_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did: sizes, dtype, carried settings, validation, time."""
+
+    direction: str
+    layout: str
+    out: Path
+    arch: Arch
+    dtype: str
+    seconds: float = 0.0
+    validation: validate.ValidationResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        a = self.arch
+        lines = [
+            f"{self.direction} ({self.layout} layout, {self.dtype}) -> {self.out}",
+            f"  model: {a.num_layers} layers, hidden {a.hidden_size}, heads {a.num_heads}/{a.num_kv_heads} KV, "
+            f"ffn {a.ffn_hidden_size}, vocab {a.vocab_size}, {a.num_params() / 1e6:.1f}M parameters",
+            f"  rope_theta {a.rope_theta:g}; rope_scaling {a.rope_scaling if a.rope_scaling else 'none'}",
+        ]
+        lines += [f"  note: {n}" for n in self.notes]
+        lines.append("  " + (self.validation.describe() if self.validation else "validation skipped"))
+        lines.append(f"  took {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def staged_output(out: str | Path, force: bool) -> Iterator[Path]:
+    """A temp dir beside ``out``, renamed to ``out`` on success and removed on any failure."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists (use --force to overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    os.replace(tmp, out)
+
+
+def _check_preset(arch: Arch, preset_name: str | None, what: str) -> None:
+    if preset_name is None:
+        return
+    diffs = arch.mismatches(get_preset(preset_name))
+    if diffs:
+        raise UserError(f"{what} does not match preset {preset_name!r}: " + "; ".join(diffs))
+
+
+def hf_to_mcore(
+    hf: str | Path,
+    out: str | Path,
+    layout: str = "auto",
+    preset: str | None = None,
+    dtype: str | None = None,
+    tp: int = 1,
+    make_vocab_size_divisible_by: int = 128,
+    force: bool = False,
+    skip_validation: bool = False,
+    atol: float | None = None,
+) -> ConversionReport:
+    """HF Llama/InternLM2 folder -> weights-only torch_dist checkpoint + ``model_config.yaml`` (+ tokenizer/)."""
+    start = time.time()
+    if dtype is not None and dtype not in hf_io.DTYPES:
+        raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(hf_io.DTYPES)}")
+    if tp < 1 or make_vocab_size_divisible_by < 1:
+        raise UserError("--tp and --make-vocab-size-divisible-by must be >= 1")
+    src = hf_io.open_hf(hf, layout)
+    arch = src.arch
+    _check_preset(arch, preset, f"{hf}/config.json")
+    out_dtype = dtype or _DTYPE_NAME.get(src.dtype, "fp32")
+    padded = padded_vocab_size(arch.vocab_size, tp, make_vocab_size_divisible_by)
+    report = ConversionReport("hf-to-mcore", src.family.name, Path(out), arch, out_dtype)
+    if arch.rope_scaling:
+        report.notes.append(
+            f"rope_scaling {arch.rope_scaling} carried in model_config.yaml; megatron-core trains without it"
+        )
+    with staged_output(out, force) as tmp:
+        tensors = hf_to_mcore_tensors(src.family, arch, src.get)
+        mcore_io.write_mcore(tensors, arch, padded, hf_io.DTYPES[out_dtype], tmp)
+        source = {
+            "hf": str(Path(hf).resolve()),
+            "layout": src.family.name,
+            "dtype": out_dtype,
+            "tp_padding": tp,
+        }
+        name = preset or f"hf:{Path(hf).resolve().name}"
+        mcore_io.write_model_config(tmp, arch, name, padded, source)
+        hf_io.write_json(tmp / "hf_config.json", src.config)
+        copied = hf_io.copy_tokenizer_files(src.path, tmp / "tokenizer")
+        if not copied:
+            shutil.rmtree(tmp / "tokenizer")
+        if not skip_validation:
+            ids, how = validate.prompt_ids(arch.vocab_size, src.path)
+            target = validate.mcore_logits(arch, tmp, padded, ids)
+            source_logits = validate.hf_logits_from_family(src.family, arch, src.get, ids)
+            tol = (
+                atol
+                if atol is not None
+                else validate.tolerance(_DTYPE_NAME.get(src.dtype, "fp32"), out_dtype)
+            )
+            report.validation = validate.compare(source_logits, target, how, tol)
+            if not report.validation.ok:
+                raise UserError(_failed(report))
+        src.close()
+    report.seconds = time.time() - start
+    return report
+
+
+def _failed(report: ConversionReport) -> str:
+    hint = ""
+    if report.arch.rope_scaling:
+        hint = (
+            f" (rope_scaling {report.arch.rope_scaling} is applied by transformers but not by megatron-core)"
+        )
+    return f"{report.validation.describe()}{hint}; nothing was written"
+
+
+def mcore_to_hf(
+    ckpt: str | Path,
+    out: str | Path,
+    layout: str = "llama",
+    dtype: str = "bf16",
+    iteration: int | None = None,
+    preset: str | None = None,
+    tokenizer: str | Path | None = None,
+    vocab_size: int | None = None,
+    force: bool = False,
+    skip_validation: bool = False,
+    atol: float | None = None,
+    max_shard_bytes: int = hf_io.MAX_SHARD_BYTES,
+) -> ConversionReport:
+    """A torch_dist checkpoint saved at any TP/PP -> HF folder (sharded safetensors, configs, tokenizer)."""
+    start = time.time()
+    if layout not in FAMILIES:
+        raise UserError(f"--layout {layout!r}: choose one of {', '.join(FAMILIES)}")
+    if dtype not in hf_io.DTYPES:
+        raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(hf_io.DTYPES)}")
+    family = FAMILIES[layout]
+    path = mcore_io.resolve_checkpoint(ckpt, iteration)
+    arch, name, extras = mcore_io.checkpoint_arch(path, vocab_size)
+    ck = mcore_io.McoreCheckpoint.open(path)
+    ck.check_arch(arch, f"its config (model {name!r})")
+    if preset is not None and preset != name:
+        _check_preset(arch, preset, f"checkpoint {path} (saved with model {name!r})")
+    report = ConversionReport("mcore-to-hf", layout, Path(out), arch, dtype)
+    if arch.rope_scaling:
+        report.notes.append(f"rope_scaling {arch.rope_scaling} carried unchanged into config.json")
+    if layout == "internlm2":
+        report.notes.append(
+            "InternLM2 layout: load with InternLM2's remote code (trust_remote_code); validated through the "
+            "numerically identical Llama mapping"
+        )
+    with staged_output(out, force) as tmp:
+        shapes = hf_shapes(family, arch)
+        plan = [(n, shapes[n]) for n in hf_names_in_order(family, arch)]
+        writer = hf_io.ShardedSafetensorsWriter(tmp, plan, hf_io.DTYPES[dtype], max_shard_bytes)
+        try:
+            for n, t in mcore_to_hf_tensors(family, arch, lambda m: _unpadded(ck.get(m), m, arch)):
+                writer.write(n, t)
+        finally:
+            writer.close()
+        hf_io.write_json(tmp / "config.json", hf_config(layout, arch, dtype))
+        hf_io.write_json(tmp / "generation_config.json", hf_io.generation_config(arch))
+        tok_src = _tokenizer_source(tokenizer, extras)
+        if tok_src is not None:
+            report.notes.append(
+                f"tokenizer files from {tok_src}: {', '.join(hf_io.copy_tokenizer_files(tok_src, tmp)) or 'none'}"
+            )
+        if not skip_validation:
+            ids, how = validate.prompt_ids(arch.vocab_size, tmp)
+            source_logits = validate.mcore_logits(arch, path, ck.padded_vocab, ids)
+            out_src = hf_io.open_hf(tmp, layout)
+            target = validate.hf_logits_from_family(family, arch, out_src.get, ids)
+            out_src.close()
+            src_dtype = _DTYPE_NAME.get(ck.dtypes[mcore_io.EMBEDDING], "fp32")
+            tol = atol if atol is not None else validate.tolerance(src_dtype, dtype)
+            report.validation = validate.compare(source_logits, target, how, tol)
+            if not report.validation.ok:
+                raise UserError(_failed(report))
+    report.seconds = time.time() - start
+    return report
+
+
+def _unpadded(t: torch.Tensor, mcore_name: str, arch: Arch) -> torch.Tensor:
+    """Embedding/output rows beyond the real vocabulary are Megatron's TP padding: dropped."""
+    if mcore_name in (mcore_io.EMBEDDING, mcore_io.OUTPUT):
+        return t[: arch.vocab_size]
+    return t
+
+
+def _tokenizer_source(explicit: str | Path | None, extras: dict[str, Any]) -> Path | None:
+    """``--tokenizer``, else the blend's tokenizer, else the tokenizer/ saved by hf-to-mcore at init."""
+    if explicit is not None:
+        p = Path(explicit)
+        if not p.exists():
+            raise UserError(f"--tokenizer {p}: does not exist")
+        return p
+    for cand in (
+        extras.get("tokenizer"),
+        extras.get("init_from") and Path(extras["init_from"]) / "tokenizer",
+    ):
+        if cand and Path(cand).exists():
+            return Path(cand)
+    return None
+
+
+__all__ = ["ConversionReport", "hf_to_mcore", "mcore_to_hf", "staged_output", "LLAMA"]

@@ -1,0 +1,169 @@
+"""HF <-> megatron-core conversion on tiny random models with real transformers and megatron-core (CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from convert_helpers import TINY, read_tensors, read_tensors_of, save_internlm2, save_llama, tiny_llama
+
+from conversion import hf_to_mcore, mcore_to_hf
+from conversion import validate as V
+from conversion.arch import arch_from_hf_config
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny_llama()
+
+
+@pytest.fixture(scope="module")
+def llama_dir(llama, tmp_path_factory):
+    return save_llama(llama, tmp_path_factory.mktemp("hf") / "llama")
+
+
+@pytest.fixture(scope="module")
+def mcore_dir(llama_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mc") / "mcore"
+    report = hf_to_mcore(llama_dir, out)
+    assert report.validation is not None and report.validation.ok
+    return out
+
+
+def test_megatron_logits_equal_transformers_fp32(llama, mcore_dir):
+    """Test 1: GQA Llama -> mcore; megatron-core's logits equal transformers' (also proves RoPE needs no permutation)."""
+    ids = V.fixed_token_ids(TINY["vocab_size"])
+    with torch.no_grad():
+        expected = llama(torch.tensor([ids])).logits[0]
+    arch = arch_from_hf_config(llama.config.to_dict())
+    got = V.mcore_logits(arch, mcore_dir, 384, ids)
+    assert (
+        expected.std() > 0.5 and len(set(expected.argmax(-1).tolist())) > 5
+    )  # the comparison is not trivial
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    # a naive cat([q, k, v]) (the classic GQA bug) would not match: prove the test can fail
+    from conversion.layouts import qkv_from_separate
+
+    q, k, v = (torch.randn(n * 8, 64) for n in (8, 2, 2))
+    assert not torch.equal(qkv_from_separate(q, k, v, arch), torch.cat([q, k, v]))
+
+
+def test_checkpoint_is_what_training_load_weights_reads(mcore_dir):
+    """The output is the ``checkpoint.init_from`` format: training's own loader fills a GPTModel from it."""
+    from conversion.mcore_io import build_model, mcore_session, read_model_config
+    from megatron_mmed.training.checkpoint import load_weights
+
+    preset, arch, doc = read_model_config(mcore_dir / "model_config.yaml")
+    assert doc["padded_vocab_size"] == 384 and preset.vocab_size == 300 and preset.num_query_groups == 2
+    with mcore_session():
+        model = build_model(arch, doc["padded_vocab_size"], torch.float32)
+        load_weights(mcore_dir, [model])
+        emb = model.embedding.word_embeddings.weight
+        assert emb[300:].abs().sum() == 0 and emb[:300].abs().sum() > 0
+
+
+def test_round_trip_llama_exact_and_loads_in_transformers(llama, llama_dir, mcore_dir, tmp_path):
+    """Test 3 (Llama): HF -> mcore -> HF is bit-exact; transformers loads it with no missing/unexpected keys."""
+    from transformers import LlamaForCausalLM
+
+    out = tmp_path / "hf"
+    report = mcore_to_hf(mcore_dir, out, layout="llama", dtype="fp32")
+    assert report.validation.ok and report.validation.max_abs_diff <= 1e-4
+    a, b = read_tensors(llama_dir), read_tensors(out)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    loaded, info = LlamaForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert set(loaded.state_dict()) == set(b)  # key-name contract
+    files = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(files["weight_map"]) == set(b)
+    assert json.loads((out / "generation_config.json").read_text()) == {"bos_token_id": 1, "eos_token_id": 2}
+
+
+def test_internlm2_layout_to_llama_is_identical(llama, llama_dir, tmp_path):
+    """Test 2: the same weights in InternLM2 layout (packed wqkv) -> mcore -> HF Llama == original tensors."""
+    src = save_internlm2(llama, tmp_path / "internlm2", rope_scaling={"type": "dynamic", "factor": 2.0})
+    r1 = hf_to_mcore(src, tmp_path / "mcore")
+    assert r1.layout == "internlm2" and r1.validation.ok
+    assert any("rope_scaling" in n for n in r1.notes)  # reported, not dropped
+    r2 = mcore_to_hf(tmp_path / "mcore", tmp_path / "llama", layout="llama", dtype="fp32")
+    assert r2.validation.ok
+    a, b = read_tensors(llama_dir), read_tensors(tmp_path / "llama")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    cfg = json.loads((tmp_path / "llama" / "config.json").read_text())
+    assert cfg["rope_scaling"] == {"type": "dynamic", "factor": 2.0} and cfg["rope_theta"] == 1_000_000
+
+
+def test_round_trip_internlm2_exact_and_config(llama, tmp_path):
+    """Test 3 (InternLM2): HF -> mcore -> HF InternLM2 is bit-exact; config like the official repo's."""
+    src = save_internlm2(llama, tmp_path / "internlm2")
+    hf_to_mcore(src, tmp_path / "mcore", layout="internlm2", skip_validation=True)
+    report = mcore_to_hf(tmp_path / "mcore", tmp_path / "back", layout="internlm2", dtype="fp32")
+    assert report.validation.ok
+    a, b = read_tensors(src), read_tensors(tmp_path / "back")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    cfg = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert cfg["model_type"] == "internlm2" and cfg["architectures"] == ["InternLM2ForCausalLM"]
+    assert cfg["auto_map"]["AutoModelForCausalLM"] == "modeling_internlm2.InternLM2ForCausalLM"
+    assert cfg["num_key_value_heads"] == 2 and cfg["bias"] is False
+
+
+def test_bf16_output_and_small_shards(llama_dir, mcore_dir, tmp_path):
+    """bf16 output, split into several ≤ max_shard_bytes shards that transformers reads back."""
+    from transformers import LlamaForCausalLM
+
+    out = tmp_path / "hf"
+    mcore_to_hf(mcore_dir, out, layout="llama", dtype="bf16", max_shard_bytes=40_000)
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) > 3
+    weight_map = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    for shard in shards:  # each shard ≤ the limit unless it holds a single tensor larger than it
+        names = [k for k, f in weight_map.items() if f == shard.name]
+        data = sum(t.numel() * 2 for t in read_tensors_of(shard).values())
+        assert data <= 40_000 or len(names) == 1, (shard.name, data)
+    a, b = read_tensors(llama_dir), read_tensors(out)
+    assert all(b[k].dtype == torch.bfloat16 and torch.equal(a[k].to(torch.bfloat16), b[k]) for k in a)
+    model = LlamaForCausalLM.from_pretrained(out)
+    assert model.dtype == torch.bfloat16
+
+
+def test_bin_shards_are_read_with_weights_only(llama, llama_dir, mcore_dir, tmp_path):
+    """``pytorch_model.bin`` folders convert to the very same checkpoint as the safetensors folder."""
+    from conversion.mcore_io import McoreCheckpoint
+
+    src = tmp_path / "bin"
+    src.mkdir()
+    (src / "config.json").write_text((llama_dir / "config.json").read_text())
+    torch.save({k: v.clone() for k, v in llama.state_dict().items()}, src / "pytorch_model.bin")
+    hf_to_mcore(src, tmp_path / "mcore", skip_validation=True)
+    a, b = McoreCheckpoint.open(mcore_dir), McoreCheckpoint.open(tmp_path / "mcore")
+    assert a.shapes == b.shapes
+    for name in ("embedding.word_embeddings.weight", "decoder.layers.1.self_attention.linear_qkv.weight"):
+        assert torch.equal(a.get(name), b.get(name))
+
+
+def test_checkpoint_key_contract(mcore_dir):
+    """The torch_dist keys (TE-spec names for the norms, layers stacked) that training and this reader share."""
+    from conversion.mcore_io import McoreCheckpoint
+
+    ck = McoreCheckpoint.open(mcore_dir)
+    assert ck.shapes == {
+        "embedding.word_embeddings.weight": (384, 64),
+        "decoder.layers.self_attention.linear_qkv.layer_norm_weight": (2, 64),
+        "decoder.layers.self_attention.linear_qkv.weight": (2, (8 + 2 * 2) * 8, 64),
+        "decoder.layers.self_attention.linear_proj.weight": (2, 64, 64),
+        "decoder.layers.mlp.linear_fc1.layer_norm_weight": (2, 64),
+        "decoder.layers.mlp.linear_fc1.weight": (2, 2 * 96, 64),
+        "decoder.layers.mlp.linear_fc2.weight": (2, 64, 96),
+        "decoder.final_layernorm.weight": (64,),
+        "output_layer.weight": (384, 64),
+    }
+    assert {p.name for p in mcore_dir.iterdir()} >= {
+        "metadata.json",
+        ".metadata",
+        "common.pt",
+        "model_config.yaml",
+    }
