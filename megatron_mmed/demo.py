@@ -1,11 +1,19 @@
 """``mmed demo``: every pipeline arrow on the embedded sample (``examples/sample``), on a CPU, in minutes.
 
-Stages that exist so far: preprocessing (prep -> dedup -> decontam -> tokenize with a SentencePiece model
-trained on the sample). Each stage resumes, so a second ``make demo`` is quick.
+    data/   prep -> dedup -> decontam -> tokenize (SentencePiece model trained on the sample)
+    run/    `mmed train` of the tiny InternLM2 preset (metrics.jsonl, loss_curve.png, torch_dist checkpoint)
+    hf/     `mmed convert mcore-to-hf --layout llama`, loaded back with transformers to generate a few tokens
+    eval/   `mmed eval mmedbench` on the sample's MMedBench-format questions (the paper's table layout)
+
+Every stage resumes, so a second ``make demo`` is quick.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +24,12 @@ from megatron_mmed.common.progress import console
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "sample"
 DEMO_RECIPE = REPO / "configs" / "prep" / "demo.yaml"
+TRAIN_CONFIG = REPO / "configs" / "train" / "tiny_cpu.yaml"
+TRAIN_STEPS = 40
 
 
 def run_demo(out_dir: str | Path, sample: str | Path = SAMPLE, show_progress: bool = True) -> dict[str, Any]:
-    """Run the demo into ``out_dir``; returns a summary of every stage."""
+    """Run the demo into ``out_dir``; returns a summary of every stage (also ``out_dir/demo.json``)."""
     from preprocessing.pipeline import PipelineConfig, run_pipeline
 
     sample, out = Path(sample), Path(out_dir)
@@ -30,24 +40,111 @@ def run_demo(out_dir: str | Path, sample: str | Path = SAMPLE, show_progress: bo
         DEMO_RECIPE,
         [f"inputs=[{sample / 'raw'}]", f"output={out / 'data'}", f"benchmark={sample / 'qa'}"],
     )
-    summary = {"data": run_pipeline(cfg, show_progress=show_progress)}
+    summary: dict[str, Any] = {"data": run_pipeline(cfg, show_progress=show_progress)}
+    summary["train"] = _train(out / "data" / "tok" / "blend.json", out / "run")
+    summary["convert"] = _convert(out / "run", out / "hf")
+    summary["eval"] = _evaluate(out / "hf", sample / "qa", out / "eval", show_progress)
+    (out / "demo.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
     _print_summary(summary)
     return summary
+
+
+def _train(blend: Path, run_dir: Path) -> dict[str, Any]:
+    """A short CPU run of the tiny preset, in a subprocess (torch.distributed stays out of this process)."""
+    console.rule("[bold]train")
+    t0 = time.time()
+    cmd = [
+        sys.executable,
+        "-m",
+        "megatron_mmed.cli",
+        "train",
+        "--config",
+        str(TRAIN_CONFIG),
+        f"data.blend={blend}",
+        f"train.steps={TRAIN_STEPS}",
+        f"checkpoint.dir={run_dir}",
+    ]
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    losses = [line for line in res.stdout.splitlines() if line.startswith(("step=", "mmed train"))]
+    for line in losses:
+        console.print(line, highlight=False)
+    if res.returncode != 0:
+        raise UserError(f"demo training failed (exit {res.returncode}):\n{res.stdout[-3000:]}")
+    from megatron_mmed.training.metrics import plot_loss_curve, read_metrics
+
+    metrics = [m for m in read_metrics(run_dir) if "loss" in m]
+    curve = plot_loss_curve(run_dir)
+    console.print(f"loss curve: {curve}")
+    return {
+        "seconds": round(time.time() - t0, 1),
+        "first_loss": metrics[0]["loss"],
+        "last_loss": metrics[-1]["loss"],
+        "steps": metrics[-1]["step"],
+        "loss_curve": str(curve),
+        "dir": str(run_dir),
+    }
+
+
+def _convert(run_dir: Path, hf_dir: Path) -> dict[str, Any]:
+    """Megatron checkpoint -> HF Llama folder (validated by logits), then generate a few tokens with it."""
+    from conversion import mcore_to_hf
+
+    console.rule("[bold]convert")
+    t0 = time.time()
+    report = mcore_to_hf(run_dir, hf_dir, layout="llama", dtype="fp32", force=True)
+    console.print(report.summary())
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    model = LlamaForCausalLM.from_pretrained(hf_dir)
+    ids = tok("Hypertension is", return_tensors="pt")
+    with torch.no_grad():
+        gen = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    text = tok.decode(gen[0], skip_special_tokens=True)
+    console.print(f"transformers generate: {text!r}")
+    return {"seconds": round(time.time() - t0, 1), "dir": str(hf_dir), "generated": text}
+
+
+def _evaluate(hf_dir: Path, qa: Path, out: Path, show_progress: bool) -> dict[str, Any]:
+    """The paper's generate protocol on the sample questions (a 0.6M-parameter model: expect ~0%)."""
+    from eval import EvalConfig, run_mmedbench
+    from eval.report import summary_text
+
+    console.rule("[bold]eval")
+    t0 = time.time()
+    results = run_mmedbench(
+        EvalConfig(model=str(hf_dir), data=str(qa), out=str(out), max_new_tokens=32), progress=show_progress
+    )
+    console.print(summary_text(results))
+    return {"seconds": round(time.time() - t0, 1), "dir": str(out), "average": results["average"]}
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title="mmed demo", title_justify="left")
-    for col in ("stage", "docs in", "docs out", "seconds", "output"):
-        table.add_column(col, justify="right" if col in ("docs in", "docs out", "seconds") else "left")
+    for col in ("stage", "result", "seconds", "output"):
+        table.add_column(col, justify="right" if col == "seconds" else "left")
     data = summary["data"]
     for stage, info in data["stages"].items():
         table.add_row(
             stage,
-            f"{info.get('docs_in', '')}",
-            f"{info.get('docs_out', '')}",
+            f"docs {info.get('docs_in', '')} -> {info.get('docs_out', '')}",
             f"{info['seconds']:.1f}",
             data["dirs"][stage],
         )
+    tr = summary["train"]
+    table.add_row(
+        "train",
+        f"{tr['steps']} steps, loss {tr['first_loss']:.2f} -> {tr['last_loss']:.2f}",
+        f"{tr['seconds']:.1f}",
+        tr["loss_curve"],
+    )
+    cv = summary["convert"]
+    table.add_row("convert", "HF Llama layout, logits validated", f"{cv['seconds']:.1f}", cv["dir"])
+    ev = summary["eval"]
+    table.add_row(
+        "eval", f"MMedBench sample avg {100 * ev['average']:.1f}%", f"{ev['seconds']:.1f}", ev["dir"]
+    )
     console.print(table)

@@ -71,6 +71,21 @@ def test_demo_stages(demo_run: Path):
     assert [c["stage"] for c in chain] == ["prep", "dedup", "decontam"]
 
 
+def test_demo_trains_converts_and_evaluates(demo_run: Path):
+    demo = json.loads((demo_run / "demo.json").read_text())
+    assert demo["train"]["steps"] == 40 and demo["train"]["last_loss"] < demo["train"]["first_loss"]
+    assert (demo_run / "run" / "loss_curve.png").stat().st_size > 1000
+    assert (demo_run / "run" / "latest").is_file()
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(demo_run / "hf")
+    assert model.config.num_hidden_layers == 2
+    results = json.loads((demo_run / "eval" / "results.json").read_text())
+    assert set(results["accuracy"]) == {"English", "Chinese", "Japanese", "French", "Russian", "Spanish"}
+    preds = (demo_run / "eval" / "predictions.jsonl").read_text().splitlines()
+    assert len(preds) == 36  # 6 questions x 6 languages
+
+
 def test_demo_rerun_resumes(demo_run: Path):
     before = {p: p.read_bytes() for p in (demo_run / "data").rglob("*.zst")}
     res = subprocess.run(
