@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -81,8 +82,26 @@ def test_prep_dry_run_chains_arrays(tmp_path: Path):
     assert len(lines) == 7  # prep, 4 dedup stages, decontam, tokenize
     assert "--array=0-63" in lines[0] and "--array=0-15" in lines[1]
     assert all("--dependency=afterok:" in x for x in lines[1:])
-    for stage in ("signatures", "buckets", "clusters", "filter"):
-        assert any(f"--stage {stage}" in x for x in lines)
+    wrapped = [shlex.split(shlex.split(x)[-1]) for x in lines]  # the command each job runs
+    stages = [w[w.index("--stage") + 1] for w in wrapped if "--stage" in w]
+    assert stages == ["signatures", "buckets", "clusters", "filter"]
+    assert all(w[:3] == [w[0], "-m", "megatron_mmed.cli"] for w in wrapped)
+
+
+def test_convert_and_eval_dry_runs(tmp_path: Path):
+    res = _run(
+        ["bash", "launch/convert_to_hf.sh", "--dry-run"],
+        env={"RUN": "/r", "OUT": "/h", "LAYOUT": "internlm2"},
+    )
+    assert res.returncode == 0, res.stderr
+    assert "convert mcore-to-hf --ckpt /r --out /h --layout internlm2 --dtype bf16" in res.stdout
+    res = _run(
+        ["bash", "launch/eval_mmedbench.sh", "--dry-run"], env={"MODEL": "/h", "DATA": "/d", "OUT": "/e"}
+    )
+    assert res.returncode == 0, res.stderr
+    assert "eval mmedbench --model /h --data /d --out /e --mode generate" in res.stdout
+    res = _run(["bash", "launch/eval_mmedbench.sh", "--dry-run"], env={"MODEL": "/h"})
+    assert res.returncode != 0 and "DATA" in res.stderr
 
 
 def test_dockerfile_pins_base_and_requirements():
@@ -174,6 +193,23 @@ def test_sbatch_wait_cpu_run_and_preemption(slurm, demo_tok: Path, tmp_path: Pat
     assert res.returncode == 0, res.stderr + log[-3000:]
     assert (full / "latest").is_file() and (full / f"iter_{steps:07d}").is_dir()
     assert [m["step"] for m in _metrics(full) if "loss" in m][-1] == steps
+
+    # the last two steps of a run, as slurm jobs: export to HF, then evaluate
+    hf, ev = tmp_path / "hf", tmp_path / "eval"
+    env = {"RUN": str(full), "OUT": str(hf), "DTYPE": "fp32", "WAIT": "1", "GPUS_PER_NODE": "0"}
+    res = _run(["bash", "launch/convert_to_hf.sh"], env=env, timeout=600)
+    assert res.returncode == 0 and (hf / "config.json").is_file(), res.stderr[-2000:]
+    env = {
+        "MODEL": str(hf),
+        "DATA": str(SAMPLE / "qa"),
+        "OUT": str(ev),
+        "WAIT": "1",
+        "GPUS_PER_NODE": "0",
+        "EXTRA": "--limit 2 --max-new-tokens 8",
+    }
+    res = _run(["bash", "launch/eval_mmedbench.sh"], env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(json.loads((ev / "results.json").read_text())["accuracy"]) == 6
 
     # preemption: USR1 to the batch shell -> checkpoint, requeue, resume from latest, same final loss
     pre = tmp_path / "pre"

@@ -69,3 +69,28 @@ mmed_wandb_env() {
   export WANDB_DIR=${WANDB_DIR:-$save/wandb}
   if [[ -n "${WANDB_API_KEY:-}" ]]; then mmed_log "W&B: API key found in the environment (not shown)"; fi
 }
+
+# Run a single-task step: DRY_RUN=1 prints it; outside slurm the calling script submits itself (one node,
+# GPUS_PER_NODE GPUs, WAIT=1 adds --wait); inside the batch job the command runs.
+mmed_single_job() {
+  local script=$1 name=$2
+  shift 2
+  if [[ "${DRY_RUN:-0}" == 1 ]]; then
+    echo "== megatron-mmed $name (dry run)"
+    mmed_show "$@"
+    return 0
+  fi
+  if [[ -z "${SLURM_JOB_ID:-}" ]]; then
+    command -v sbatch >/dev/null || mmed_die "sbatch not found: run this on a slurm login node (or DRY_RUN=1)"
+    local sb=(sbatch "--job-name=mmed-$name" --nodes=1 --ntasks=1 "--gpus-per-node=${GPUS_PER_NODE:-1}"
+      "--chdir=$(mmed_repo)" "--export=ALL,MMED_REPO=$(mmed_repo)")
+    [[ -n "${TIME_LIMIT:-}" ]] && sb+=("--time=$TIME_LIMIT")
+    [[ -n "${PARTITION:-}" ]] && sb+=("--partition=$PARTITION")
+    [[ -n "${ACCOUNT:-}" ]] && sb+=("--account=$ACCOUNT")
+    [[ "${WAIT:-0}" == 1 ]] && sb+=(--wait)
+    mmed_log "submitting: $(mmed_show "${sb[@]}" "$script")"
+    exec "${sb[@]}" "$script"
+  fi
+  mmed_log "$(mmed_show "$@")"
+  exec "$@"
+}
