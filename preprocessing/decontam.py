@@ -387,18 +387,6 @@ class DecontamResult:
     report: dict[str, Any]
 
 
-def _check_same_run(out: Path, fingerprint: dict[str, Any]) -> None:
-    """Refuse to resume into a folder made with another rule or benchmark (it would mix two runs)."""
-    path = out / ".done" / STAGE / "_run.json"
-    if path.is_file():
-        if json.loads(path.read_text(encoding="utf-8")) != fingerprint:
-            raise UserError(
-                f"{out} holds a decontam run with another config or benchmark; use a new --output folder"
-            )
-    else:
-        atomic_write_text(path, json.dumps(fingerprint, indent=2, sort_keys=True))
-
-
 def run_decontam(
     input_dir: str | Path,
     benchmark_dir: str | Path,
@@ -419,7 +407,7 @@ def run_decontam(
         n: [Path(p).stat().st_size, xxhash.xxh3_64_hexdigest(Path(p).read_bytes())]
         for n, p in bench.files.items()
     }
-    _check_same_run(out, {"rule": rule, "benchmark": files_fp})
+    DoneMarkers(out, STAGE).check_same_run({"rule": rule, "benchmark": files_fp}, "decontam run")
     save_config(cfg, out / "config.yaml")
     _INDEX = NgramIndex(bench, cfg)
     tasks = [(lang, f) for lang, files in kept_files(inp).items() for f in files]

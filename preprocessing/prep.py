@@ -236,6 +236,8 @@ def run_prep(
         ShardProcessor(cfg)
     shards = plan_shards(files, cfg.ingest)
     markers = DoneMarkers(out, "prep")
+    settings = {k: v for k, v in to_dict(cfg).items() if k != "workers"}  # workers never change the output
+    markers.check_same_run({"config": settings, "inputs": [name for _, name in files]}, "prep run")
     pending, results = [], {}
     mine = [s for i, s in enumerate(shards) if i % world_size == rank]
     for s in mine:

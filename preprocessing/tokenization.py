@@ -27,7 +27,7 @@ import zstandard
 
 from megatron_mmed.common.config import ConfigError, save_config, to_dict
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, atomic_write_text, ensure_writable_dir
+from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, ensure_writable_dir
 from megatron_mmed.common.progress import progress_bar
 from preprocessing.blend import BlendConfig, build_blend, write_blend, write_tokenize_report
 from preprocessing.layout import (
@@ -333,18 +333,6 @@ class TokenizeResult:
     report: dict[str, Any]
 
 
-def _check_same_run(out: Path, fingerprint: dict[str, Any]) -> None:
-    """Refuse to resume into a folder made with another tokenizer or settings (it would mix two runs)."""
-    path = out / ".done" / STAGE / "_run.json"
-    if path.is_file():
-        if json.loads(path.read_text(encoding="utf-8")) != fingerprint:
-            raise UserError(
-                f"{out} holds a tokenize run with another tokenizer or config; use a new --output folder"
-            )
-    else:
-        atomic_write_text(path, json.dumps(fingerprint, indent=2, sort_keys=True))
-
-
 def run_tokenize(
     input_dir: str | Path,
     tokenizer_path: str | Path,
@@ -365,7 +353,7 @@ def run_tokenize(
         k: v for k, v in to_dict(cfg).items() if k not in ("workers", "batch_docs", "keep_parts", "blend")
     }
     fingerprint = {"settings": settings, "tokenizer": xxhash.xxh3_64_hexdigest(Path(tok.path).read_bytes())}
-    _check_same_run(out, fingerprint)
+    DoneMarkers(out, STAGE).check_same_run(fingerprint, "tokenize run")
     save_config(cfg, out / "config.yaml")
 
     files = kept_files(inp)

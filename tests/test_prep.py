@@ -175,6 +175,10 @@ def test_workers_do_not_change_output(prep_run, tmp_path: Path):
         assert f.read_bytes() == (tmp_path / "out2" / f.relative_to(base / "out")).read_bytes()
 
 
+def _n_done(out: Path) -> int:
+    return sum(1 for p in (out / ".done" / "prep").glob("*.json") if p.name != "_run.json")
+
+
 def test_resume_after_kill_9_gives_identical_output(prep_run, tmp_path: Path):
     base, _, _ = prep_run
     out = tmp_path / "killed"
@@ -190,11 +194,11 @@ def test_resume_after_kill_9_gives_identical_output(prep_run, tmp_path: Path):
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / ".done" / "prep").glob("*.json"))) < 3:
+    while time.time() < deadline and _n_done(out) < 3:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = len(list((out / ".done" / "prep").glob("*.json")))
+    done_before = _n_done(out)
     assert done_before >= 3
     assert not (out / "report.json").exists()  # it really was interrupted
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -294,9 +298,48 @@ def test_array_tasks_equal_one_run(prep_run, tmp_path: Path, monkeypatch):
     assert first.report == {} and not (out / "report.json").exists()  # the other task is not done yet
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
-    res = subprocess.run([*MMED, "prep", "--input", str(base / "raw"), "--output", str(out), "--no-progress",
-                          "ingest.shard_bytes=65536"], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            *MMED,
+            "prep",
+            "--input",
+            str(base / "raw"),
+            "--output",
+            str(out),
+            "--no-progress",
+            "ingest.shard_bytes=65536",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     assert _outputs(out) == _outputs(base / "out")
-    assert json.loads((out / "report.json").read_text())["totals"] == json.loads(
-        (base / "out" / "report.json").read_text())["totals"]
+    assert (
+        json.loads((out / "report.json").read_text())["totals"]
+        == json.loads((base / "out" / "report.json").read_text())["totals"]
+    )
+
+
+def test_resume_with_other_settings_is_refused(prep_run, tmp_path: Path, shared_data: Path):
+    base, _, _ = prep_run
+    res = subprocess.run(
+        [
+            *MMED,
+            "prep",
+            "--input",
+            str(base / "raw"),
+            "--output",
+            str(base / "out"),
+            "--no-progress",
+            "--preset",
+            "mmedc",
+            "--keywords",
+            str(shared_data / "mmedc_keywords.json"),
+            "ingest.shard_bytes=65536",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 2 and "made with another config" in res.stderr, res.stderr

@@ -369,7 +369,7 @@ def test_bad_input(corpus_input, sp_model, tmp_path, shared_data):
     assert not list((tmp_path / "o").glob("fr_text_document*"))
     assert res.stats.drops["fr"] == {"empty": 1}
     assert all(seq[-1] == 1 for seq in _read_back(tmp_path / "o" / "ru_text_document"))
-    with pytest.raises(UserError, match="another tokenizer"):
+    with pytest.raises(UserError, match="made with another config or input"):
         run_tokenize(small, sp_model, tmp_path / "o", cfg)
 
 

@@ -144,3 +144,18 @@ class DoneMarkers:
 
     def read(self, shard_id: str) -> dict[str, Any]:
         return json.loads(self.path(shard_id).read_text(encoding="utf-8"))
+
+    def check_same_run(self, fingerprint: dict[str, Any], what: str) -> None:
+        """Refuse to resume into a folder made with other settings or inputs (it would mix two runs).
+
+        The first run records ``fingerprint`` (JSON-able) as ``_run.json``; a later run must match it.
+        """
+        path = self.dir / "_run.json"
+        if path.is_file():
+            if json.loads(path.read_text(encoding="utf-8")) != json.loads(json.dumps(fingerprint)):
+                raise UserError(
+                    f"{self.dir.parent.parent} holds a {what} made with another config or input; "
+                    "use a new --output folder (or delete it)"
+                )
+        else:
+            atomic_write_json(path, fingerprint)
