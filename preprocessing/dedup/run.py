@@ -1,0 +1,248 @@
+"""``run_dedup``: plan the tasks of each stage, run this rank's share (in worker processes), write the report.
+
+A stage's tasks are numbered in a fixed order and task ``k`` belongs to rank ``k % world_size``, so a slurm
+array (``--rank/--world-size`` from ``SLURM_ARRAY_TASK_ID/COUNT``) splits every stage the same way. Finished
+tasks have a marker and are skipped on a rerun; a killed task is simply redone (its outputs are renamed into
+place atomically before its marker is written), so the result is byte-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_all_start_methods, get_context
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from megatron_mmed.common.config import save_config, to_dict
+from megatron_mmed.common.errors import UserError
+from megatron_mmed.common.io import ensure_writable_dir
+from preprocessing.dedup.config import DedupConfig
+from preprocessing.dedup.lsh import Banding, choose_banding, fixed_banding
+from preprocessing.dedup.report import build_extra, write_markdown
+from preprocessing.dedup.stages import (
+    STAGES,
+    Ctx,
+    bucket_task,
+    bucket_task_id,
+    cluster_task,
+    filter_task,
+    signatures_task,
+)
+from preprocessing.document import CJK_LANGS
+from preprocessing.layout import StageStats, kept_files, require_stage_output, write_stage_report
+
+#: settings that change the result (a work folder made with other values cannot be resumed)
+_RESULT_KEYS = ("threshold", "num_perm", "seed", "word_ngram", "cjk_ngram", "bands", "rows", "partition_docs")
+
+
+@dataclass
+class DedupResult:
+    out_dir: Path
+    banding: Banding
+    stats: StageStats | None = None
+    report: dict[str, Any] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    ran: dict[str, int] = field(default_factory=dict)  # stage -> tasks run by this process
+    complete: bool = False
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    fn: Callable[..., dict[str, Any]]
+    args: tuple[Any, ...]
+
+
+def banding_for(cfg: DedupConfig) -> Banding:
+    if cfg.bands:
+        return fixed_banding(cfg.threshold, cfg.bands, cfg.rows)
+    return choose_banding(cfg.threshold, cfg.num_perm, cfg.fp_weight, cfg.fn_weight)
+
+
+def plan(stage: str, ctx: Ctx) -> list[Task]:
+    """All tasks of ``stage`` in a fixed order (buckets need the signature markers for document counts)."""
+    if stage == "signatures":
+        return [
+            Task(f"{lg}-{i:05d}", signatures_task, (lg, i)) for lg, fs in ctx.files for i in range(len(fs))
+        ]
+    if stage == "buckets":
+        tasks = []
+        done = ctx.markers("signatures")
+        for lg, fs in ctx.files:
+            missing = [i for i in range(len(fs)) if not done.is_done(f"{lg}-{i:05d}")]
+            if missing:
+                raise UserError(
+                    f"buckets: {len(missing)} signature task(s) of {lg} not done; run --stage signatures"
+                )
+            n_docs = sum(done.read(f"{lg}-{i:05d}")["docs"] for i in range(len(fs)))
+            parts = max(1, math.ceil(n_docs / ctx.cfg.partition_docs))
+            tasks += [Task(bucket_task_id(lg, p), bucket_task, (lg, p, parts)) for p in range(parts)]
+        return tasks
+    if stage == "clusters":
+        return [Task(lg, cluster_task, (lg,)) for lg, _ in ctx.files]
+    if stage == "filter":
+        return [Task(f"{lg}-{i:05d}", filter_task, (lg, i)) for lg, fs in ctx.files for i in range(len(fs))]
+    raise UserError(f"unknown stage {stage!r} (choose from all, {', '.join(STAGES)})")
+
+
+def _call(ctx: Ctx, task: Task) -> dict[str, Any]:
+    return task.fn(ctx, *task.args)
+
+
+def _run_tasks(ctx: Ctx, stage: str, tasks: list[Task], pool: Executor | None, show_progress: bool) -> None:
+    if not tasks:
+        return
+    import sys
+
+    from rich.progress import Progress
+
+    with Progress(disable=not (show_progress and sys.stderr.isatty()), transient=True) as bar:
+        job = bar.add_task(f"dedup {stage}", total=len(tasks))
+        if pool is None or len(tasks) == 1:
+            for t in tasks:
+                _call(ctx, t)
+                bar.advance(job)
+            return
+        for _ in pool.map(_call, [ctx] * len(tasks), tasks):
+            bar.advance(job)
+
+
+def _pool(workers: int) -> Executor | None:
+    """One pool for all stages (forked before any thread starts: workers need no re-import)."""
+    if workers <= 1:
+        return None
+    method = "fork" if "fork" in get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(workers, mp_context=get_context(method))
+
+
+def _wait_for(ctx: Ctx, stage: str, tasks: list[Task], poll_s: float = 2.0) -> None:
+    """Block until every task of ``stage`` (all ranks) has its marker (``--stage all`` with world_size > 1)."""
+    markers = ctx.markers(stage)
+    while any(not markers.is_done(t.id) for t in tasks):
+        time.sleep(poll_s)
+
+
+def _check_config(folder: Path, cfg: DedupConfig, create: bool) -> None:
+    """Refuse to resume (or skip) a folder made with different result-changing settings."""
+    mine = {k: v for k, v in to_dict(cfg).items() if k in _RESULT_KEYS}
+    path = folder / "config.yaml"
+    if path.is_file():
+        theirs = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        diff = sorted(k for k in _RESULT_KEYS if theirs.get(k) != mine.get(k))
+        if diff:
+            raise UserError(
+                f"{folder} was made with other settings ({', '.join(diff)}); "
+                "rerun with the same settings or use a new output folder"
+            )
+    elif create:
+        save_config(cfg, path)
+
+
+def make_context(in_dir: str | Path, out_dir: str | Path, cfg: DedupConfig) -> tuple[Ctx, Banding]:
+    in_dir = require_stage_output(in_dir).resolve()
+    out_dir = ensure_writable_dir(out_dir).resolve()
+    if in_dir == out_dir:
+        raise UserError("--output must differ from --input")
+    work_dir = Path(cfg.work_dir).resolve() if cfg.work_dir else out_dir / ".work"
+    banding = banding_for(cfg)
+    files = tuple((lg, tuple(str(p) for p in fs)) for lg, fs in kept_files(in_dir).items())
+    ctx = Ctx(str(in_dir), str(out_dir), str(work_dir), cfg, banding.bands, banding.rows, files)
+    return ctx, banding
+
+
+def finalize(ctx: Ctx, banding: Banding) -> tuple[StageStats, dict[str, Any]]:
+    """Merge the filter markers into OUT/report.json|md and OUT/config.yaml (and drop the work folder)."""
+    stats = StageStats()
+    filt = ctx.markers("filter")
+    for t in plan("filter", ctx):
+        stats.merge(StageStats.from_dict(filt.read(t.id)["stats"]))
+    clusters = ctx.markers("clusters")
+    cluster_info = {lg: clusters.read(lg) for lg, _ in ctx.files if clusters.is_done(lg)}
+    sig = ctx.markers("signatures")
+    no_sh = {
+        lg: sum(sig.read(f"{lg}-{i:05d}")["no_shingles"] for i in range(len(fs))) for lg, fs in ctx.files
+    }
+    extra = build_extra(ctx.cfg, banding, cluster_info, no_sh, CJK_LANGS)
+    report = write_stage_report(ctx.out_dir, "dedup", stats, input_dir=ctx.in_dir, **extra)
+    write_markdown(Path(ctx.out_dir) / "report.md", report)
+    save_config(ctx.cfg, Path(ctx.out_dir) / "config.yaml")
+    if not ctx.cfg.keep_work:
+        shutil.rmtree(ctx.work_dir, ignore_errors=True)
+    return stats, report
+
+
+def _run_stages(
+    ctx: Ctx,
+    stages: tuple[str, ...],
+    stage: str,
+    rank: int,
+    world_size: int,
+    pool: Executor | None,
+    show_progress: bool,
+    log: Callable[[str], None],
+    result: DedupResult,
+) -> None:
+    for st in stages:
+        t0 = time.perf_counter()
+        tasks = plan(st, ctx)
+        markers = ctx.markers(st)
+        mine = [t for k, t in enumerate(tasks) if k % world_size == rank]
+        pending = [t for t in mine if not markers.is_done(t.id)]
+        log(f"dedup {st}: {len(tasks)} task(s), rank {rank}/{world_size}: {len(pending)} to run")
+        _run_tasks(ctx, st, pending, pool, show_progress)
+        result.ran[st] = len(pending)
+        if stage == "all" and world_size > 1:
+            _wait_for(ctx, st, tasks)
+        result.seconds[st] = time.perf_counter() - t0
+
+
+def run_dedup(
+    in_dir: str | Path,
+    out_dir: str | Path,
+    cfg: DedupConfig,
+    stage: str = "all",
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 1,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> DedupResult:
+    """Run ``stage`` (or all four) for this rank; the last filter task to finish writes the report."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise UserError(f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
+    if workers < 1:
+        raise UserError(f"workers must be >= 1, got {workers}")
+    stages = STAGES if stage == "all" else (stage,)
+    if stage != "all" and stage not in STAGES:
+        raise UserError(f"unknown stage {stage!r} (choose from all, {', '.join(STAGES)})")
+    ctx, banding = make_context(in_dir, out_dir, cfg)
+    result = DedupResult(Path(ctx.out_dir), banding)
+    log(f"dedup: threshold {cfg.threshold}, {cfg.num_perm} permutations -> {banding.describe()}")
+    filt = ctx.markers("filter")
+    if all(filt.is_done(t.id) for t in plan("filter", ctx)) and (Path(ctx.out_dir) / "report.json").is_file():
+        _check_config(Path(ctx.out_dir), cfg, create=False)
+        log("dedup: already complete (every filter task has its marker)")
+        result.complete = True
+        return result
+    _check_config(Path(ctx.work_dir), cfg, create=True)
+    pool = _pool(workers)
+    try:
+        _run_stages(ctx, stages, stage, rank, world_size, pool, show_progress, log, result)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    if all(filt.is_done(t.id) for t in plan("filter", ctx)):
+        try:
+            result.stats, result.report = finalize(ctx, banding)
+        except FileNotFoundError:  # another array task finished at the same time, finalised, dropped WORK
+            if not (Path(ctx.out_dir) / "report.json").is_file():
+                raise
+        result.complete = True
+    return result

@@ -1,0 +1,336 @@
+"""The four dedup stages as independent tasks: each reads files, writes files atomically, then its marker.
+
+signatures (one task per input file) -> buckets (one per language x hash range: exact hashes and every band)
+-> clusters (one per language) -> filter (one per input file). Documents of different languages are never
+compared: every task works inside one language, so a text and its translation are not duplicates.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zstandard
+
+from megatron_mmed.common.errors import UserError
+from megatron_mmed.common.io import ZSTD_LEVEL, DoneMarkers, JsonlZstWriter, atomic_write_json
+from preprocessing.dedup.clusters import choose_kept, connected_components, size_histogram
+from preprocessing.dedup.config import DedupConfig
+from preprocessing.dedup.lsh import band_hashes, bucket_pairs, partition_bounds, verify_pairs
+from preprocessing.dedup.minhash import agreement, signatures_datasketch, signatures_numpy
+from preprocessing.dedup.shingles import hash_batch
+from preprocessing.dedup.work import ShardArrays, ShardIds, Work, pack, unpack
+from preprocessing.document import CJK_LANGS
+from preprocessing.layout import StageStats, kept_file, rejected_file
+
+STAGES: tuple[str, ...] = ("signatures", "buckets", "clusters", "filter")
+FILTER_MARKERS = "dedup-filter"  # under OUT/.done (the other stages mark under WORK/.done)
+_VERIFY_CHUNK = 200_000
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """Everything a task needs (picklable, so tasks run in worker processes)."""
+
+    in_dir: str
+    out_dir: str
+    work_dir: str
+    cfg: DedupConfig
+    bands: int
+    rows: int
+    files: tuple[tuple[str, tuple[str, ...]], ...]  # (lang, input files) in sorted order
+
+    @property
+    def work(self) -> Work:
+        return Work(self.work_dir)
+
+    def lang_files(self, lang: str) -> tuple[str, ...]:
+        return dict(self.files)[lang]
+
+    def markers(self, stage: str) -> DoneMarkers:
+        if stage == "filter":
+            return DoneMarkers(self.out_dir, FILTER_MARKERS)
+        return DoneMarkers(self.work_dir, stage)
+
+
+def shard_name(path: str | Path) -> str:
+    name = Path(path).name
+    return name[: -len(".jsonl.zst")] if name.endswith(".jsonl.zst") else name
+
+
+def _text(rec: dict[str, Any]) -> str:
+    text = rec.get("text")
+    return text if isinstance(text, str) else ("" if text is None else str(text))
+
+
+def _raw_lines(path: str) -> Iterator[bytes]:
+    """The non-blank lines of a ``.jsonl.zst`` file as bytes (both stages number documents the same way)."""
+    try:
+        with open(path, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as raw:
+            for line in io.BufferedReader(raw, buffer_size=1 << 20):
+                if line.strip():
+                    yield line if line.endswith(b"\n") else line + b"\n"
+    except (zstandard.ZstdError, OSError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+
+
+def _records(path: str) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    for j, line in enumerate(_raw_lines(path)):
+        try:
+            rec = json.loads(line)
+        except ValueError as e:  # the input is not a valid prep output
+            raise UserError(f"{path}: line {j + 1} is not JSON ({e})") from None
+        yield line, rec if isinstance(rec, dict) else {"text": rec}
+
+
+class _RawZstWriter:
+    """Writes JSON lines as they were read (survivors stay byte-identical), via a temp file renamed on close."""
+
+    def __init__(self, path: Path):
+        self.path, self.tmp = path, path.with_name(path.name + ".tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.tmp, "wb")  # noqa: SIM115 (closed in close/abort)
+        self._z = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(self._fh, closefd=False)
+
+    def write(self, line: bytes) -> None:
+        self._z.write(line)
+
+    def close(self) -> None:
+        self._z.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self._fh.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, arr)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- signatures
+def signatures_task(ctx: Ctx, lang: str, i: int) -> dict[str, Any]:
+    """Signatures, sorted band hashes, exact hashes, lengths and ids of input file ``i`` of ``lang``."""
+    t0 = time.perf_counter()
+    cfg, work, path = ctx.cfg, ctx.work, ctx.lang_files(lang)[i]
+    cjk = lang in CJK_LANGS
+    n = cfg.cjk_ngram if cjk else cfg.word_ngram
+    sig_fn = signatures_numpy if cfg.backend == "numpy" else signatures_datasketch
+    ids: list[str] = []
+    lengths: list[int] = []
+    exact: list[np.ndarray] = []
+    sigs: list[np.ndarray] = []
+    has: list[np.ndarray] = []
+    texts: list[str] = []
+    chars = 0
+
+    def flush() -> None:
+        nonlocal texts, chars
+        if texts:
+            ex, h, off = hash_batch(texts, n, cjk)
+            exact.append(ex)
+            sigs.append(sig_fn(h, off, cfg.num_perm, cfg.seed))
+            has.append(off[1:] > off[:-1])
+        texts, chars = [], 0
+
+    for j, (_, rec) in enumerate(_records(path)):
+        text = _text(rec)
+        rid = rec.get("id")
+        ids.append(str(rid) if rid is not None else f"{lang}/{Path(path).name}:{j}")
+        lengths.append(len(text))
+        texts.append(text)
+        chars += len(text)
+        if chars >= cfg.batch_chars:
+            flush()
+    flush()
+    n_docs = len(ids)
+    sig = np.concatenate(sigs) if sigs else np.zeros((0, cfg.num_perm), dtype=np.uint32)
+    has_sh = np.concatenate(has) if has else np.zeros(0, dtype=bool)
+    docs = np.flatnonzero(has_sh).astype(np.uint32)
+    band = band_hashes(sig[docs], ctx.bands, ctx.rows)
+    order = np.argsort(band, axis=1, kind="stable")
+    ex_arr = np.concatenate(exact) if exact else np.zeros((0, 2), dtype=np.uint64)
+    xorder = np.argsort(ex_arr[:, 0], kind="stable")
+    _save(work.arr(lang, i, "sig"), sig)
+    _save(work.arr(lang, i, "band"), np.take_along_axis(band, order, axis=1))
+    _save(work.arr(lang, i, "bdoc"), docs[order])
+    _save(work.arr(lang, i, "exact"), ex_arr)
+    _save(work.arr(lang, i, "xkey"), ex_arr[xorder, 0])
+    _save(work.arr(lang, i, "xdoc"), xorder.astype(np.uint32))
+    _save(work.arr(lang, i, "len"), np.array(lengths, dtype=np.int64))
+    atomic_write_json(work.ids(lang, i), ids)
+    info = {"docs": n_docs, "no_shingles": int(n_docs - len(docs)), "seconds": time.perf_counter() - t0}
+    ctx.markers("signatures").mark(f"{lang}-{i:05d}", info)
+    return info
+
+
+# ------------------------------------------------------------------------------------------------- buckets
+def bucket_task_id(lang: str, part: int) -> str:
+    return f"{lang}-p{part:03d}"
+
+
+def _row_pairs(ctx: Ctx, maps: list[dict[str, np.ndarray]], row: int, part: int, parts: int) -> tuple:
+    """Candidate pairs of one band ``row`` (-1: exact hash) among keys in hash range ``part``."""
+    bounds = partition_bounds(parts)
+    keys: list[np.ndarray] = []
+    docs: list[np.ndarray] = []
+    for i, m in enumerate(maps):
+        k, d = (m["xkey"], m["xdoc"]) if row < 0 else (m["band"][row], m["bdoc"][row])
+        s = int(np.searchsorted(k, bounds[part], side="left"))
+        e = int(np.searchsorted(k, bounds[part + 1], side="left")) if part + 1 < parts else len(k)
+        keys.append(np.asarray(k[s:e]))
+        docs.append(pack(i, np.asarray(d[s:e])))
+    return bucket_pairs(np.concatenate(keys), np.concatenate(docs), ctx.cfg.max_bucket_pairs)
+
+
+def bucket_task(ctx: Ctx, lang: str, part: int, parts: int) -> dict[str, Any]:
+    """Verified duplicate pairs of documents sharing the exact hash or a band, for keys in one hash range.
+
+    Bands are read one at a time from the sorted per-file arrays (only this range's slice), so memory is
+    bounded by ``partition_docs`` entries whatever the corpus size.
+    """
+    t0 = time.perf_counter()
+    sigs = ShardArrays(ctx.work, lang, "sig")
+    exact = ShardArrays(ctx.work, lang, "exact")
+    out_a, out_b, out_j = [], [], []
+    candidates = 0
+    kinds = ("xkey", "xdoc", "band", "bdoc")
+    maps = [
+        {kind: np.load(ctx.work.arr(lang, i, kind), mmap_mode="r") for kind in kinds}
+        for i in range(len(ctx.lang_files(lang)))
+    ]
+    for row in range(-1, ctx.bands):
+        a, b = _row_pairs(ctx, maps, row, part, parts)
+        candidates += len(a)
+        for c in range(0, len(a), _VERIFY_CHUNK):
+            ca, cb = a[c : c + _VERIFY_CHUNK], b[c : c + _VERIFY_CHUNK]
+            if row < 0:
+                ok = (exact.gather(ca) == exact.gather(cb)).all(axis=1)
+                est = np.ones(len(ca), dtype=np.float32)
+            else:
+                ok, est = verify_pairs(sigs.gather(ca), sigs.gather(cb), ctx.cfg.threshold)
+            out_a.append(ca[ok])
+            out_b.append(cb[ok])
+            out_j.append(est[ok])
+    a = np.concatenate(out_a) if out_a else np.zeros(0, np.uint64)
+    b = np.concatenate(out_b) if out_b else np.zeros(0, np.uint64)
+    j = np.concatenate(out_j) if out_j else np.zeros(0, np.float32)
+    if len(a):  # a pair found in several bands is kept once
+        _, first = np.unique(np.stack((a, b), axis=1), axis=0, return_index=True)
+        a, b, j = a[first], b[first], j[first]
+    path = ctx.work.edges(lang, bucket_task_id(lang, part))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, a=a, b=b, jaccard=j)
+    os.replace(tmp, path)
+    info = {"candidates": int(candidates), "verified": int(len(a)), "seconds": time.perf_counter() - t0}
+    ctx.markers("buckets").mark(bucket_task_id(lang, part), info)
+    return info
+
+
+# ------------------------------------------------------------------------------------------------ clusters
+def cluster_task(ctx: Ctx, lang: str) -> dict[str, Any]:
+    """Union of verified pairs into clusters; per cluster the kept document; removals grouped per input file."""
+    t0 = time.perf_counter()
+    work = ctx.work
+    edge_files = sorted((work.root / "edges" / lang).glob("*.npz"))
+    parts_a, parts_b = [], []
+    for f in edge_files:
+        with np.load(f) as z:
+            parts_a.append(z["a"])
+            parts_b.append(z["b"])
+    a = np.concatenate(parts_a) if parts_a else np.zeros(0, np.uint64)
+    b = np.concatenate(parts_b) if parts_b else np.zeros(0, np.uint64)
+    removed_dir = work.root / "removed" / lang
+    shutil.rmtree(removed_dir, ignore_errors=True)
+    info: dict[str, Any] = {"edges": int(len(a)), "clusters": 0, "docs_in_clusters": 0}
+    info |= {"removed_exact": 0, "removed_near": 0, "cluster_sizes": {}}
+    if len(a):
+        nodes, labels = connected_components(a, b)
+        lengths = ShardArrays(work, lang, "len").gather(nodes)
+        ids = ShardIds(work, lang).gather(nodes)
+        kept_idx = choose_kept(labels, lengths, ids, nodes)
+        rm = np.flatnonzero(kept_idx != np.arange(len(nodes)))
+        doc, kept = nodes[rm], nodes[kept_idx[rm]]
+        exact_arr = ShardArrays(work, lang, "exact")
+        is_exact = (exact_arr.gather(doc) == exact_arr.gather(kept)).all(axis=1)
+        est = agreement(*(ShardArrays(work, lang, "sig").gather(x) for x in (doc, kept)))
+        kept_ids = ids[kept_idx[rm]]
+        files, local = unpack(doc)
+        for f in np.unique(files):
+            sel = np.flatnonzero(files == f)
+            rec = {
+                "local": local[sel].tolist(),
+                "kept_id": kept_ids[sel].tolist(),
+                "exact": is_exact[sel].tolist(),
+                "jaccard": [round(float(x), 4) for x in est[sel]],
+            }
+            atomic_write_json(work.removed(lang, int(f)), rec)
+        info.update(
+            clusters=int(len(np.unique(labels))),
+            docs_in_clusters=int(len(nodes)),
+            removed_exact=int(is_exact.sum()),
+            removed_near=int((~is_exact).sum()),
+            cluster_sizes=size_histogram(labels),
+        )
+    info["seconds"] = time.perf_counter() - t0
+    ctx.markers("clusters").mark(lang, info)
+    return info
+
+
+# -------------------------------------------------------------------------------------------------- filter
+def filter_task(ctx: Ctx, lang: str, i: int) -> dict[str, Any]:
+    """Copy survivors of input file ``i`` unchanged to OUT/kept; write removed ones to OUT/rejected."""
+    t0 = time.perf_counter()
+    path = ctx.lang_files(lang)[i]
+    removed: dict[int, tuple[str, bool, float]] = {}
+    rm_path = ctx.work.removed(lang, i)
+    if rm_path.is_file():
+        r = json.loads(rm_path.read_text(encoding="utf-8"))
+        removed = {j: (k, x, s) for j, k, x, s in zip(r["local"], r["kept_id"], r["exact"], r["jaccard"])}
+    name = shard_name(path)
+    lengths = np.load(ctx.work.arr(lang, i, "len")).tolist()
+    stats = StageStats()
+    kept_w = _RawZstWriter(kept_file(ctx.out_dir, lang, name))
+    rej_w = JsonlZstWriter(rejected_file(ctx.out_dir, f"{lang}-{name}"))
+    try:
+        for j, line in enumerate(_raw_lines(path)):
+            stats.seen(lang, lengths[j])
+            if j in removed:
+                rid = json.loads(line).get("id")
+                kept_id, exact, jac = removed[j]
+                reason = "dup:exact" if exact else "dup:near"
+                out = {"id": rid if rid is not None else f"{lang}/{Path(path).name}:{j}", "lang": lang}
+                out |= {"reason": reason, "kept_id": kept_id}
+                if not exact:
+                    out["jaccard"] = jac
+                rej_w.write(out)
+                stats.dropped(lang, reason)
+            else:
+                kept_w.write(line)
+                stats.kept(lang, lengths[j])
+    except BaseException:
+        kept_w.abort()
+        rej_w.abort()
+        raise
+    kept_w.close()
+    rej_w.close()
+    info = {"stats": stats.to_dict(), "seconds": time.perf_counter() - t0}
+    ctx.markers("filter").mark(f"{lang}-{i:05d}", info)
+    return info
