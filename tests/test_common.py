@@ -96,3 +96,14 @@ def test_cli_user_errors_exit_2(tmp_path: Path, capsys):
     assert "input path does not exist" in err and "Traceback" not in err
     rc = main(["prep", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "nosuch.key=1"])
     assert rc == 2 and "unknown config key" in capsys.readouterr().err
+
+
+def test_section_of_a_recipe(tmp_path: Path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("inputs: [a]\nouter:\n  steps: 3\n")
+    assert load_config(Outer, recipe, section="outer").steps == 3
+    recipe.write_text("inputs: [a]\nother: {}\n")  # a recipe without this stage's section: defaults
+    assert load_config(Outer, recipe, section="outer") == Outer()
+    plain = tmp_path / "p.yaml"
+    plain.write_text("steps: 4\n")  # the stage's own config file still works
+    assert load_config(Outer, plain, section="outer").steps == 4

@@ -161,9 +161,9 @@ def load_config(
 ) -> T:
     """YAML file (optional) + dot-list overrides -> validated dataclass.
 
-    With ``section``, a file whose top level has that key and is not itself a ``cls`` config (a pipeline
-    recipe such as ``configs/prep/mmedc.yaml``) contributes only that section, so every stage command can
-    read the same recipe.
+    With ``section``, a file that is not itself a ``cls`` config (a pipeline recipe such as
+    ``configs/prep/mmedc.yaml``: it has that key, or keys ``cls`` does not know) contributes only that
+    section (defaults when absent), so every stage command can read the same recipe.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -179,8 +179,9 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
         names = {f.name for f in dataclasses.fields(cls)}
-        if section is not None and section in loaded and section not in names:
-            loaded = loaded[section] or {}
+        recipe = section in loaded or not set(loaded) <= names  # a recipe: take its section (maybe absent)
+        if section is not None and section not in names and recipe:
+            loaded = loaded.get(section) or {}
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{p}: section {section!r} must be a mapping")
         data = loaded
