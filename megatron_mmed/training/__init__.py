@@ -1,0 +1,1 @@
+"""InternLM2 training on megatron-core: typed config, FLOPs accounting, CPU shim, data, checkpoints, loop."""

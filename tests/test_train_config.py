@@ -1,0 +1,134 @@
+"""The typed training config, the shipped configs' dry runs, and the FLOPs formula against a hand count."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from megatron_mmed.common.config import ConfigError, load_config
+from megatron_mmed.models import get_preset
+from megatron_mmed.training.config import TrainConfig, resolve_layout, world_size_from_env
+from megatron_mmed.training.flops import flops_per_token, parameter_count
+from megatron_mmed.training.plan import make_plan
+
+SHIPPED = ["tiny_cpu.yaml", "internlm2_1_8b.yaml", "internlm2_7b.yaml", "internlm2_20b.yaml"]
+
+
+def test_flops_against_a_hand_count():
+    """InternLM2-7B at seq 4096, vocab 92544, counted by hand (2 FLOPs per multiply-add)."""
+    f = flops_per_token(get_preset("internlm2-7b"), 4096, 92544)
+    h, kv, ffn, s, v, n = 4096, 8 * 128, 14336, 4096, 92544, 32
+    qkv = 2 * h * (h + 2 * kv)  # 4096 x 6144 fused QKV
+    assert f.qkv == n * qkv == 32 * 50_331_648
+    assert f.out_proj == n * 2 * h * h == 32 * 33_554_432
+    assert f.mlp == n * (2 * h * ffn * 2 + 2 * ffn * h) == 32 * 352_321_536  # gate + up + down
+    assert f.attention == n * (2 * s * h + 2 * s * h) // 2 == 32 * 33_554_432  # QK^T + AV, causal half
+    assert f.logits == 2 * h * v == 758_120_448
+    assert f.forward == 32 * (50_331_648 + 33_554_432 + 352_321_536 + 33_554_432) + 758_120_448
+    assert f.training == 3 * 15_790_505_984 == 47_371_517_952
+    # the 6N rule of thumb (N without the input embedding) plus attention agrees within 1%
+    n_params = parameter_count(get_preset("internlm2-7b"), 92544) - v * h
+    assert f.training == pytest.approx(6 * n_params + 3 * f.attention, rel=0.01)
+
+
+def test_defaults_are_a_valid_config():
+    from megatron_mmed.common.config import validate_tree
+
+    cfg = TrainConfig()
+    validate_tree(cfg)
+    assert cfg.model.preset == "tiny" and resolve_layout(cfg, 1).dp == 1
+
+
+def test_layout_derives_dp_and_rejects_bad_world_sizes(repo_root):
+    cfg = load_config(
+        TrainConfig, repo_root / "configs/train/internlm2_7b.yaml", ["parallel.tp=2", "parallel.pp=2"]
+    )
+    layout = resolve_layout(cfg, 32)
+    assert (layout.tp, layout.pp, layout.cp, layout.dp) == (2, 2, 1, 8)
+    assert layout.tp * layout.pp * layout.cp * layout.dp == 32
+    assert layout.num_microbatches == 512 // (1 * 8)
+    with pytest.raises(ConfigError, match="not a multiple of TP x PP x CP"):
+        resolve_layout(cfg, 6)
+
+
+def test_world_size_sources(repo_root, monkeypatch):
+    cfg = load_config(TrainConfig, repo_root / "configs/train/tiny_cpu.yaml", ["parallel.tp=2"])
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert world_size_from_env(cfg) == 2  # TP x PP x CP when nothing says otherwise
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert world_size_from_env(cfg) == 8
+    assert world_size_from_env(cfg, 4) == 4
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["parallel.tp=3"], "must divide the attention heads"),
+        (["parallel.pp=3"], "do not split into pp"),
+        (["parallel.sequence_parallel=true"], "needs parallel.tp >= 2"),
+        (["precision.fp8=hybrid", "precision.dtype=fp32"], "needs precision.dtype=bf16"),
+        (["precision.fp8=e5m2"], "not one of"),
+        (["train.global_batch_size=7"], "multiple of train.micro_batch_size"),
+        (["schedule.decay_style=WSD"], "wsd_decay_steps"),
+        (["optimizer.min_lr=1.0"], "min_lr"),
+        (["model.preset=gpt2"], "unknown preset"),
+        (["model.seq_length=40000"], "max positions"),
+        (["data.split=90,10"], "three non-negative numbers"),
+        (["train.exit_at_step=100"], "exit_at_step"),
+        (["nonsense.key=1"], "unknown config key"),
+    ],
+)
+def test_validate_rejects_bad_values(repo_root, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainConfig, repo_root / "configs/train/tiny_cpu.yaml", overrides)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_plan_at_tp2_pp2(repo_root, name):
+    cfg = load_config(TrainConfig, repo_root / "configs/train" / name, ["parallel.tp=2", "parallel.pp=2"])
+    plan = make_plan(cfg, world_size_from_env(cfg))
+    assert plan.layout.tp * plan.layout.pp * plan.layout.cp * plan.layout.dp == plan.layout.world_size
+    assert plan.parameters > 0 and plan.flops.training > 0
+
+
+@pytest.mark.parametrize("name", ["tiny_cpu.yaml", "internlm2_7b.yaml"])
+def test_cli_dry_run_exits_zero_without_data(repo_root, name, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "megatron_mmed.cli",
+            "train",
+            "--config",
+            str(repo_root / "configs/train" / name),
+        ]
+        + ["--dry-run", "parallel.tp=2", "parallel.pp=2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "TP=2 x PP=2 x CP=1 x DP=" in out.stdout
+    assert "parameters:" in out.stdout and "flops/token" in out.stdout and "# resolved config" in out.stdout
+
+
+def test_cli_config_error_is_one_line_exit_2(repo_root):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "megatron_mmed.cli",
+            "train",
+            "--config",
+            str(repo_root / "configs/train/tiny_cpu.yaml"),
+        ]
+        + ["--dry-run", "parallel.tp=3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "must divide the attention heads" in out.stderr
+    assert "Traceback" not in out.stderr
