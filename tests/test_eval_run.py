@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import pytest
 
@@ -236,14 +237,19 @@ def test_cli_yaml_config_few_shot_from_train(tiny_model, shared_data, tmp_path):
     assert res["config"]["shots"] == 2 and res["config"]["seed"] == 7 and res["config"]["languages"] == ["ru"]
 
 
-def test_wandb_requested_but_missing(tiny_model, small_qa, tmp_path):
-    try:
-        import wandb  # noqa: F401
-
-        pytest.skip("wandb is installed here")
-    except ImportError:
-        pass
+def test_wandb_requested_but_missing(tiny_model, small_qa, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # the package absent: `import wandb` raises ImportError
     cfg = _cfg(tiny_model, small_qa, tmp_path / "o", data=str(small_qa), wandb_project="mmed")
     with pytest.raises(UserError, match="wandb package is not installed"):
         run_mmedbench(cfg, progress=False)
     assert not (tmp_path / "o").exists()  # refused before any work, not after a long run
+
+
+def test_wandb_offline_run_is_written(tiny_model, small_qa, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = _cfg(tiny_model, small_qa, tmp_path / "o", data=str(small_qa), wandb_project="mmed", limit=1)
+    run_mmedbench(cfg, progress=False)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
