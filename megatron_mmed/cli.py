@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import warnings
 
 from megatron_mmed.common.config import ConfigError
 from megatron_mmed.common.errors import UserError
@@ -25,6 +27,25 @@ COMMANDS: dict[str, str] = {
     "eval": "megatron_mmed.commands.eval",
     "demo": "megatron_mmed.commands.demo",
 }
+
+
+#: Third-party warnings with nothing for a user of this repo to act on: Apex is deliberately not a dependency
+#: (README), megatron-core/torch deprecations inside their own code paths. MMED_ALL_WARNINGS=1 shows them.
+QUIET_WARNINGS: tuple[str, ...] = (
+    r"Apex is not installed",
+    r"Transformer Engine and Apex are not installed",
+    r"full scope is deprecated",
+    r"torch\.distributed is disabled, unavailable or uninitialized",
+    r"Please use DTensor instead",
+    r"`load_state_dict` is deprecated",
+)
+
+
+def _quiet_known_warnings() -> None:
+    if os.environ.get("MMED_ALL_WARNINGS") == "1":
+        return
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _quiet_known_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
