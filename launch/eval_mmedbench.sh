@@ -13,7 +13,13 @@
 #SBATCH --gpus-per-node=1
 #SBATCH --time=08:00:00
 set -euo pipefail
-_repo=${MMED_REPO:-${SLURM_SUBMIT_DIR:-$(cd "$(dirname "$0")/.." && pwd)}}
+_repo=${MMED_REPO:-}
+if [[ -z "$_repo" && -n "${SLURM_JOB_ID:-}" ]]; then # sbatch ran a copy: find the original script's repo
+  _cmd=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
+  [[ -f "$_cmd" ]] && _repo=$(cd "$(dirname "$_cmd")/.." && pwd)
+fi
+[[ -f "$_repo/launch/lib/common.sh" ]] || _repo=${SLURM_SUBMIT_DIR:-}
+[[ -f "$_repo/launch/lib/common.sh" ]] || _repo=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib/common.sh
 source "$_repo/launch/lib/common.sh"
 [[ "${1:-}" == --dry-run ]] && DRY_RUN=1

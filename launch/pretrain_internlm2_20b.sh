@@ -26,6 +26,12 @@ DEFAULT_NODES=4
 DEFAULT_LAYOUT="parallel.tp=4 parallel.pp=2 parallel.sequence_parallel=true"
 DEFAULT_FP8=hybrid
 SCRIPT=$(realpath "$0")
-_repo=${MMED_REPO:-${SLURM_SUBMIT_DIR:-$(cd "$(dirname "$0")/.." && pwd)}}
+_repo=${MMED_REPO:-}
+if [[ -z "$_repo" && -n "${SLURM_JOB_ID:-}" ]]; then # sbatch ran a copy: find the original script's repo
+  _cmd=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
+  [[ -f "$_cmd" ]] && _repo=$(cd "$(dirname "$_cmd")/.." && pwd)
+fi
+[[ -f "$_repo/launch/lib/common.sh" ]] || _repo=${SLURM_SUBMIT_DIR:-}
+[[ -f "$_repo/launch/lib/common.sh" ]] || _repo=$(cd "$(dirname "$0")/.." && pwd)
 [[ -f "$_repo/launch/lib/pretrain.sh" ]] || { echo "mmed launch: cannot find the repo (set MMED_REPO)" >&2; exit 2; }
 source "$_repo/launch/lib/pretrain.sh" "$@"
