@@ -98,7 +98,7 @@ def test_continued_pretraining_round_trip_at_tp2(repo_root, tok, tmp_path):
         tiny_llama(**sizes, rope_scaling={"rope_type": "dynamic", "factor": 2.0}), tmp_path / "hf"
     )
     init = tmp_path / "init"
-    report = hf_to_mcore(hf, init, preset="tiny", tp=2)  # vocab padded as a TP=2 run pads it (512)
+    report = hf_to_mcore(hf, init, preset="tiny")  # converted at TP=1 (vocab 257 -> 384), loaded at TP=2
     assert report.validation.ok
     _train_two_ranks(repo_root, tok, tmp_path / "run", "parallel.tp=2", f"checkpoint.init_from={init}")
     out = tmp_path / "out"
