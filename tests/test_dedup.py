@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from datasketch import MinHash, MinHashLSH
 
-from megatron_mmed.commands.dedup import rank_and_world
 from megatron_mmed.common.config import ConfigError, load_config
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.common.io import JsonlZstWriter, read_jsonl_zst
+from megatron_mmed.common.slurm import array_rank_world
 from preprocessing.dedup import STAGES, DedupConfig, run_dedup
 from preprocessing.dedup.clusters import choose_kept, connected_components
 from preprocessing.dedup.lsh import bucket_pairs, choose_banding
@@ -153,11 +153,11 @@ def test_config_validation_and_slurm_env(monkeypatch):
         load_config(DedupConfig, None, ["threshold=1.5"])
     with pytest.raises(ConfigError, match="bands and rows"):
         load_config(DedupConfig, None, ["bands=10"])
-    ns = type("A", (), {"rank": None, "world_size": None})()
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "4")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
-    assert rank_and_world(ns) == (1, 3)
+    assert array_rank_world(None, None) == (1, 3)
+    assert array_rank_world(2, 4) == (2, 4)  # flags win over the environment
 
 
 # ------------------------------------------------------------------------------------------------ results

@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 HELP = "exact + MinHash near-duplicate removal per language (IN/kept -> OUT/kept, OUT/rejected)"
 
 _STAGES = ("all", "signatures", "buckets", "clusters", "filter")
-
-
-def _env_int(*names: str) -> int | None:
-    for name in names:
-        value = os.environ.get(name)
-        if value is not None and value.strip().lstrip("-").isdigit():
-            return int(value)
-    return None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,19 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. num_perm=256")
 
 
-def rank_and_world(args: argparse.Namespace) -> tuple[int, int]:
-    """``--rank/--world-size``, else the slurm array variables (rank relative to SLURM_ARRAY_TASK_MIN)."""
-    rank, world = args.rank, args.world_size
-    if rank is None:
-        task_id = _env_int("SLURM_ARRAY_TASK_ID")
-        rank = 0 if task_id is None else task_id - (_env_int("SLURM_ARRAY_TASK_MIN") or 0)
-    if world is None:
-        world = _env_int("SLURM_ARRAY_TASK_COUNT") or 1
-    return rank, world
-
-
 def run(args: argparse.Namespace) -> int:
     from megatron_mmed.common.config import load_config
+    from megatron_mmed.common.slurm import array_rank_world
     from preprocessing.dedup import DedupConfig, run_dedup
     from preprocessing.dedup.report import summary
 
@@ -57,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threshold is not None:
         overrides.append(f"threshold={args.threshold}")
     cfg = load_config(DedupConfig, args.config, overrides, section="dedup")
-    rank, world = rank_and_world(args)
+    rank, world = array_rank_world(args.rank, args.world_size)
     result = run_dedup(
         args.input,
         args.output,
