@@ -13,7 +13,6 @@ the whole benchmark stays small and the lookup per document is a handful of vect
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import time
@@ -28,7 +27,13 @@ import zstandard
 
 from megatron_mmed.common.config import ConfigError, save_config, to_dict
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, atomic_write_text, ensure_writable_dir
+from megatron_mmed.common.io import (
+    DoneMarkers,
+    JsonlZstWriter,
+    atomic_write_text,
+    ensure_writable_dir,
+    iter_jsonl_zst_records,
+)
 from megatron_mmed.common.progress import progress_bar
 from preprocessing.document import CJK_LANGS, LANGUAGE_NAMES
 from preprocessing.layout import (
@@ -321,42 +326,34 @@ def _process_file(lang: str, path: Path, out: Path, keep_text: bool) -> dict[str
     rejected = JsonlZstWriter(rejected_file(out, _shard_id(lang, path)))
     matched_items: dict[str, int] = {}
     try:
-        with open(path, "rb") as fh:
-            reader = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(fh), encoding="utf-8")
-            for i, line in enumerate(reader):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                    text = rec["text"]
-                    if not isinstance(text, str):
-                        raise TypeError
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    stats.seen(lang, 0)
-                    stats.dropped(lang, "parse")
-                    rejected.write({"id": f"{path.name}:{i}", "lang": lang, "reason": "parse"})
-                    continue
-                doc_lang = rec.get("lang") or lang
-                stats.seen(doc_lang, len(text))
-                matches = _INDEX.match(text)
-                if not matches:
-                    kept.write(rec)
-                    stats.kept(doc_lang, len(text))
-                    continue
-                stats.dropped(doc_lang, REASON)
-                out_rec = {
-                    "id": rec.get("id"),
-                    "lang": doc_lang,
-                    "reason": REASON,
-                    "matches": [m["item"] for m in matches],
-                    "match_details": matches,
-                    "source": rec.get("source", ""),
-                }
-                if keep_text:
-                    out_rec["text"] = text
-                rejected.write(out_rec)
-                for m in matches:
-                    matched_items[m["item"]] = matched_items.get(m["item"], 0) + 1
+        for i, rec in iter_jsonl_zst_records(path):
+            text = rec.get("text") if rec is not None else None
+            if not isinstance(text, str):
+                stats.seen(lang, 0)
+                stats.dropped(lang, "parse")
+                rejected.write({"id": f"{path.name}:{i}", "lang": lang, "reason": "parse"})
+                continue
+            doc_lang = rec.get("lang") or lang
+            stats.seen(doc_lang, len(text))
+            matches = _INDEX.match(text)
+            if not matches:
+                kept.write(rec)
+                stats.kept(doc_lang, len(text))
+                continue
+            stats.dropped(doc_lang, REASON)
+            out_rec = {
+                "id": rec.get("id"),
+                "lang": doc_lang,
+                "reason": REASON,
+                "matches": [m["item"] for m in matches],
+                "match_details": matches,
+                "source": rec.get("source", ""),
+            }
+            if keep_text:
+                out_rec["text"] = text
+            rejected.write(out_rec)
+            for m in matches:
+                matched_items[m["item"]] = matched_items.get(m["item"], 0) + 1
         kept.close()
         rejected.close()
     except (OSError, UnicodeDecodeError, zstandard.ZstdError) as e:

@@ -10,7 +10,6 @@ tokenizer's EOD appended (and a BOS in front only when ``add_bos``).
 from __future__ import annotations
 
 import gc
-import io
 import json
 import multiprocessing as mp
 import os
@@ -27,7 +26,7 @@ import zstandard
 
 from megatron_mmed.common.config import ConfigError, save_config, to_dict
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, ensure_writable_dir
+from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, ensure_writable_dir, iter_jsonl_zst_records
 from megatron_mmed.common.progress import progress_bar
 from preprocessing.blend import BlendConfig, build_blend, write_blend, write_tokenize_report
 from preprocessing.layout import (
@@ -200,20 +199,6 @@ def _builder_cls():
     return IndexedDatasetBuilder
 
 
-def iter_records(path: Path):
-    """``(line_no, record or None)`` of a ``.jsonl.zst`` file; None for a line that is not a JSON object."""
-    with open(path, "rb") as fh:
-        reader = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(fh), encoding="utf-8")
-        for i, line in enumerate(reader):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                rec = None
-            yield i, rec if isinstance(rec, dict) else None
-
-
 def tokenize_file(
     tok: SentencePieceTokenizer | HFTokenizer,
     ids: TokenIds,
@@ -255,7 +240,7 @@ def tokenize_file(
         batch.clear()
 
     try:
-        for line_no, rec in iter_records(path):
+        for line_no, rec in iter_jsonl_zst_records(path):
             text = rec.get("text") if rec is not None else None
             if not isinstance(text, str):
                 stats.seen(lang, 0)

@@ -107,3 +107,13 @@ def test_section_of_a_recipe(tmp_path: Path):
     plain = tmp_path / "p.yaml"
     plain.write_text("steps: 4\n")  # the stage's own config file still works
     assert load_config(Outer, plain, section="outer").steps == 4
+
+
+def test_tolerant_record_reader(tmp_path: Path):
+    import zstandard
+
+    from megatron_mmed.common.io import iter_jsonl_zst_records
+
+    p = tmp_path / "x.jsonl.zst"
+    p.write_bytes(zstandard.ZstdCompressor().compress(b'{"a": 1}\n\n[1, 2]\n{broken\n{"b": 2}\n'))
+    assert list(iter_jsonl_zst_records(p)) == [(0, {"a": 1}), (2, None), (3, None), (4, {"b": 2})]

@@ -98,6 +98,21 @@ def read_jsonl_zst(path: str | Path) -> Iterator[dict[str, Any]]:
                     yield json.loads(line)
 
 
+def iter_jsonl_zst_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    """``(0-based line number, record)`` of every non-blank line; ``None`` for a line that is not a JSON
+    object, so a stage can count and record it instead of crashing (``read_jsonl_zst`` raises instead)."""
+    with open(path, "rb") as fh:
+        reader = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(fh), encoding="utf-8")
+        for i, line in enumerate(reader):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                rec = None
+            yield i, rec if isinstance(rec, dict) else None
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
