@@ -58,6 +58,16 @@ def _corpus_input(shared_data: Path, root: Path) -> dict[str, int]:
     return counts
 
 
+def _prep_cli(inp: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``mmed prep --input INP --output OUT EXTRA...`` in a subprocess (exit code and stderr as a user sees)."""
+    return subprocess.run(
+        [*MMED, "prep", "--input", str(inp), "--output", str(out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def _outputs(out: Path) -> dict[str, list]:
     kept = {lang: list(read_jsonl_zst(f)) for lang, fs in kept_files(out).items() for f in fs}
     return {
@@ -248,45 +258,13 @@ def test_cli_errors(tmp_path: Path):
     f.write_text("x")
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "a.jsonl").write_text('{"text": "x"}\n')
-    res = subprocess.run(
-        [*MMED, "prep", "--input", str(tmp_path / "raw"), "--output", str(f / "sub")],
-        capture_output=True,
-        text=True,
-    )
+    res = _prep_cli(tmp_path / "raw", f / "sub")
     assert res.returncode == 2 and "not writable" in res.stderr and "Traceback" not in res.stderr
-    res = subprocess.run(
-        [
-            *MMED,
-            "prep",
-            "--input",
-            str(tmp_path / "raw"),
-            "--output",
-            str(tmp_path / "o"),
-            "--preset",
-            "mmedc",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    res = _prep_cli(tmp_path / "raw", tmp_path / "o", "--preset", "mmedc")
     assert res.returncode == 2 and "--keywords" in res.stderr and "Traceback" not in res.stderr
     bad_kw = tmp_path / "kw.json"
     bad_kw.write_text("{not json")
-    res = subprocess.run(
-        [
-            *MMED,
-            "prep",
-            "--input",
-            str(tmp_path / "raw"),
-            "--output",
-            str(tmp_path / "o"),
-            "--preset",
-            "mmedc",
-            "--keywords",
-            str(bad_kw),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    res = _prep_cli(tmp_path / "raw", tmp_path / "o", "--preset", "mmedc", "--keywords", str(bad_kw))
     assert res.returncode == 2 and "Traceback" not in res.stderr
 
 
