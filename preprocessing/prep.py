@@ -241,8 +241,9 @@ def run_prep(
     pending, results = [], {}
     mine = [s for i, s in enumerate(shards) if i % world_size == rank]
     for s in mine:
-        if markers.is_done(s.shard_id) and markers.read(s.shard_id).get("shard") == s.describe():
-            results[s.shard_id] = markers.read(s.shard_id)
+        done = markers.read(s.shard_id) if markers.is_done(s.shard_id) else None
+        if done is not None and done.get("shard") == s.describe():
+            results[s.shard_id] = done
         else:
             pending.append(s)
     skipped = len(mine) - len(pending)
