@@ -117,3 +117,32 @@ def test_tolerant_record_reader(tmp_path: Path):
     p = tmp_path / "x.jsonl.zst"
     p.write_bytes(zstandard.ZstdCompressor().compress(b'{"a": 1}\n\n[1, 2]\n{broken\n{"b": 2}\n'))
     assert list(iter_jsonl_zst_records(p)) == [(0, {"a": 1}), (2, None), (3, None), (4, {"b": 2})]
+
+
+def test_loads_matches_json_module():
+    import json
+    import math
+
+    from megatron_mmed.common.io import loads
+
+    cases = ['{"a": 1, "b": [1.5, "é", null, true]}', '"\\ud800x"', "[]", "-9223372036854775808", "1e300"]
+    cases += ['{"id": 12345678901234567890123}', '{"m": {"x": [18446744073709551616]}}', "-1.5e19"]
+    for text in cases:
+        assert loads(text) == loads(text.encode()) == json.loads(text), text  # orjson path and fallbacks
+        assert type(loads(text)) is type(json.loads(text))
+    assert loads('{"id": 12345678901234567890123}')["id"] == 12345678901234567890123  # not a float
+    assert type(loads(b'{"m": {"x": [18446744073709551616]}}')["m"]["x"][0]) is int  # 2**64: == as a float
+    assert math.isnan(loads(b'{"x": NaN}')["x"])  # the json module's grammar, which orjson refuses
+    for bad in (b"{broken", b'{"a": "\xff\xfe"}', b""):
+        with pytest.raises(ValueError):
+            loads(bad)
+
+
+def test_record_reader_quarantines_a_line_that_is_not_utf8(tmp_path: Path):
+    import zstandard
+
+    from megatron_mmed.common.io import iter_jsonl_zst_records
+
+    p = tmp_path / "x.jsonl.zst"
+    p.write_bytes(zstandard.ZstdCompressor().compress(b'{"a": 1}\n{"t": "\xff"}\n  \n{"b": "\xc3\xa9"}'))
+    assert list(iter_jsonl_zst_records(p)) == [(0, {"a": 1}), (1, None), (3, {"b": "é"})]

@@ -9,11 +9,44 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import zstandard
 
 from megatron_mmed.common.errors import UserError
 
 ZSTD_LEVEL = 3
+#: read buffer over a zstd stream: one large read per call instead of TextIOWrapper's 8 KB chunks
+_READ_BUFFER = 1 << 20
+
+
+_PLAIN = (str, int, bool, type(None))
+
+
+def _maybe_lossy(obj: Any) -> bool:
+    """Whether orjson's result holds a float of magnitude >= 2**63: orjson turns an integer beyond 64 bits
+    into a float (an id like 12345678901234567890123 would silently change), so such a value is re-read."""
+    t = type(obj)
+    if t is dict:
+        values = obj.values()
+    elif t is list:
+        values = obj
+    elif t is float:
+        return not -9.2e18 < obj < 9.2e18
+    else:
+        return False
+    return any(type(v) not in _PLAIN and _maybe_lossy(v) for v in values)
+
+
+def loads(line: bytes | str) -> Any:
+    """Parse one JSON value exactly as ``json.loads`` does, about 3x faster on our records: orjson first,
+    and the standard library for what orjson refuses (NaN/Infinity, lone-surrogate escapes) or may read
+    lossily (integers beyond 64 bits). Raises ``ValueError`` (``json.JSONDecodeError`` or
+    ``UnicodeDecodeError``) when the line is not JSON."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return json.loads(line)
+    return json.loads(line) if _maybe_lossy(obj) else obj
 
 
 def dumps(record: dict[str, Any]) -> str:
@@ -90,25 +123,23 @@ def write_jsonl_zst(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
 
 def read_jsonl_zst(path: str | Path) -> Iterator[dict[str, Any]]:
     """Records of one ``.jsonl.zst`` file, streamed."""
-    with open(path, "rb") as fh:
-        dctx = zstandard.ZstdDecompressor()
-        with io.TextIOWrapper(dctx.stream_reader(fh), encoding="utf-8") as text:
-            for line in text:
-                if line.strip():
-                    yield json.loads(line)
+    with open(path, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as raw:
+        for line in io.BufferedReader(raw, buffer_size=_READ_BUFFER):
+            if not line.isspace():
+                yield loads(line)
 
 
 def iter_jsonl_zst_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
     """``(0-based line number, record)`` of every non-blank line; ``None`` for a line that is not a JSON
-    object, so a stage can count and record it instead of crashing (``read_jsonl_zst`` raises instead)."""
-    with open(path, "rb") as fh:
-        reader = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(fh), encoding="utf-8")
-        for i, line in enumerate(reader):
-            if not line.strip():
+    object (or not UTF-8), so a stage can count and record it instead of crashing (``read_jsonl_zst``
+    raises instead). A corrupt zstd stream raises ``zstandard.ZstdError``."""
+    with open(path, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as raw:
+        for i, line in enumerate(io.BufferedReader(raw, buffer_size=_READ_BUFFER)):
+            if line.isspace():  # blank (a line always ends in "\n" but the last; an empty one ends the loop)
                 continue
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
+                rec = loads(line)
+            except ValueError:
                 rec = None
             yield i, rec if isinstance(rec, dict) else None
 

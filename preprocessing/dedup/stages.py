@@ -21,7 +21,7 @@ import numpy as np
 import zstandard
 
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import ZSTD_LEVEL, DoneMarkers, JsonlZstWriter, atomic_write_json
+from megatron_mmed.common.io import ZSTD_LEVEL, DoneMarkers, JsonlZstWriter, atomic_write_json, loads
 from preprocessing.dedup.clusters import choose_kept, connected_components, size_histogram
 from preprocessing.dedup.config import DedupConfig
 from preprocessing.dedup.lsh import band_hashes, bucket_pairs, partition_bounds, verify_pairs
@@ -85,7 +85,7 @@ def _raw_lines(path: str) -> Iterator[bytes]:
 def _records(path: str) -> Iterator[tuple[bytes, dict[str, Any]]]:
     for j, line in enumerate(_raw_lines(path)):
         try:
-            rec = json.loads(line)
+            rec = loads(line)
         except ValueError as e:  # the input is not a valid prep output
             raise UserError(f"{path}: line {j + 1} is not JSON ({e})") from None
         yield line, rec if isinstance(rec, dict) else {"text": rec}
