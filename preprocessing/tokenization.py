@@ -93,9 +93,15 @@ class SentencePieceTokenizer:
         self.vocab_size = self.sp.get_piece_size()
         self.default_eod = self.sp.eos_id() if self.sp.eos_id() >= 0 else None
         self.default_bos = self.sp.bos_id() if self.sp.bos_id() >= 0 else None
+        # sentencepiece >= 0.2.1 hands the ids back as int32 buffers: no Python int per token
+        try:
+            self.sp.encode([""], num_threads=1, return_type="numpy")
+            self._return = {"return_type": "numpy"}
+        except (TypeError, ValueError):  # an older sentencepiece (e.g. inside a container): int lists
+            self._return = {}
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self.sp.encode(texts, num_threads=self.threads)
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray] | list[list[int]]:
+        return self.sp.encode(texts, num_threads=self.threads, **self._return)
 
 
 class HFTokenizer:
@@ -199,6 +205,24 @@ def _builder_cls():
     return IndexedDatasetBuilder
 
 
+def add_documents(builder: Any, tokens: np.ndarray, lengths: list[int]) -> None:
+    """Append ``len(lengths)`` documents of one sequence each, whose tokens lie back to back in ``tokens``.
+
+    The same bytes as ``builder.add_document(tokens[a:b], [b - a])`` for each document (tested), in one
+    write: the per-document call costs ~3 us, a few per cent of a fast tokenizer's own time on short
+    documents. It extends the builder's public state (``data_file``, ``sequence_lengths``,
+    ``document_indices``) the way megatron-core's own ``add_index`` does.
+    """
+    if tokens.dtype != np.dtype(builder.dtype) or builder.multimodal:
+        raise ValueError(f"expected {np.dtype(builder.dtype)} tokens for a text-only builder")
+    if sum(lengths) != tokens.size:
+        raise ValueError(f"lengths add up to {sum(lengths)}, not the {tokens.size} tokens given")
+    builder.data_file.write(tokens.tobytes(order="C"))
+    first = len(builder.sequence_lengths) + 1
+    builder.sequence_lengths.extend(lengths)
+    builder.document_indices.extend(range(first, len(builder.sequence_lengths) + 1))
+
+
 def tokenize_file(
     tok: SentencePieceTokenizer | HFTokenizer,
     ids: TokenIds,
@@ -209,35 +233,41 @@ def tokenize_file(
     rejected_path: Path,
 ) -> dict[str, Any]:
     """Tokenize one kept file into the part ``part_prefix.bin|idx``; returns its marker payload."""
-    dtype = np.dtype(ids.dtype).type
+    dtype = np.dtype(ids.dtype)
     tmp = f"{part_prefix}.tmp"
     part_prefix.parent.mkdir(parents=True, exist_ok=True)
-    builder = _builder_cls()(tmp + ".bin", dtype=dtype)
+    builder = _builder_cls()(tmp + ".bin", dtype=dtype.type)
     rejected = JsonlZstWriter(rejected_path)
     stats = StageStats()
     docs = tokens = 0
     batch: list[tuple[str, str, str]] = []
-    bos = [ids.bos_id] if ids.bos_id is not None else []
+    eod = np.array([ids.eod_id], dtype=dtype)
+    head = [np.array([ids.bos_id], dtype=dtype)] if ids.bos_id is not None else []
+    extra = len(head) + 1
     min_tokens = max(cfg.min_tokens, 1)
 
     def flush() -> None:
         nonlocal docs, tokens
+        pieces, lengths = [], []
         for (doc_id, doc_lang, text), seq in zip(batch, tok.encode_batch([b[2] for b in batch]), strict=True):
-            if len(seq) < min_tokens:
-                reason = "empty" if not seq else "too_short"
+            n = len(seq)
+            if n < min_tokens:
+                reason = "empty" if not n else "too_short"
                 stats.dropped(doc_lang, reason)
-                rejected.write(
-                    {"id": doc_id, "lang": doc_lang, "reason": reason, "tokens": len(seq), "text": text}
-                )
+                rejected.write({"id": doc_id, "lang": doc_lang, "reason": reason, "tokens": n, "text": text})
                 continue
-            if bos:
-                seq = bos + seq
-            seq.append(ids.eod_id)  # the tokenizer's fresh list: no copy
-            builder.add_document(seq, [len(seq)])
+            pieces += (*head, seq, eod)
+            lengths.append(n + extra)
             stats.kept(doc_lang, len(text))
-            docs += 1
-            tokens += len(seq)
         batch.clear()
+        if not lengths:
+            return
+        # one vectorised conversion per batch (ids < vocab size, which fits the dtype), then one document
+        # per slice through the builder's public API
+        flat = np.concatenate(pieces, dtype=dtype, casting="unsafe")
+        add_documents(builder, flat, lengths)
+        docs += len(lengths)
+        tokens += flat.size
 
     try:
         for line_no, rec in iter_jsonl_zst_records(path):
@@ -251,7 +281,7 @@ def tokenize_file(
                 continue
             doc_lang = rec.get("lang") or lang
             stats.seen(doc_lang, len(text))
-            if not text.strip():
+            if not text or text.isspace():  # (no stripped copy of every document)
                 stats.dropped(doc_lang, "empty")
                 rejected.write({"id": rec.get("id"), "lang": doc_lang, "reason": "empty", "text": text})
                 continue

@@ -393,6 +393,46 @@ def test_large_vocabulary_uses_int32(tmp_path, corpus_input):
     assert IndexedDataset(str(tmp_path / "out" / "en_text_document")).index.dtype == np.int32
 
 
+def test_add_documents_writes_what_add_document_writes(tmp_path):
+    from preprocessing.tokenization import _builder_cls, add_documents
+
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 8000, size=int(n)).astype(np.uint16) for n in rng.integers(1, 300, size=50)]
+    one = _builder_cls()(str(tmp_path / "one.bin"), dtype=np.uint16)
+    for d in docs:
+        one.add_document(d.tolist(), [d.size])
+    one.finalize(str(tmp_path / "one.idx"))
+    bulk = _builder_cls()(str(tmp_path / "bulk.bin"), dtype=np.uint16)
+    for chunk in (docs[:1], docs[1:20], docs[20:]):  # several batches, as tokenize_file flushes them
+        add_documents(bulk, np.concatenate(chunk), [d.size for d in chunk])
+    bulk.finalize(str(tmp_path / "bulk.idx"))
+    for ext in ("bin", "idx"):
+        assert (tmp_path / f"bulk.{ext}").read_bytes() == (tmp_path / f"one.{ext}").read_bytes()
+    assert [x.tolist() for x in IndexedDataset(str(tmp_path / "bulk"))] == [d.tolist() for d in docs]
+    with pytest.raises(ValueError, match="lengths add up to 5"):
+        add_documents(bulk, np.zeros(4, np.uint16), [2, 3])
+    with pytest.raises(ValueError, match="uint16"):
+        add_documents(bulk, np.zeros(4, np.int32), [4])
+
+
+def test_sentencepiece_int_lists_and_numpy_write_the_same_part(corpus_input, sp_model, tmp_path):
+    """sentencepiece >= 0.2.1 returns int32 buffers; an older one (as a container may ship) int lists."""
+    from preprocessing.tokenization import load_tokenizer, tokenize_file
+
+    root, _ = corpus_input
+    cfg = TokenizeConfig()
+    tok = load_tokenizer(sp_model, cfg)
+    assert tok._return == {"return_type": "numpy"}  # the pinned sentencepiece has the fast path
+    ids = TokenIds.resolve(tok, cfg)
+    f = sorted((root / "kept" / "zh").glob("*.jsonl.zst"))[0]
+    fast = tokenize_file(tok, ids, cfg, "zh", f, tmp_path / "np", tmp_path / "np-rej.jsonl.zst")
+    tok._return = {}
+    slow = tokenize_file(tok, ids, cfg, "zh", f, tmp_path / "ls", tmp_path / "ls-rej.jsonl.zst")
+    assert fast["documents"] > 0 and fast == {**slow, "file": fast["file"]}
+    for ext in ("bin", "idx"):
+        assert (tmp_path / f"np.{ext}").read_bytes() == (tmp_path / f"ls.{ext}").read_bytes()
+
+
 def test_temperature_weights_and_config():
     tokens = {"en": 900, "zh": 100}
     assert temperature_weights(tokens, 1.0) == pytest.approx({"en": 0.9, "zh": 0.1})
