@@ -262,8 +262,7 @@ def tokenize_file(
         batch.clear()
         if not lengths:
             return
-        # one vectorised conversion per batch (ids < vocab size, which fits the dtype), then one document
-        # per slice through the builder's public API
+        # one vectorised conversion per batch (ids < vocab size, which fits the dtype) and one write
         flat = np.concatenate(pieces, dtype=dtype, casting="unsafe")
         add_documents(builder, flat, lengths)
         docs += len(lengths)
