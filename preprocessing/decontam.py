@@ -34,7 +34,7 @@ from megatron_mmed.common.io import (
     ensure_writable_dir,
     iter_jsonl_zst_records,
 )
-from megatron_mmed.common.progress import progress_bar
+from megatron_mmed.common.tasks import run_tasks
 from preprocessing.document import CJK_LANGS, LANGUAGE_NAMES
 from preprocessing.layout import (
     StageStats,
@@ -417,22 +417,18 @@ def run_decontam(
             results[sid] = markers.read(sid)
         else:
             pending.append((lang, str(f), str(out), cfg.keep_rejected_text))
-    pool = None
-    if cfg.workers > 1 and len(pending) > 1:  # fork (before the progress thread): workers share the index
-        import multiprocessing as mp
-
-        pool = mp.get_context("fork").Pool(min(cfg.workers, len(pending)))
-    try:
-        with progress_bar("decontam", total=len(tasks), unit="files", enabled=show_progress) as bar:
-            bar.advance(len(tasks) - len(pending))
-            for sid, res in map(_work, pending) if pool is None else pool.imap_unordered(_work, pending):
-                results[sid] = res
-                markers.mark(sid, res)
-                bar.advance(1)
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+    # forked workers share the index built above
+    run_tasks(
+        "decontam",
+        pending,
+        _work,
+        markers,
+        results,
+        total=len(tasks),
+        unit="files",
+        workers=cfg.workers,
+        show_progress=show_progress,
+    )
     stats = StageStats()
     matched: dict[str, int] = {}
     for sid in sorted(results):

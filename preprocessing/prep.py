@@ -7,7 +7,6 @@ output equals an uninterrupted run, for any number of workers.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 from megatron_mmed.common.config import ConfigError, save_config, to_dict
 from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, ensure_writable_dir
-from megatron_mmed.common.progress import progress_bar
+from megatron_mmed.common.tasks import run_tasks
 from preprocessing.clean import CleanConfig, clean_text
 from preprocessing.document import Doc
 from preprocessing.ingest import BadRecord, IngestConfig, Shard, discover, plan_shards, read_shard
@@ -231,9 +230,7 @@ def run_prep(
     out = ensure_writable_dir(out_dir)
     save_config(cfg, out / "config.yaml")
     # build the filters once up front: a bad keywords file fails here, before any worker starts
-    local = ShardProcessor(cfg) if cfg.workers == 1 else None
-    if local is None:
-        ShardProcessor(cfg)
+    local = ShardProcessor(cfg)
     shards = plan_shards(files, cfg.ingest)
     markers = DoneMarkers(out, "prep")
     settings = {k: v for k, v in to_dict(cfg).items() if k != "workers"}  # workers never change the output
@@ -247,20 +244,21 @@ def run_prep(
         else:
             pending.append(s)
     skipped = len(mine) - len(pending)
-    with progress_bar("prep", total=len(mine), unit="shards", enabled=show_progress) as bar:
-        bar.advance(skipped)
-        if local is not None:
-            for s in pending:
-                results[s.shard_id] = local.run_shard(s, out)
-                markers.mark(s.shard_id, results[s.shard_id])
-                bar.advance(1)
-        elif pending:
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(min(cfg.workers, len(pending)), initializer=_init_worker, initargs=(cfg,)) as pool:
-                for sid, res in pool.imap_unordered(_work, [(s, str(out)) for s in pending]):
-                    results[sid] = res
-                    markers.mark(sid, res)
-                    bar.advance(1)
+    run_tasks(
+        "prep",
+        [(s, str(out)) for s in pending],
+        _work,
+        markers,
+        results,
+        total=len(mine),
+        unit="shards",
+        workers=cfg.workers,
+        start_method="spawn",
+        initializer=_init_worker,
+        initargs=(cfg,),
+        run_here=lambda task: (task[0].shard_id, local.run_shard(task[0], out)),
+        show_progress=show_progress,
+    )
     for s in shards:  # other array tasks' shards, when they are done
         if s.shard_id not in results and markers.is_done(s.shard_id):
             results[s.shard_id] = markers.read(s.shard_id)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import json
-import multiprocessing as mp
 import os
 import shutil
 import time
@@ -27,7 +26,7 @@ import zstandard
 from megatron_mmed.common.config import ConfigError, save_config, to_dict
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, ensure_writable_dir, iter_jsonl_zst_records
-from megatron_mmed.common.progress import progress_bar
+from megatron_mmed.common.tasks import run_tasks
 from preprocessing.blend import BlendConfig, build_blend, write_blend, write_tokenize_report
 from preprocessing.layout import (
     StageStats,
@@ -387,32 +386,28 @@ def run_tokenize(
             else:
                 tasks.append((sid, lang, str(p), str(part), str(rejected_file(out, f"{lang}-{k:06d}"))))
     n_files = sum(len(v) for v in files.values())
-    pool = None
-    if cfg.workers > 1 and len(tasks) > 1:
-        # fork before the progress bar's thread starts; each worker loads its own tokenizer (and inherits the
-        # parent's imports, so no worker re-imports torch/megatron-core)
-        _builder_cls()
-        pool = mp.get_context("fork").Pool(
-            min(cfg.workers, len(tasks)), initializer=_init_worker, initargs=(str(tok.path), ids, cfg)
-        )
-    try:
-        with progress_bar("tokenize", total=n_files, unit="files", enabled=show_progress) as bar:
-            bar.advance(n_files - len(tasks))
-            if pool is None:
-                done = (
-                    (sid, tokenize_file(tok, ids, cfg, lang, Path(p), Path(part), Path(rej)))
-                    for sid, lang, p, part, rej in tasks
-                )
-            else:
-                done = pool.imap_unordered(_work, tasks)
-            for sid, res in done:
-                results[sid] = res
-                markers.mark(sid, res)
-                bar.advance(1)
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+    if cfg.workers > 1:
+        _builder_cls()  # imported before the fork, so that no worker re-imports torch/megatron-core
+
+    def run_here(task: tuple[str, str, str, str, str]) -> tuple[str, dict[str, Any]]:
+        sid, lang, p, part, rej = task
+        return sid, tokenize_file(tok, ids, cfg, lang, Path(p), Path(part), Path(rej))
+
+    # each worker loads its own tokenizer; in this process the one loaded above serves
+    run_tasks(
+        "tokenize",
+        tasks,
+        _work,
+        markers,
+        results,
+        total=n_files,
+        unit="files",
+        workers=cfg.workers,
+        initializer=_init_worker,
+        initargs=(str(tok.path), ids, cfg),
+        run_here=run_here,
+        show_progress=show_progress,
+    )
 
     counts: dict[str, dict[str, int]] = {}
     for lang, paths in files.items():

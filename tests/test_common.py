@@ -146,3 +146,31 @@ def test_record_reader_quarantines_a_line_that_is_not_utf8(tmp_path: Path):
     p = tmp_path / "x.jsonl.zst"
     p.write_bytes(zstandard.ZstdCompressor().compress(b'{"a": 1}\n{"t": "\xff"}\n  \n{"b": "\xc3\xa9"}'))
     assert list(iter_jsonl_zst_records(p)) == [(0, {"a": 1}), (1, None), (3, {"b": "é"})]
+
+
+def _square(task: int) -> tuple[str, dict]:
+    return f"t{task}", {"sq": task * task, "where": "worker"}
+
+
+def test_run_tasks_marks_each_result_in_process_and_in_a_pool(tmp_path: Path):
+    from megatron_mmed.common.tasks import run_tasks
+
+    def here(task: int) -> tuple[str, dict]:
+        return f"t{task}", {"sq": task * task, "where": "here"}
+
+    for workers, pending, where in ((1, [1, 2, 3], "here"), (2, [4, 5, 6], "worker"), (2, [7], "here")):
+        markers, results = DoneMarkers(tmp_path / f"w{workers}-{len(pending)}", "s"), {}
+        run_tasks(
+            "t",
+            pending,
+            _square,
+            markers,
+            results,
+            total=5,
+            unit="x",
+            workers=workers,
+            run_here=here,
+            show_progress=False,
+        )
+        assert results == {f"t{t}": {"sq": t * t, "where": where} for t in pending}
+        assert all(markers.read(f"t{t}") == results[f"t{t}"] for t in pending)
