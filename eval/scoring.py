@@ -11,12 +11,11 @@ Policies (also written into every results.json under ``policy``):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from eval.data import LANGUAGES, LanguageSet, QAItem, load_benchmark, split_dir
+from eval.data import LANGUAGES, LanguageSet, QAItem, iter_json_lines, load_benchmark, split_dir
 from eval.metrics import bertscore, rationale_metrics
 from eval.parse import parse_answer, strip_eot
 from megatron_mmed.common.errors import UserError
@@ -60,8 +59,8 @@ def extract_rationale(output: str, extra_eot: tuple[str, ...] = ()) -> str:
 
 def _rationale_subset(items: list[QAItem]) -> tuple[list[QAItem], str]:
     if any(it.human_check_passed is not None for it in items):
-        return [it for it in items if it.human_check_passed and it.rationale], "human_check_passed"
-    return [it for it in items if it.rationale], "all_with_rationale"
+        return [it for it in items if it.human_check_passed and it.rationale.strip()], "human_check_passed"
+    return [it for it in items if it.rationale.strip()], "all_with_rationale"
 
 
 def score_outputs(
@@ -163,34 +162,30 @@ def read_predictions(path: str | Path) -> tuple[dict[Key, str], list[dict[str, A
     outputs: dict[Key, str] = {}
     problems: list[dict[str, Any]] = []
     protocols: set[str] = set()
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                problems.append({"line": lineno, "reason": "not valid JSON"})
-                continue
-            if not isinstance(rec, dict):
-                problems.append({"line": lineno, "reason": "not a JSON object"})
-                continue
-            lang = normalise_language(rec.get("language"))
-            idx, out = rec.get("index"), rec.get("output")
-            if lang is None:
-                problems.append({"line": lineno, "reason": f"unknown language {rec.get('language')!r}"})
-            elif isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
-                problems.append({"line": lineno, "reason": f"index {idx!r} is not a non-negative integer"})
-            elif not isinstance(out, str):
-                problems.append({"line": lineno, "reason": "output is missing or not a string"})
-            else:
-                if (lang, idx) in outputs:
-                    problems.append(
-                        {"line": lineno, "reason": f"duplicate prediction for {lang} {idx} (last kept)"}
-                    )
-                outputs[(lang, idx)] = out
-                if isinstance(rec.get("protocol"), str):
-                    protocols.add(rec["protocol"])
+    for index, rec, reason in iter_json_lines(path):
+        lineno = index + 1
+        if reason:
+            problems.append({"line": lineno, "reason": reason})
+            continue
+        if not isinstance(rec, dict):
+            problems.append({"line": lineno, "reason": "not a JSON object"})
+            continue
+        lang = normalise_language(rec.get("language"))
+        idx, out = rec.get("index"), rec.get("output")
+        if lang is None:
+            problems.append({"line": lineno, "reason": f"unknown language {rec.get('language')!r}"})
+        elif isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
+            problems.append({"line": lineno, "reason": f"index {idx!r} is not a non-negative integer"})
+        elif not isinstance(out, str):
+            problems.append({"line": lineno, "reason": "output is missing or not a string"})
+        else:
+            if (lang, idx) in outputs:
+                problems.append(
+                    {"line": lineno, "reason": f"duplicate prediction for {lang} {idx} (last kept)"}
+                )
+            outputs[(lang, idx)] = out
+            if isinstance(rec.get("protocol"), str):
+                protocols.add(rec["protocol"])
     return outputs, problems, protocols
 
 

@@ -13,7 +13,6 @@ the whole benchmark stays small and the lookup per document is a handful of vect
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import unicodedata
@@ -25,6 +24,7 @@ import numpy as np
 import xxhash
 import zstandard
 
+from eval import data as qa
 from megatron_mmed.common.config import ConfigError, save_config, to_dict
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.common.io import (
@@ -179,56 +179,29 @@ class Benchmark:
     malformed: list[dict[str, Any]]  # {"file", "line", "reason"}
 
 
-def _parse_item(line: str) -> tuple[str, dict[str, str], Any] | str:
-    """``(question, options, source_id)`` of one MMedBench line, or why it is malformed."""
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError:
-        return "not JSON"
-    if not isinstance(rec, dict) or not isinstance(rec.get("question"), str) or not rec["question"].strip():
-        return "no question text"
-    opts = rec.get("options", {})
-    if isinstance(opts, list):
-        opts = {chr(ord("A") + k): v for k, v in enumerate(opts)}
-    if not isinstance(opts, dict) or not all(isinstance(v, str) for v in opts.values()):
-        return "options are not a mapping of strings"
-    return rec["question"], opts, rec.get("source_id")
-
-
 def load_benchmark(qa_dir: str | Path) -> Benchmark:
-    """Items of every ``<Language>.jsonl`` in ``qa_dir`` (or MMedBench's ``qa_dir/Test/``); bad lines counted."""
+    """Items of every ``<Language>.jsonl`` in ``qa_dir`` (or MMedBench's ``qa_dir/Test/``); bad lines counted.
+
+    Read through ``eval.data`` (the one MMedBench loader) in its lenient mode: a question with string options
+    is indexed even when its answer is malformed, since it must not leak into training either way.
+    """
     qa_dir = Path(qa_dir)
     if not qa_dir.is_dir():
         raise UserError(f"benchmark folder does not exist: {qa_dir}")
-    names = list(LANGUAGE_NAMES.values())
+    folder = qa.split_dir(qa_dir, "Test")
+    names = qa.available_languages(folder)
+    if not names:
+        raise UserError(
+            f"no MMedBench language file ({', '.join(n + '.jsonl' for n in qa.LANGUAGES)}) in {qa_dir} or {qa_dir}/Test"
+        )
     bench = Benchmark([], {}, [])
     for name in names:
-        path = next(
-            (p for p in (qa_dir / f"{name}.jsonl", qa_dir / "Test" / f"{name}.jsonl") if p.is_file()), None
-        )
-        if path is None:
-            continue
-        bench.files[name] = str(path)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"cannot read benchmark file {path}: {e}") from None
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            parsed = _parse_item(line)
-            if isinstance(parsed, str):
-                bench.malformed.append({"file": str(path), "line": i, "reason": parsed})
-                continue
-            q, opts, sid = parsed
-            options = tuple(opts[k] for k in sorted(opts))
-            bench.items.append(
-                BenchmarkItem(f"{name}:{i}", name, None if sid is None else str(sid), q, options)
-            )
-    if not bench.files:
-        raise UserError(
-            f"no MMedBench language file ({', '.join(n + '.jsonl' for n in names)}) in {qa_dir} or {qa_dir}/Test"
-        )
+        ls = qa.load_language(folder / f"{name}.jsonl", name, strict=False)
+        bench.files[name] = str(ls.path)
+        bench.malformed += [{"file": str(ls.path), "line": b.index, "reason": b.reason} for b in ls.bad]
+        for it in ls.items:
+            options = tuple(it.options[k] for k in sorted(it.options))
+            bench.items.append(BenchmarkItem(it.qid, name, it.source_id, it.question, options))
     return bench
 
 

@@ -266,3 +266,28 @@ def test_cli_contract(planted, shared_data, tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "benchmark folder does not exist" in bad.stderr
+
+
+def test_benchmark_loader_is_evals_and_keeps_a_bom_first_item(shared_data, tmp_path, planted):
+    """decontam reads MMedBench through eval.data (one loader): a BOM no longer hides item 0 (which leaked)."""
+    import eval.data
+
+    qa = tmp_path / "qa"
+    qa.mkdir()
+    raw = (shared_data / "qa" / "Spanish.jsonl").read_bytes()
+    (qa / "Spanish.jsonl").write_bytes(b"\xef\xbb\xbf" + raw)
+    bench = load_benchmark(qa)
+    assert [it.id for it in bench.items][:2] == ["Spanish:0", "Spanish:1"] and not bench.malformed
+    ev = eval.data.load_benchmark(qa)["Spanish"].items
+    assert [(it.qid, it.question) for it in ev] == [(it.id, it.question) for it in bench.items]
+    docs, _ = planted
+    item0 = json.loads(raw.decode().splitlines()[0])
+    leak = {"id": "leak", "text": item0["question"], "lang": "es", "source": "t"}
+    inp = _write_input(tmp_path / "in", {"es": docs["es"][:5] + [leak]}, files_per_lang=1)
+    res = run_decontam(inp, qa, tmp_path / "out", DecontamConfig(), show_progress=False)
+    assert res.matched_items == {"Spanish:0": 1}
+    # MMedBench's own list-valued options are read the same way by both
+    (qa / "Spanish.jsonl").write_text(
+        json.dumps({**item0, "options": list(item0["options"].values())}) + "\n"
+    )
+    assert load_benchmark(qa).items[0].options == tuple(item0["options"][k] for k in sorted(item0["options"]))

@@ -126,3 +126,41 @@ def test_paper_prompt_format(shared_data):
     assert "Answer with the best option directly." in direct and "step-by-step" not in direct
     ll = build_loglik_prompt(it)
     assert ll.endswith("\nE. 乳頭筋断裂\nAnswer:")
+
+
+def test_bom_does_not_hide_the_first_item(tmp_path, shared_data):
+    """A UTF-8 BOM at the start of a language file (Windows editors write one) used to make item 0 vanish."""
+    raw = (shared_data / "qa" / "English.jsonl").read_bytes()
+    (tmp_path / "English.jsonl").write_bytes(b"\xef\xbb\xbf" + raw)
+    ls = load_language(tmp_path / "English.jsonl", "English")
+    assert not ls.bad and [it.index for it in ls.items] == list(range(80))
+    assert ls.items[0].question == json.loads(raw.decode().splitlines()[0])["question"]
+
+
+def test_one_loader_for_both_option_shapes_in_file_order(tmp_path):
+    recs = [
+        {"question": " Q? ", "options": ["yes ", "no"], "answer_idx": "B", "source_id": "s1"},
+        {"question": "Q2", "options": {"B": "b text", "A": "a text"}, "answer_idx": "A"},
+    ]
+    _write(tmp_path / "English.jsonl", recs)
+    a, b = load_language(tmp_path / "English.jsonl", "English").items
+    assert a.options == {"A": "yes ", "B": "no"} and a.answers == ("B",)
+    assert a.question == " Q? "  # raw text: the paper's prompt uses it as written
+    assert list(b.options) == ["B", "A"]  # file order, as the official template lists them
+    assert (a.id, a.qid, b.id, b.qid) == ("s1", "English:0", "English-1", "English:1")
+
+
+def test_undecodable_lines_are_counted_not_fatal(tmp_path):
+    good = json.dumps(GOOD).encode()
+    (tmp_path / "English.jsonl").write_bytes(good + b"\n\xff\xfe\x00garbage\n" + good + b"\r\n")
+    ls = load_language(tmp_path / "English.jsonl", "English")
+    assert [it.index for it in ls.items] == [0, 2]
+    assert [(b.index, b.reason) for b in ls.bad] == [(1, "not valid UTF-8")]
+
+
+def test_flat_files_and_test_folder_together_are_ambiguous(tmp_path, shared_data):
+    (tmp_path / "Test").mkdir()
+    shutil.copy(shared_data / "qa" / "Spanish.jsonl", tmp_path / "Test" / "Spanish.jsonl")
+    shutil.copy(shared_data / "qa" / "English.jsonl", tmp_path / "English.jsonl")
+    with pytest.raises(UserError, match="both"):
+        split_dir(tmp_path, "Test")

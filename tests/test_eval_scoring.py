@@ -133,3 +133,19 @@ def test_score_cli_errors(shared_data, tmp_path, capsys):
         ["eval", "score", "--data", str(tmp_path / "nodata"), "--predictions", str(tmp_path / "p.jsonl")]
     )
     assert rc == 2 and "not found" in capsys.readouterr().err
+
+
+def test_binary_predictions_file_is_a_one_line_error_or_counted(shared_data, tmp_path, capsys):
+    garbage = bytes(range(256)) * 40 + b"\n\x00\xff\xfe\n"
+    (tmp_path / "bin.jsonl").write_bytes(garbage)
+    rc = main(
+        ["eval", "score", "--data", str(shared_data / "qa"), "--predictions", str(tmp_path / "bin.jsonl")]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("mmed eval: error: no usable predictions") and err.count("\n") == 1
+    # good lines around a binary one are scored; the binary line is counted, a BOM does not hide line 1
+    good = json.dumps({"language": "Russian", "index": 0, "output": "Ответ: да"}, ensure_ascii=False)
+    (tmp_path / "mixed.jsonl").write_bytes(b"\xef\xbb\xbf" + good.encode() + b"\n\xc3\x28\xff\n")
+    res = score_predictions(shared_data / "qa", tmp_path / "mixed.jsonl")
+    assert res["counts"]["Russian"]["predicted"] == 1
+    assert res["prediction_problems"] == [{"line": 2, "reason": "not valid UTF-8"}]
