@@ -9,9 +9,10 @@ This module stays light (no torch/transformers) so preprocessing and training ca
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,3 +261,11 @@ def find_item(data_dir: str | Path, language: str, index: int, split: str = "Tes
         if b.index == index:
             raise UserError(f"{lang} item {index} is not usable: {b.reason}")
     raise UserError(f"{lang} has no item at line index {index}")
+
+
+def data_digest(sets: Iterable[LanguageSet]) -> str:
+    """``sha256:…`` of the language files scored (name and bytes, in the given order): which data made a result."""
+    h = hashlib.sha256()
+    for ls in sets:
+        h.update(f"{ls.path.name}\n".encode() + ls.path.read_bytes())
+    return "sha256:" + h.hexdigest()

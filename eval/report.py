@@ -39,12 +39,20 @@ def accuracy_row(results: dict[str, Any]) -> tuple[float | None, ...]:
     )
 
 
+def _with_paper_rows(results: dict[str, Any]) -> bool:
+    """The paper's rows stand next to ours only for the paper's protocol (greedy generation, its prompt)."""
+    return results.get("protocol", "paper") == "paper"
+
+
 def render_markdown(results: dict[str, Any], title: str = "MMedBench") -> str:
     """The paper-layout accuracy table (this run + reference rows), counts, rationale metrics, problems."""
     head = "| Model | " + " | ".join(LANGUAGES) + " | Avg. |"
     sep = "|---" * (len(LANGUAGES) + 2) + "|"
     rows = ["| **this run** | " + " | ".join(_pct(v) for v in accuracy_row(results)) + " |"]
-    rows += [f"| {name} | " + " | ".join(_pct(v) for v in vals) + " |" for name, vals in PAPER_ROWS.items()]
+    if _with_paper_rows(results):
+        rows += [
+            f"| {name} | " + " | ".join(_pct(v) for v in vals) + " |" for name, vals in PAPER_ROWS.items()
+        ]
     scored = ", ".join(results["accuracy"]) or "none"
     lines = [
         f"# {title} results",
@@ -53,6 +61,12 @@ def render_markdown(results: dict[str, Any], title: str = "MMedBench") -> str:
         "",
     ]
     lines += [head, sep, *rows, ""]
+    protocol = results.get("protocol", "paper")
+    if not _with_paper_rows(results):
+        lines += [
+            f"Protocol `{protocol}`: not comparable with the paper's rows (those need protocol `paper`).",
+            "",
+        ]
     lines += [
         "## Counts",
         "",
@@ -105,7 +119,7 @@ def plot_results(results: dict[str, Any], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     labels = [*LANGUAGES, "Avg."]
-    series = {"this run": accuracy_row(results), **PAPER_ROWS}
+    series = {"this run": accuracy_row(results), **(PAPER_ROWS if _with_paper_rows(results) else {})}
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(9, 3.6), dpi=110)
     for s, (name, vals) in enumerate(series.items()):

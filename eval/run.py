@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from eval.backends import Backend, check_model_dir, make_backend
-from eval.data import LANGUAGES, LanguageSet, QAItem, load_benchmark
+from eval.data import LANGUAGES, LanguageSet, QAItem, data_digest, load_benchmark
 from eval.prompts import (
     answer_text,
-    build_generate_prompt,
     build_loglik_prompt,
+    build_prompt,
     loglik_continuations,
     select_shots,
 )
 from eval.report import write_jsonl, write_reports
-from eval.scoring import RATIONALE_PROTOCOL, protocol_name, score_outputs
+from eval.scoring import record_run_identity, score_outputs
 from megatron_mmed.common.config import ConfigError, from_dict, save_config, to_dict, validate_tree
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.common.io import ensure_writable_dir
@@ -31,7 +31,18 @@ from megatron_mmed.common.progress import progress_bar
 
 PREDICTIONS = "predictions.jsonl"
 #: Config fields that change what a prediction is: a resumed run must agree on them.
-PROMPT_FIELDS = ("mode", "rationale", "shots", "seed", "max_new_tokens", "max_prompt_tokens", "model")
+PROMPT_FIELDS = (
+    "mode",
+    "prompt",
+    "rationale",
+    "shots",
+    "seed",
+    "max_new_tokens",
+    "max_prompt_tokens",
+    "model",
+)
+#: ``max_new_tokens`` of the official MMedLM inference script.
+PAPER_MAX_NEW_TOKENS = 1000
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class EvalConfig:
     data: str
     out: str
     mode: Literal["generate", "loglik"] = "generate"
+    prompt: Literal["paper", "clean"] = "paper"  # generate mode: the paper's exact template or the tidied one
     rationale: bool = True  # generate mode: ask for a rationale first (the paper's main protocol)
     shots: int = 0  # solved examples from Train/ put before each question
     seed: int = 1234  # picks the few-shot examples
@@ -49,7 +61,7 @@ class EvalConfig:
     limit: int = 0  # first N valid items per language (0 = all), for smoke tests
     backend: Literal["hf", "vllm"] = "hf"
     batch_size: int = 16
-    max_new_tokens: int = 512
+    max_new_tokens: int = PAPER_MAX_NEW_TOKENS
     max_prompt_tokens: int = 0  # 0 = the model's max_position_embeddings
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"
@@ -74,6 +86,14 @@ class EvalConfig:
                 raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.bertscore_model and not Path(self.bertscore_model).is_dir():
             raise ConfigError(f"bertscore_model folder not found: {self.bertscore_model}")
+
+    @property
+    def protocol(self) -> str:
+        """``paper`` (greedy generation, the paper's prompt, zero-shot: comparable with the paper's table),
+        ``loglik`` (answer-letter log-likelihood, for base models) or ``generate`` (any other generation)."""
+        if self.mode == "loglik":
+            return "loglik"
+        return "paper" if self.prompt == "paper" and self.shots == 0 else "generate"
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> EvalConfig:
@@ -133,7 +153,7 @@ def _loglik_record(backend: Backend, item: QAItem, prompt: str) -> dict[str, Any
     """Score every option letter; choose the top k letters, k = number of gold answers (documented rule)."""
     conts = loglik_continuations(item)
     scores = backend.loglik(prompt, conts)
-    letters = list(item.options)
+    letters = sorted(item.options)
     ranked = sorted(range(len(letters)), key=lambda i: -scores[i])
     chosen = sorted(letters[i] for i in ranked[: len(item.answers)])
     return {
@@ -154,7 +174,7 @@ def _prompts(cfg: EvalConfig, bench: dict[str, LanguageSet]) -> dict[tuple[str, 
     for lang, ls in bench.items():
         for it in ls.items:
             if cfg.mode == "generate":
-                prompts[(lang, it.index)] = build_generate_prompt(it, cfg.rationale, shots[lang])
+                prompts[(lang, it.index)] = build_prompt(it, cfg.prompt, cfg.rationale, shots[lang])
             else:
                 prompts[(lang, it.index)] = build_loglik_prompt(it, shots[lang])
     return prompts
@@ -207,7 +227,8 @@ def run_mmedbench(cfg: EvalConfig, backend: Backend | None = None, progress: boo
     # longest prompts first: batches of similar length pad less, and a too-long prompt fails early
     todo = sorted((key for key in prompts if key not in have), key=lambda k: -len(prompts[k]))
     items = {(lang, it.index): it for lang, ls in bench.items() for it in ls.items}
-    protocol = protocol_name(cfg.mode, cfg.rationale)
+    protocol = cfg.protocol
+    with_rationale = cfg.mode == "generate" and cfg.rationale
     started = time.perf_counter()
     with open(pred_path, "a", encoding="utf-8") as fh:
         if todo and backend is None:
@@ -235,6 +256,9 @@ def run_mmedbench(cfg: EvalConfig, backend: Backend | None = None, progress: boo
                         "index": k[1],
                         "id": items[k].id,
                         "protocol": protocol,
+                        "rationale": with_rationale,
+                        "prompt_style": cfg.prompt,
+                        "model": cfg.model,
                         "prompt": prompts[k],
                         **r,
                     }
@@ -245,7 +269,6 @@ def run_mmedbench(cfg: EvalConfig, backend: Backend | None = None, progress: boo
                 bar.advance(len(keys))
     seconds = time.perf_counter() - started
     outputs = {(r["language"], r["index"]): r["output"] for r in done}
-    with_rationale = protocol == RATIONALE_PROTOCOL
     results, scored = score_outputs(
         bench, outputs, rationale=with_rationale, bertscore_model=cfg.bertscore_model
     )
@@ -255,6 +278,7 @@ def run_mmedbench(cfg: EvalConfig, backend: Backend | None = None, progress: boo
         ({**raw[(s["language"], s["index"])], **s} for s in scored),
         key=lambda r: order[(r["language"], r["index"])],
     )
+    record_run_identity(results, protocol, cfg.prompt, cfg.model, data_digest(bench.values()))
     results["config"] = {"command": "mmedbench", **to_dict(cfg)}
     results["run"] = {
         "generated": len(todo),

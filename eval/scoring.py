@@ -15,7 +15,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from eval.data import LANGUAGES, LanguageSet, QAItem, iter_json_lines, load_benchmark, split_dir
+from eval.data import (
+    LANGUAGES,
+    LanguageSet,
+    QAItem,
+    data_digest,
+    iter_json_lines,
+    load_benchmark,
+    split_dir,
+)
 from eval.metrics import bertscore, rationale_metrics
 from eval.parse import parse_answer, strip_eot
 from megatron_mmed.common.errors import UserError
@@ -34,13 +42,22 @@ _OUTPUT_SHOWN = 400
 
 Key = tuple[str, int]
 
-#: ``protocol`` field of live-run predictions; rationale metrics are computed for this one.
-RATIONALE_PROTOCOL = "generate-rationale"
+#: What a predictions line may name as its ``protocol``: ours, and the names of earlier releases.
+PROTOCOLS: tuple[str, ...] = ("paper", "generate", "loglik")
+_LEGACY_PROTOCOLS = {"generate-rationale": ("paper", True), "generate-direct": ("paper", False)}
 
 
-def protocol_name(mode: str, rationale: bool) -> str:
-    """``generate-rationale`` (the paper's), ``generate-direct`` or ``loglik``."""
-    return "loglik" if mode == "loglik" else ("generate-rationale" if rationale else "generate-direct")
+def record_run_identity(results: dict[str, Any], protocol: str, prompt: str, model: str, digest: str) -> None:
+    """Protocol, prompt, model and data digest at the top of results.json; the paper's rows need ``paper``."""
+    results.update(
+        {
+            "protocol": protocol,
+            "prompt": prompt,
+            "model": model,
+            "data_digest": digest,
+            "comparable_with_paper": protocol == "paper",
+        }
+    )
 
 
 def extract_rationale(output: str, extra_eot: tuple[str, ...] = ()) -> str:
@@ -151,17 +168,18 @@ def normalise_language(name: Any) -> str | None:
     return cap if cap in LANGUAGES else None
 
 
-def read_predictions(path: str | Path) -> tuple[dict[Key, str], list[dict[str, Any]], set[str]]:
-    """(outputs keyed by (language, index), problems, protocols named) from a predictions JSONL.
+def read_predictions(path: str | Path) -> tuple[dict[Key, str], list[dict[str, Any]], dict[str, set]]:
+    """(outputs keyed by (language, index), problems, what the lines say) from a predictions JSONL.
 
-    Later lines win duplicates; ``protocol`` is optional (written by ``mmed eval mmedbench``).
+    Later lines win duplicates. ``protocol``, ``prompt_style``, ``model`` and ``rationale`` are optional (written by
+    ``mmed eval mmedbench``); the third value collects the ones named, by field.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"predictions file not found: {path}")
     outputs: dict[Key, str] = {}
     problems: list[dict[str, Any]] = []
-    protocols: set[str] = set()
+    said: dict[str, set] = {"protocol": set(), "prompt_style": set(), "model": set(), "rationale": set()}
     for index, rec, reason in iter_json_lines(path):
         lineno = index + 1
         if reason:
@@ -184,9 +202,17 @@ def read_predictions(path: str | Path) -> tuple[dict[Key, str], list[dict[str, A
                     {"line": lineno, "reason": f"duplicate prediction for {lang} {idx} (last kept)"}
                 )
             outputs[(lang, idx)] = out
-            if isinstance(rec.get("protocol"), str):
-                protocols.add(rec["protocol"])
-    return outputs, problems, protocols
+            proto, asked = rec.get("protocol"), rec.get("rationale")
+            if proto in _LEGACY_PROTOCOLS:
+                proto, asked = _LEGACY_PROTOCOLS[proto]
+            if proto in PROTOCOLS:
+                said["protocol"].add(proto)
+            if isinstance(asked, bool) and proto != "loglik":
+                said["rationale"].add(asked)
+            for key in ("prompt_style", "model"):
+                if isinstance(rec.get(key), str):
+                    said[key].add(rec[key])
+    return outputs, problems, said
 
 
 def score_predictions(
@@ -196,19 +222,26 @@ def score_predictions(
     languages: Iterable[str] = (),
     bertscore_model: str = "",
     rationale: bool | None = None,
+    protocol: str | None = None,
 ) -> dict[str, Any]:
     """Score a predictions file (``{"language", "index", "output"}`` lines) against MMedBench in ``data``.
 
     Scored languages are ``languages`` when given, else those data languages with at least one prediction.
     Rationale metrics: ``rationale`` when given, else when the file says its protocol asked for rationales
     (or, for files without a ``protocol`` field, when some output has a ``Rationale:`` section).
+    ``protocol``: when not given, the one the file's lines name, or ``paper`` for files that name none (outputs in
+    the paper's format, e.g. from the official inference script); lines naming several give ``mixed``.
     Writes results.json/md/png and scored_predictions.jsonl to ``out`` when given; returns the results.
     """
     from eval.report import write_reports
 
-    outputs, problems, protocols = read_predictions(predictions)
-    if rationale is None and protocols:
-        rationale = RATIONALE_PROTOCOL in protocols
+    outputs, problems, said = read_predictions(predictions)
+    if rationale is None and said["protocol"]:
+        rationale = True in said["rationale"]
+    if protocol is None:
+        protocol = (
+            said["protocol"].pop() if len(said["protocol"]) == 1 else "mixed" if said["protocol"] else "paper"
+        )
     if not outputs:
         raise UserError(f"no usable predictions in {predictions} ({len(problems)} malformed lines)")
     requested = tuple(languages)
@@ -230,6 +263,10 @@ def score_predictions(
         del outputs[key]
     results, records = score_outputs(bench, outputs, rationale=rationale, bertscore_model=bertscore_model)
     results["prediction_problems"] = problems
+    one = lambda key: next(iter(said[key])) if len(said[key]) == 1 else ""  # noqa: E731
+    record_run_identity(
+        results, protocol, one("prompt_style") or "paper", one("model"), data_digest(bench.values())
+    )
     results["config"] = {
         "command": "score",
         "data": str(data),

@@ -114,7 +114,7 @@ def test_test_train_layout_and_shots(tmp_path, shared_data):
 
 def test_paper_prompt_format(shared_data):
     it = load_language(shared_data / "qa" / "Japanese.jsonl", "Japanese").items[5]
-    prompt, target = sft_example(it, rationale=True)
+    prompt, target = sft_example(it, rationale=True, style="clean")  # the tidied prompt of earlier releases
     assert "You're a Japanese doctor" in prompt and "Let's solve this step-by-step" in prompt
     assert (
         f"###Question: {it.question} Which of the following is the best treatment for this patient?" in prompt

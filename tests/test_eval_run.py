@@ -63,7 +63,7 @@ def test_generate_via_cli_writes_everything_and_score_agrees(tiny_model, small_q
     assert len(preds) == 12 and {p["language"] for p in preds} == set(LANGUAGES)
     for p in preds:
         assert {"language", "index", "id", "prompt", "output", "parsed", "correct"} <= set(p)
-        assert "Let's solve this step-by-step" in p["prompt"]
+        assert "Let\u2019s solve this step-by-step" in p["prompt"]  # the paper's prompt is the default
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["mode"] == "generate" and res["run"]["generated"] == 12
     assert "Spanish" in res["rationale"] and res["rationale"]["Spanish"]["n"] == 2  # Spanish has rationales
@@ -253,3 +253,37 @@ def test_wandb_offline_run_is_written(tiny_model, small_qa, tmp_path, monkeypatc
     run_mmedbench(cfg, progress=False)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_protocol_prompt_model_and_data_digest_are_recorded(tiny_model, small_qa, tmp_path, capsys):
+    """results.md shows the paper's rows only for protocol 'paper' (greedy generation, the paper's prompt)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for lang in LANGUAGES:
+        digest.update(f"{lang}.jsonl\n".encode() + (small_qa / f"{lang}.jsonl").read_bytes())
+    runs = {
+        "paper": ["--protocol", "paper"],
+        "loglik": ["--protocol", "loglik"],
+        "generate": ["--prompt", "clean"],
+    }
+    for protocol, flags in runs.items():
+        out = tmp_path / protocol
+        rc = main(["eval", "mmedbench", "--model", str(tiny_model), "--data", str(small_qa), "--out", str(out),
+                   "--max-new-tokens", "2", "--limit", "1", "--no-progress", *flags])  # fmt: skip
+        assert rc == 0
+        res = json.loads((out / "results.json").read_text())
+        assert res["protocol"] == protocol and res["model"] == str(tiny_model)
+        assert res["prompt"] == ("clean" if protocol == "generate" else "paper")
+        assert res["data_digest"] == "sha256:" + digest.hexdigest()
+        shown = "MMedLM 2-7B (paper)" in (out / "results.md").read_text()
+        assert shown == (protocol == "paper"), protocol
+        assert all(p["protocol"] == protocol for p in _lines(out / "predictions.jsonl"))
+        rescored = score_predictions(small_qa, out / "predictions.jsonl", tmp_path / f"re-{protocol}")
+        assert rescored["protocol"] == protocol
+        assert ("MMedLM 2-7B (paper)" in (tmp_path / f"re-{protocol}" / "results.md").read_text()) == shown
+    assert "Let's solve" in _lines(tmp_path / "generate" / "predictions.jsonl")[0]["prompt"]
+    capsys.readouterr()
+    rc = main(["eval", "mmedbench", "--model", str(tiny_model), "--data", str(small_qa), "--out",
+               str(tmp_path / "x"), "--protocol", "paper", "--prompt", "clean"])  # fmt: skip
+    assert rc == 2 and "protocol paper" in capsys.readouterr().err

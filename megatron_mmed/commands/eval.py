@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-HELP = "evaluate a Hugging Face checkpoint on MMedBench (eval mmedbench) or re-score predictions (eval score)"
+HELP = (
+    "evaluate a Hugging Face checkpoint on MMedBench (eval mmedbench), re-score predictions (eval score), "
+    "or print the exact prompt of one item (eval prompt)"
+)
 
 
 def _add_mmedbench(p: argparse.ArgumentParser) -> None:
@@ -15,7 +18,16 @@ def _add_mmedbench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="DIR", help="MMedBench folder: <Language>.jsonl, or Test/ (and Train/)")
     p.add_argument("--out", metavar="DIR", help="output folder (rerun to resume)")
     p.add_argument(
-        "--mode", choices=["generate", "loglik"], help="generate (paper protocol) or loglik letters"
+        "--protocol",
+        choices=["paper", "loglik"],
+        help="paper: greedy generation with the paper's prompt, zero-shot, comparable with its table (default); "
+        "loglik: answer-letter log-likelihood, for base models",
+    )
+    p.add_argument("--mode", choices=["generate", "loglik"], help="generate or loglik (--protocol sets it)")
+    p.add_argument(
+        "--prompt",
+        choices=["paper", "clean"],
+        help="paper: the official MMedLM template byte for byte (default); clean: a tidied one",
     )
     p.add_argument("--no-rationale", action="store_true", help="ask for the answer directly (no rationale)")
     p.add_argument("--shots", type=int, help="few-shot examples from Train/ (fixed seed)")
@@ -53,6 +65,23 @@ def _add_score(p: argparse.ArgumentParser) -> None:
     p.add_argument("--languages", nargs="+", metavar="LANG", help="score these (default: those predicted)")
     p.add_argument("--bertscore-model", metavar="DIR", default="", help="local encoder folder for BERTScore")
     p.add_argument("--no-rationale-metrics", action="store_true", help="skip BLEU/ROUGE on rationales")
+    p.add_argument(
+        "--protocol",
+        choices=["paper", "generate", "loglik"],
+        help="how the predictions were made (default: what the file says, else paper)",
+    )
+
+
+def _add_prompt(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data", required=True, metavar="DIR", help="MMedBench folder: <Language>.jsonl, or Test/"
+    )
+    p.add_argument("--language", required=True, help="English, Chinese, … or an ISO code (en, zh, …)")
+    p.add_argument("--index", required=True, type=int, help="0-based line number of the item in its file")
+    p.add_argument(
+        "--prompt", choices=["paper", "clean"], default="paper", help="prompt style (default paper)"
+    )
+    p.add_argument("--no-rationale", action="store_true", help="the direct-answer instruction")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,6 +89,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub.required = True
     _add_mmedbench(sub.add_parser("mmedbench", help="run a model on MMedBench and score it"))
     _add_score(sub.add_parser("score", help="score an existing predictions file"))
+    _add_prompt(
+        sub.add_parser(
+            "prompt", help="print exactly the string the model is given for one item (no newline added)"
+        )
+    )
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:
@@ -81,6 +115,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         "data": args.data,
         "out": args.out,
         "mode": args.mode,
+        "prompt": args.prompt,
         "shots": args.shots,
         "seed": args.seed,
         "languages": args.languages,
@@ -96,6 +131,15 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         "wandb_run_name": args.wandb_run_name,
     }
     data.update({k: v for k, v in flags.items() if v is not None})
+    if args.protocol:
+        mode = "loglik" if args.protocol == "loglik" else "generate"
+        if args.mode and args.mode != mode:
+            raise ConfigError(f"--protocol {args.protocol} and --mode {args.mode} disagree")
+        data["mode"] = mode
+        if args.protocol == "paper" and (data.get("prompt", "paper") != "paper" or data.get("shots", 0)):
+            raise ConfigError(
+                "--protocol paper means the paper's prompt, zero-shot (drop --prompt clean / --shots)"
+            )
     if args.no_rationale:
         data["rationale"] = False
     if args.trust_remote_code:
@@ -118,6 +162,16 @@ def _print_summary(results: dict[str, Any], out: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.eval_command == "prompt":
+        import sys
+
+        from eval.data import find_item
+        from eval.prompts import build_prompt
+
+        item = find_item(args.data, args.language, args.index)
+        sys.stdout.write(build_prompt(item, args.prompt, rationale=not args.no_rationale))
+        sys.stdout.flush()
+        return 0
     if args.eval_command == "score":
         from eval.scoring import score_predictions
 
@@ -128,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
             languages=args.languages or (),
             bertscore_model=args.bertscore_model,
             rationale=False if args.no_rationale_metrics else None,
+            protocol=args.protocol,
         )
         _print_summary(results, args.out)
         return 0
