@@ -1,9 +1,13 @@
-"""Answer parsing that survives real model outputs in six languages.
+"""Answer parsing that survives real model outputs in six languages, and never reads a wrong letter.
 
 Order of evidence: ``\\boxed{X}``; the paper's ``OPTION X IS CORRECT`` line; the last answer marker
-(``Answer:``, ``答案：``, ``正解は``, ``Ответ:``, ``Respuesta:``, ``Réponse :`` …) followed by letters or an
-option's text; a response that starts with letters (``B.``, ``(B)``, ``A, C``) or with an option's text
-(``да``). Anything after an end-of-text token or a new ``###Question``/``### Instruction`` block is ignored.
+(``Answer:``, ``答案：``, ``选``, ``正解は``, ``Ответ:``, ``Respuesta:``, ``Réponse :``, ``I would choose`` …) followed
+by letters (upper- or lower-case lists read whole, Oxford commas, brackets such as ``「e」``, a negation skipped:
+"not D; it is A") or an option's text; ``B is correct``; a response that starts with letters (``B.``, ``(B)``,
+``A, C``) or with an option's text (``да``). Cyrillic ``А``/``Б`` count as A/B; ``В`` (third letter, Latin-B
+look-alike) does not. When unsure (a hesitation "A or B", a bare negation, prose after a lower-case letter) the
+answer is unparsed, and counted, never guessed. Anything after an end-of-text token or a new
+``###Question``/``### Instruction`` block is ignored.
 """
 
 from __future__ import annotations
@@ -31,27 +35,48 @@ _NEXT_BLOCK = re.compile(
     r"###\s*Question\s*:|###\s*Instruction\s*:|### Input:|\nBelow is an instruction", re.I
 )
 
-_SEP = re.compile(r"\s*(?:,|、|，|;|/|&|\+|と|及び|和|及|\band\b|\bet\b|\by\b|\bи\b|\bund\b)\s*|\s+")
-_ONE_LETTER = re.compile(r"[\(\[（]?([A-Z])[\)\]）]?(?![A-Za-z0-9])")
+#: between two letters of a list: "A, C", "A、C", "AとC", "D and E", Oxford-comma "A, B, and C", "A y C" ...
+_SEP = re.compile(
+    r"\s*(?:(?:,|、|，|;|/|&|\+|と|及び|和|及)\s*(?:(?:and|et|y|и|und)\s+)?|(?:and|et|y|и|und)\s+)|\s+", re.I
+)
+_OPEN, _CLOSE = "([（「『【", ")]）」』】"
+_ONE_LETTER = re.compile(rf"[{re.escape(_OPEN)}]?([A-Z])[{re.escape(_CLOSE)}]?(?![A-Za-z0-9])")
+_ANY_LETTER = re.compile(rf"[{re.escape(_OPEN)}]?([A-Za-z])[{re.escape(_CLOSE)}]?(?![A-Za-z0-9])")
 #: what may follow a bare leading letter ("B.", "B)", "B:", "B" alone) so that "A patient" is not read as A.
 _LEADING_END = re.compile(r"\s*(?:$|[.\):：、,，。;\n<\[]|-\s)")
+#: after lower-case letters: the end, or anything but a Latin word ("c です", "b, d." but not "a patient")
+_LOWER_END = re.compile(r"\s*(?:$|[^\sA-Za-z0-9])")
+#: "A or B": a hesitation between letters is not an answer
+_HESITATION = re.compile(r"\s*,?\s*(?:or|ou|o|или|或|または|か)\s*[\(\[]?[A-Za-z]\b", re.I)
 _OPTION_LINE = re.compile(
     r"(?:OPTIONS?|OPCI[OÓ]N(?:ES)?|R[EÉ]PONSES?)\s*:?\s*([A-Z](?:\s*(?:,|、|，|AND|Y|ET)\s*[A-Z])*)\s+(?:IS|ARE|ES|SON|EST|SONT)\s+CORRECT",
     re.I,
 )
+#: "B is correct.", "A and C are the correct answers" (capital letters only: "a is correct" is prose)
+_IS_CORRECT = re.compile(
+    r"(?<![A-Za-z0-9])([A-Z](?:(?:\s*,\s*(?:and\s+)?|\s+and\s+)[A-Z])*)\s+(?i:is|are)\s+(?i:the\s+)?(?i:correct|right)\b"
+)
 _MARKERS = re.compile(
     r"(?:###\s*)?(?:the\s+)?(?:correct\s+|right\s+|best\s+|final\s+)?answers?(?:\s+(?:is|are))?\s*[:：]?"
     r"|(?:correct|right|best)\s+(?:option|choice)s?\s+(?:is|are)\s*[:：]?"
-    r"|答案(?:是|为|為)?\s*[:：]?|正确答案(?:是|为)?\s*[:：]?|答\s*[:：]"
+    r"|\bI\s+(?:would\s+|will\s+|'d\s+)?(?:choose|pick|select|go\s+with)\b|\bmy\s+(?:final\s+)?(?:answer|choice)\s+is\b"
+    r"|答案(?:是|为|為)?\s*[:：]?|正确答案(?:是|为)?\s*[:：]?|答\s*[:：]|(?:故|应|應|所以)?选(?!项)(?:择)?\s*[:：]?"
     r"|正解(?:は|：|:)|答え(?:は|：|:)|解答(?:は|：|:)"
     r"|(?:правильный\s+)?ответ\s*[:：-]?"
-    r"|(?:la\s+)?respuesta(?:\s+correcta)?(?:\s+es)?\s*[:：]?"
+    r"|(?:la\s+)?respuesta(?:\s+correcta)?(?:\s+es)?\s*[:：]?|(?:la\s+)?opci[oó]n\s+correcta(?:\s+es)?\s*[:：]?"
     r"|(?:la\s+)?(?:bonne\s+)?r[ée]ponses?(?:\s+(?:correctes?|exactes?|justes?))?(?:\s+est|\s+sont)?\s*[:：]?",
     re.I,
 )
+#: "not D; it is A" after a marker: the negated letter is skipped, what is stated after it is the answer
+_NEGATION = re.compile(
+    r"^(?:not|no\s+es|n'est\s+pas|не)\s+(?:option\s+)?[\(\[]?[A-Za-z]\b[\)\]]?[\s.,;:!—-]*"
+    r"(?:(?:but|rather|instead|it\s+is|it's|that\s+is|sino|mais)\s*)*",
+    re.I,
+)
+#: Cyrillic capitals that can only be the first two option letters (В looks like B but is the third letter)
+_CYRILLIC_AB = re.compile(r"(?<![^\W\d_])([АБ])(?![^\W\d_])")
 
 _BOXED = re.compile(r"\\boxed\{\s*([A-Z](?:\s*,\s*[A-Z])*)\s*\}")
-_LOWER_LETTER = re.compile(r"[\(\[]?([a-z])[\)\]]?(?=\s*(?:$|[.,;:)\n]))")
 #: Words between a marker and the letter: "respuesta correcta es la D", "the answer is option C".
 _FILLER = re.compile(r"^(?:(?:is|es|est|la|le|el|the|option|opci[oó]n|choice|letter|letra)\s+)*", re.I)
 
@@ -79,33 +104,39 @@ def strip_eot(text: str, extra_eot: tuple[str, ...] = ()) -> str:
     return text[:cut]
 
 
-def _letters_at(segment: str, options: Mapping[str, str], strict: bool = False) -> tuple[str, ...] | None:
+def _letters_at(
+    segment: str, options: Mapping[str, str], strict: bool = False, lower_ok: bool = False
+) -> tuple[str, ...] | None | bool:
     """Option letters listed at the very start of ``segment`` (``B``, ``(B)``, ``A, C``, ``D and E``).
 
     ``strict`` (no answer marker before it) also asks that the letters be followed by punctuation or the end,
-    so that "A patient with…" is not read as answer A.
+    so that "A patient with…" is not read as answer A. ``lower_ok`` (right after a marker) accepts lower-case
+    letters when the whole list is followed by the end or something that is not a Latin word. Returns
+    ``False`` for a hesitation ("A or B"), which must not be read at all.
     """
+    one = _ANY_LETTER if lower_ok else _ONE_LETTER
     pos, found = 0, []
     seg = segment.lstrip()
     while True:
-        m = _ONE_LETTER.match(seg, pos)
-        if not m or m.group(1) not in options:
+        m = one.match(seg, pos)
+        if not m or m.group(1).upper() not in options:
             break
         found.append(m.group(1))
         pos = m.end()
         sep = _SEP.match(seg, pos)
-        if (
-            not sep
-            or not _ONE_LETTER.match(seg, sep.end())
-            or _ONE_LETTER.match(seg, sep.end()).group(1) not in options
-        ):
+        nxt = one.match(seg, sep.end()) if sep else None
+        if not nxt or nxt.group(1).upper() not in options:
             break
         pos = sep.end()
     if not found:
         return None
-    if strict and seg[pos - 1] not in ")]）" and not _LEADING_END.match(seg, pos):
+    if _HESITATION.match(seg, pos):
+        return False
+    if any(x.islower() for x in found) and not _LOWER_END.match(seg, pos):
         return None
-    return tuple(sorted(set(found)))
+    if strict and seg[pos - 1] not in _CLOSE and not _LEADING_END.match(seg, pos):
+        return None
+    return tuple(sorted({x.upper() for x in found}))
 
 
 def _option_text_at(segment: str, options: Mapping[str, str]) -> tuple[str, ...] | None:
@@ -124,35 +155,52 @@ def _option_text_at(segment: str, options: Mapping[str, str]) -> tuple[str, ...]
     return (hits[0][1],)
 
 
+def _marker_answer(body: str, options: Mapping[str, str]) -> Parsed | None:
+    """The answer after the last answer marker that names one; ``Parsed(None, …)`` when it is unsure."""
+    for m in reversed(list(_MARKERS.finditer(body))):
+        rest = body[m.end() :].lstrip(" \t:：-—")
+        neg = _NEGATION.match(rest)
+        if neg:
+            got = _letters_at(_FILLER.sub("", rest[neg.end() :]), options)
+            return Parsed(got, "answer_marker_negation") if got else Parsed(None, "negated")
+        rest = _FILLER.sub("", rest)
+        got = _letters_at(rest, options, lower_ok=True)
+        if got is False:
+            return Parsed(None, "hesitation")
+        if got:
+            return Parsed(got, "answer_marker")
+        got = _option_text_at(rest.split("\n", 1)[0], options)
+        if got:
+            return Parsed(got, "answer_marker_text")
+    return None
+
+
 def parse_answer(text: str, options: Mapping[str, str], extra_eot: tuple[str, ...] = ()) -> Parsed:
-    """Letters chosen by a raw model output, or ``Parsed(None, "unparsed")``."""
+    """Letters chosen by a raw model output, or ``Parsed(None, rule)`` when no answer can be read for sure."""
     body = unicodedata.normalize("NFKC", strip_eot(text or "", extra_eot))
     body = re.sub(r"\*+|`+", "", body).strip()  # markdown emphasis around letters
+    body = _CYRILLIC_AB.sub(lambda m: "AB"["АБ".index(m.group(1))], body)
     if not body:
         return Parsed(None, "empty")
-    lines = list(_OPTION_LINE.finditer(body))
     for m in reversed(list(_BOXED.finditer(body))):
         letters = tuple(sorted(set(re.findall(r"[A-Z]", m.group(1)))))
         if all(x in options for x in letters):
             return Parsed(letters, "boxed")
-    for m in reversed(lines):
+    for m in reversed(list(_OPTION_LINE.finditer(body))):
         words = re.sub(r"(?i)\b(?:and|et|y)\b", " ", m.group(1))
         letters = tuple(sorted({x.upper() for x in re.findall(r"[A-Za-z]", words)}))
         if letters and all(x in options for x in letters):
             return Parsed(letters, "option_is_correct")
-    for m in reversed(list(_MARKERS.finditer(body))):
-        rest = body[m.end() :]
-        rest = _FILLER.sub("", rest.lstrip(" \t:：-—"))
-        got = _letters_at(rest, options)
-        if got:
-            return Parsed(got, "answer_marker")
-        lower = _LOWER_LETTER.match(rest)
-        if lower and lower.group(1).upper() in options:
-            return Parsed((lower.group(1).upper(),), "answer_marker")
-        got = _option_text_at(rest.split("\n", 1)[0], options)
-        if got:
-            return Parsed(got, "answer_marker_text")
+    got = _marker_answer(body, options)
+    if got:
+        return got
+    for m in reversed(list(_IS_CORRECT.finditer(body))):
+        letters = tuple(sorted(set(re.findall(r"[A-Z]", re.sub(r"\band\b", " ", m.group(1))))))
+        if letters and all(x in options for x in letters):
+            return Parsed(letters, "letter_is_correct")
     got = _letters_at(_FILLER.sub("", body), options, strict=True)
+    if got is False:
+        return Parsed(None, "hesitation")
     if got:
         return Parsed(got, "leading_letters")
     got = _option_text_at(body.split("\n", 1)[0], options)

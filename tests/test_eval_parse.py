@@ -86,3 +86,83 @@ def test_strip_eot_with_tokenizer_specific_marker():
     assert strip_eot("B[EOS] more", ("[EOS]",)) == "B"
     assert parse_answer("C[EOS]", FIVE).letters == ("C",)
     assert parse_answer("C<eos_custom> Answer: A", FIVE, extra_eot=("<eos_custom>",)).letters == ("C",)
+
+
+#: Issue 12: formats that were read as a wrong letter or not at all, each with its gold reading.
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        # lower-case letter lists are read whole (they used to give only the first letter: a false "correct")
+        ("Answer: b, d", ("B", "D")),
+        ("Answer: a, c, e", ("A", "C", "E")),
+        ("答え: c。", ("C",)),
+        ("正解は b、c、e", ("B", "C", "E")),
+        ("正解：b と d", ("B", "D")),
+        # Oxford-comma lists
+        ("The correct answers are A, B, and C.", ("A", "B", "C")),
+        ("The correct answers are A, B, C, D, and E.", ("A", "B", "C", "D", "E")),
+        # phrases that had no rule
+        ("选A", ("A",)),
+        ("故选E", ("E",)),
+        ("答えは c です", ("C",)),
+        ("正解は「e」", ("E",)),
+        ("La opción correcta es la C", ("C",)),
+        ("B is correct.", ("B",)),
+        ("I would choose B", ("B",)),
+        ("The answer is not D; it is A", ("A",)),
+        # the six languages, single and several letters
+        ("The answer is C.", ("C",)),
+        ("答案：A、C", ("A", "C")),
+        ("正解はAとC", ("A", "C")),
+        ("La bonne réponse est C.", ("C",)),
+        ("Réponses : A et C", ("A", "C")),
+        ("Правильный ответ: C", ("C",)),
+        ("Ответ: A и C", ("A", "C")),
+        ("La respuesta correcta es C.", ("C",)),
+        ("Respuesta: A y C", ("A", "C")),
+        # fullwidth letters, boxed, bracketed and dotted letters
+        ("答案：Ｄ", ("D",)),
+        ("Ａ，Ｃ", ("A", "C")),
+        ("The final answer is $\\boxed{E}$.", ("E",)),
+        ("\\boxed{A, C}", ("A", "C")),
+        ("(B)", ("B",)),
+        ("B)", ("B",)),
+        ("B.", ("B",)),
+        ("B. text B", ("B",)),
+    ],
+)
+def test_issue12_formats(output, expected):
+    assert parse_answer(output, FIVE).letters == expected
+
+
+@pytest.mark.parametrize("eos", ["</s>", "<|im_end|>", "<|endoftext|>", ""])
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_official_rationale_format_with_any_eos(eos, newline):
+    out = f"###Rationale: Option A is wrong, D is tempting.{newline}###Answer: OPTION B,D IS CORRECT.{eos}"
+    assert parse_answer(out, FIVE).letters == ("B", "D")
+    if eos:  # whatever the model writes after its end-of-text token is not read
+        assert parse_answer(out + "Answer: A", FIVE).letters == ("B", "D")
+
+
+def test_cyrillic_letters_only_where_unambiguous():
+    assert parse_answer("Ответ: Б", RU).letters == ("B",)
+    assert parse_answer("Ответ: А", RU).letters == ("A",)
+    assert parse_answer("Ответ: Б", FIVE).letters == ("B",)
+    # В is the third Cyrillic letter and looks like Latin B: never guessed
+    assert parse_answer("Ответ: В", FIVE).letters is None
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "The answer is not D.",  # a negation alone names no answer
+        "The answer is A or B.",  # a hesitation is not a choice
+        "Answer: a patient with fever",
+        "Answer: b because the patient",  # a lower-case letter followed by prose is not an answer
+        "选项A是错误的",  # "option A is wrong": 选项 is not 选
+        "Option B is not correct",
+        "Ответ: В",
+    ],
+)
+def test_unsure_is_unparsed_never_a_guess(output):
+    assert parse_answer(output, FIVE).letters is None
