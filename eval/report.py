@@ -16,7 +16,9 @@ PAPER_ROWS: dict[str, tuple[float | None, ...]] = {
     "InternLM2-7B (paper)": (57.27, 77.55, 47.74, 41.00, 68.36, 59.59, 58.59),
     "GPT-4 zero-shot (paper)": (None, None, None, None, None, None, 74.27),
 }
-RATIONALE_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge1", "rouge2", "rougeL", "bertscore_f1")
+RATIONALE_KEYS = (
+    "bleu1", "bleu2", "bleu3", "bleu4", "rouge1", "rouge2", "rougeL", "paper_bleu", "paper_rouge", "bertscore_f1",
+)  # fmt: skip
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:

@@ -6,7 +6,8 @@ Policies (also written into every results.json under ``policy``):
 - multi-answer items are correct only when the parsed set equals the gold set (all and only those letters);
 - ``average`` is the unweighted mean over the scored languages (the paper's "Avg");
 - rationale metrics use items whose ``human_check_passed`` is true, or, when the data has no human-check
-  fields, every item with a reference rationale.
+  fields, every item with a reference rationale; ``paper_bleu``/``paper_rouge`` are the official script's
+  (mislabelled) "BLEU-1"/"ROUGE-1" over the same items (see ``eval.paper_metrics``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from eval.data import (
     split_dir,
 )
 from eval.metrics import bertscore, rationale_metrics
+from eval.paper_metrics import paper_rationale_metrics
 from eval.parse import parse_answer, strip_eot
 from megatron_mmed.common.errors import UserError
 from preprocessing.document import LANGUAGE_NAMES
@@ -36,6 +38,8 @@ POLICY = {
     "unparsed": "outputs with no parseable answer count as wrong and are listed under 'unparsed'",
     "bad_items": "data records failing validation are skipped (not in the denominator) and listed",
     "rationale_subset": "human_check_passed items, or all items with a reference rationale if the data has no check fields",
+    "paper_metrics": "paper_bleu = NLTK sentence_bleu (4-gram, smoothing 1) and paper_rouge = rouge ROUGE-L F, "
+    "per-item means x100: what the paper's table calls BLEU-1 and ROUGE-1",
 }
 _UNPARSED_SHOWN = 50
 _OUTPUT_SHOWN = 400
@@ -147,6 +151,9 @@ def score_outputs(
             cands = [extract_rationale(outputs.get((lang, it.index), ""), extra_eot) for it in subset]
             refs = [it.rationale for it in subset]
             m = rationale_metrics(cands, refs, lang)
+            if subset:
+                raw = [strip_eot(outputs.get((lang, it.index), ""), extra_eot) for it in subset]
+                m.update(paper_rationale_metrics(raw, refs, lang))
             m["subset"] = how
             if bertscore_model and subset:
                 m.update({k: round(v, 4) for k, v in bertscore(cands, refs, bertscore_model).items()})
