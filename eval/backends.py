@@ -4,6 +4,7 @@ vLLM (imported only when chosen). Both take the same prompt strings and return r
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,7 +45,8 @@ def _torch_dtype(name: str):
 
 
 class HFBackend:
-    """transformers causal LM: greedy ``generate`` on left-padded batches sorted by length, batched loglik."""
+    """transformers causal LM: batched greedy generation (length-sorted batches, one right-padded prompt pass, a
+    KV-cached decode loop that drops finished rows) and batched loglik."""
 
     def __init__(
         self,
@@ -54,6 +56,7 @@ class HFBackend:
         device: str = "auto",
         trust_remote_code: bool = False,
         max_prompt_tokens: int = 0,
+        prefill_group: int = 8,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -83,6 +86,9 @@ class HFBackend:
         limit = getattr(self.model.config, "max_position_embeddings", 0) or 0
         self.max_prompt_tokens = max_prompt_tokens or limit
         self.truncated = 0
+        self.prefill_group = max(1, min(prefill_group, batch_size))
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
 
     def _eos_ids(self) -> list[int]:
         ids = self.model.generation_config.eos_token_id
@@ -102,15 +108,6 @@ class HFBackend:
             out.append(ids)
         return out
 
-    def _left_pad(self, seqs: Sequence[Sequence[int]]):
-        import torch
-
-        width = max(len(s) for s in seqs)
-        pad = self.tok.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in seqs], device=self.device)
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
-        return ids, mask
-
     def _decode(self, new_ids: Sequence[int]) -> str:
         """Text up to and including the first EOS (kept so the parser sees real end-of-text tokens)."""
         ids = list(new_ids)
@@ -121,27 +118,106 @@ class HFBackend:
         return self.tok.decode(ids, skip_special_tokens=False)
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-        """Greedy continuations of ``prompts`` (returned in input order)."""
-        import torch
-
+        """Greedy continuations of ``prompts`` (returned in input order), in batches of similar length."""
         encoded = self._encode(prompts, max_new_tokens)
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         outputs: list[str] = [""] * len(prompts)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            ids, mask = self._left_pad([encoded[i] for i in chunk])
-            with torch.inference_mode():
-                gen = self.model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    do_sample=False,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=self.tok.pad_token_id,
-                    eos_token_id=self.eos_ids or None,
-                )
-            for row, i in enumerate(chunk):
-                outputs[i] = self._decode(gen[row, ids.shape[1] :].tolist())
+            for i, ids in zip(chunk, self._greedy([encoded[i] for i in chunk], max_new_tokens), strict=True):
+                outputs[i] = self._decode(ids)
         return outputs
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.model.config)
+        except TypeError:  # older transformers
+            return DynamicCache()
+
+    def _prefill(self, seqs: Sequence[Sequence[int]]):
+        """(logits after each sequence's last token, KV cache, key mask, lengths) for a batch of prompts.
+
+        Prompts go through in groups of similar length (``prefill_group`` rows; callers sort by length), each
+        right-padded to its own longest: right padding needs no padding mask in a causal pass (a token never
+        attends to the pads after it), so the fused causal attention kernel is kept, and only each row's last
+        real position goes through the LM head. The groups' caches are then joined (pads masked) for decoding.
+        """
+        import torch
+
+        lens = torch.tensor([len(s) for s in seqs], device=self.device)
+        width = int(lens.max())
+        pad = self.tok.pad_token_id
+        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
+        split = decoder is not None and head is not None and decoder is not self.model
+        logits, caches = [], []
+        for g in range(0, len(seqs), self.prefill_group):
+            group = seqs[g : g + self.prefill_group]
+            glens = lens[g : g + len(group)]
+            gw = int(glens.max())
+            ids = torch.tensor([list(s) + [pad] * (gw - len(s)) for s in group], device=self.device)
+            rows = torch.arange(len(group), device=self.device)
+            cache = self._new_cache()
+            if split:
+                hidden = decoder(input_ids=ids, **{self._cache_kw: cache}, use_cache=True).last_hidden_state
+                logits.append(head(hidden[rows, glens - 1]))
+            else:
+                out = self.model(input_ids=ids, **{self._cache_kw: cache}, use_cache=True)
+                logits.append(out.logits[rows, glens - 1])
+            caches.append(cache)
+        cache = caches[0] if len(caches) == 1 else self._join_caches(caches, width)
+        mask = (torch.arange(width, device=self.device)[None, :] < lens[:, None]).long()
+        return torch.cat(logits), cache, mask, lens
+
+    def _join_caches(self, caches: list, width: int):
+        """One cache holding the rows of ``caches`` in order, each right-padded to ``width`` positions."""
+        import torch
+
+        joined = self._new_cache()
+        for layer in range(len(caches[0].layers)):
+            keys, values = [], []
+            for c in caches:
+                k, v = c.layers[layer].keys, c.layers[layer].values
+                extra = width - k.shape[-2]
+                keys.append(torch.nn.functional.pad(k, (0, 0, 0, extra)))
+                values.append(torch.nn.functional.pad(v, (0, 0, 0, extra)))
+            joined.update(torch.cat(keys), torch.cat(values), layer)
+        return joined
+
+    def _greedy(self, seqs: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+        """Greedy new token ids per sequence (up to and including an EOS): prefill, then one token per step
+        for the rows still generating (finished rows leave the batch and the KV cache)."""
+        import torch
+
+        out: list[list[int]] = [[] for _ in seqs]
+        eos = set(self.eos_ids)
+        with torch.inference_mode():
+            logits, cache, mask, pos = self._prefill(seqs)
+            alive = torch.arange(len(seqs), device=self.device)
+            for step in range(max_new_tokens):
+                nxt = logits.argmax(-1)
+                keep = []
+                for r, (row, t) in enumerate(zip(alive.tolist(), nxt.tolist(), strict=True)):
+                    out[row].append(t)
+                    if t not in eos:
+                        keep.append(r)
+                if not keep or step + 1 == max_new_tokens:
+                    break
+                if len(keep) < len(alive):
+                    k = torch.tensor(keep, device=self.device)
+                    cache.batch_select_indices(k)
+                    mask, pos, nxt, alive = mask[k], pos[k], nxt[k], alive[k]
+                mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+                logits = self.model(
+                    input_ids=nxt[:, None],
+                    attention_mask=mask,
+                    position_ids=pos[:, None],
+                    **{self._cache_kw: cache},
+                    use_cache=True,
+                ).logits[:, -1]
+                pos = pos + 1
+        return out
 
     def loglik(self, context: str, continuations: Sequence[str]) -> list[float]:
         """Sum of log-probabilities of each continuation's tokens after ``context`` (one batched forward)."""

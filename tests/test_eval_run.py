@@ -287,3 +287,32 @@ def test_protocol_prompt_model_and_data_digest_are_recorded(tiny_model, small_qa
     rc = main(["eval", "mmedbench", "--model", str(tiny_model), "--data", str(small_qa), "--out",
                str(tmp_path / "x"), "--protocol", "paper", "--prompt", "clean"])  # fmt: skip
     assert rc == 2 and "protocol paper" in capsys.readouterr().err
+
+
+def test_batched_generation_equals_hf_generate_one_at_a_time(tiny_model, shared_data):
+    """Grouped right-padded prompt passes joined into one decode batch, finished rows dropped mid-batch: the
+    same tokens as transformers' own ``generate`` run one prompt at a time (the official script's loop)."""
+    import torch
+
+    prompts = []
+    for lang in ("Chinese", "English", "Japanese"):
+        lines = (shared_data / "qa" / f"{lang}.jsonl").read_text(encoding="utf-8").splitlines()[:3]
+        prompts += [json.loads(x)["question"] for x in lines]
+    backend = HFBackend(tiny_model, batch_size=9, prefill_group=2)
+    batched = backend.generate(prompts, max_new_tokens=8)
+    # an "end-of-text" id that some rows produce early: they stop there while the others go on
+    eot = backend._greedy([backend.tok(prompts[0])["input_ids"]], 8)[0][2]
+    backend.eos_ids = [*backend.eos_ids, eot]
+    stopped = backend.generate(prompts, max_new_tokens=8)
+    for outs, eos in ((batched, backend.eos_ids[:-1]), (stopped, backend.eos_ids)):
+        for prompt, got in zip(prompts, outs, strict=True):
+            enc = backend.tok(prompt, return_tensors="pt")
+            with torch.inference_mode():
+                ref = backend.model.generate(**enc, do_sample=False, max_new_tokens=8, eos_token_id=eos,
+                                             pad_token_id=backend.tok.pad_token_id)  # fmt: skip
+            want = ref[0, enc["input_ids"].shape[1] :].tolist()
+            want = want[: next((i + 1 for i, t in enumerate(want) if t in eos), len(want))]
+            assert got == backend.tok.decode(want, skip_special_tokens=False)
+    assert any(
+        len(a) > len(b) for a, b in zip(batched, stopped, strict=True)
+    )  # some rows really stopped early
