@@ -60,7 +60,9 @@ class HFBackend:
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # "Loading weights" bars: the evaluation shows its own progress
         path = check_model_dir(model)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"

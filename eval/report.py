@@ -110,7 +110,11 @@ def summary_text(results: dict[str, Any]) -> str:
     unparsed = sum(c["unparsed"] for c in results["counts"].values())
     missing = sum(c["missing"] for c in results["counts"].values())
     bad = sum(c["bad_items"] for c in results["counts"].values())
-    return f"{table}\nunparsed outputs: {unparsed}; missing predictions: {missing}; bad data items: {bad}"
+    protocol = results.get("protocol", "paper")
+    return (
+        f"{table}\nprotocol: {protocol}; unparsed outputs: {unparsed}; missing predictions: {missing}; "
+        f"bad data items: {bad}"
+    )
 
 
 def plot_results(results: dict[str, Any], path: str | Path) -> Path:

@@ -316,3 +316,18 @@ def test_batched_generation_equals_hf_generate_one_at_a_time(tiny_model, shared_
     assert any(
         len(a) > len(b) for a, b in zip(batched, stopped, strict=True)
     )  # some rows really stopped early
+
+
+def test_demo_eval_scores_by_loglik_without_loading_bars(tiny_model, tmp_path, capfd):
+    """`make demo`'s eval step: a real, near-chance number per language (loglik), not free generation's 0.00
+    from a model too small to write the answer format; transformers' "Loading weights" bars stay hidden."""
+    from megatron_mmed.demo import SAMPLE, _evaluate
+
+    summary = _evaluate(tiny_model, SAMPLE / "qa", tmp_path / "eval", show_progress=False)
+    res = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert res["protocol"] == "loglik" and summary["average"] == res["average"]
+    assert all(c["predicted"] == c["items"] == 6 and c["unparsed"] == 0 for c in res["counts"].values())
+    assert 0 < sum(c["correct"] for c in res["counts"].values()) < 36
+    out = capfd.readouterr()
+    assert "Loading weights" not in out.err + out.out
+    assert "loglik" in out.err + out.out  # the printed table says which protocol made the number
