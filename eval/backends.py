@@ -187,30 +187,56 @@ class HFBackend:
             joined.update(torch.cat(keys), torch.cat(values), layer)
         return joined
 
+    def _static_copy(self, cache, length: int):
+        """A preallocated (static) cache of ``length`` positions holding ``cache``'s keys and values, or ``None``
+        where this transformers cannot make one. Decoding then writes in place: a growing cache copies all of
+        itself at every step, which costs as much per row as a one-at-a-time loop and caps what batching gains.
+        """
+        try:
+            from transformers import StaticCache
+
+            static = StaticCache(config=self.model.config, max_cache_len=length)
+            if not all(type(layer).__name__ == "StaticLayer" for layer in static.layers):
+                return None  # sliding-window or other layer kinds: keep the dynamic cache
+            for i, layer in enumerate(cache.layers):
+                static.update(layer.keys, layer.values, i)
+            return static
+        except (ImportError, TypeError, AttributeError):
+            return None
+
     def _greedy(self, seqs: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
-        """Greedy new token ids per sequence (up to and including an EOS): prefill, then one token per step
-        for the rows still generating (finished rows leave the batch and the KV cache)."""
+        """Greedy new token ids per sequence (up to and including an EOS): the prompt pass, then one token per
+        step for the whole batch in a preallocated cache (finished rows leave a growing cache's batch)."""
         import torch
 
         out: list[list[int]] = [[] for _ in seqs]
+        done = [False] * len(seqs)
         eos = set(self.eos_ids)
         with torch.inference_mode():
             logits, cache, mask, pos = self._prefill(seqs)
+            width = mask.shape[1]
+            static = self._static_copy(cache, width + max_new_tokens) if max_new_tokens > 1 else None
+            if static is not None:
+                cache, mask = static, torch.nn.functional.pad(mask, (0, max_new_tokens))
             alive = torch.arange(len(seqs), device=self.device)
             for step in range(max_new_tokens):
                 nxt = logits.argmax(-1)
-                keep = []
-                for r, (row, t) in enumerate(zip(alive.tolist(), nxt.tolist(), strict=True)):
-                    out[row].append(t)
-                    if t not in eos:
-                        keep.append(r)
+                rows = alive.tolist()
+                for row, t in zip(rows, nxt.tolist(), strict=True):
+                    if not done[row]:
+                        out[row].append(t)
+                        done[row] = t in eos
+                keep = [r for r, row in enumerate(rows) if not done[row]]
                 if not keep or step + 1 == max_new_tokens:
                     break
-                if len(keep) < len(alive):
-                    k = torch.tensor(keep, device=self.device)
-                    cache.batch_select_indices(k)
-                    mask, pos, nxt, alive = mask[k], pos[k], nxt[k], alive[k]
-                mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+                if static is None:
+                    if len(keep) < len(rows):
+                        k = torch.tensor(keep, device=self.device)
+                        cache.batch_select_indices(k)
+                        mask, pos, nxt, alive = mask[k], pos[k], nxt[k], alive[k]
+                    mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+                else:
+                    mask[:, width + step] = 1
                 logits = self.model(
                     input_ids=nxt[:, None],
                     attention_mask=mask,
