@@ -88,7 +88,7 @@ def render_markdown(results: dict[str, Any], title: str = "MMedBench") -> str:
         for lang, m in rat.items():
             vals = " | ".join(_pct(m.get(k)) for k in keys)
             lines.append(f"| {lang} | {m.get('n', 0)} | {m.get('subset', '')} | {vals} |")
-    shown = [(lang, u) for lang, us in (results.get("unparsed") or {}).items() for u in us[:3]]
+    shown = [(lang, u) for lang, us in (results.get("unparsed_examples") or {}).items() for u in us[:3]]
     if shown:
         lines += ["", "## Unparsed outputs (first 3 per language; all in results.json)", ""]
         for lang, u in shown:

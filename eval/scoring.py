@@ -35,7 +35,7 @@ POLICY = {
     "missing": "items without a prediction count as wrong; accuracy = correct / valid items; see coverage",
     "multi_answer": "correct only if the parsed letter set equals the gold set",
     "average": "unweighted mean of per-language accuracy over the scored languages",
-    "unparsed": "outputs with no parseable answer count as wrong and are listed under 'unparsed'",
+    "unparsed": "outputs with no parseable answer count as wrong; 'unparsed' counts them per language and 'unparsed_examples' shows the first few",
     "bad_items": "data records failing validation are skipped (not in the denominator) and listed",
     "rationale_subset": "human_check_passed items, or all items with a reference rationale if the data has no check fields",
     "paper_metrics": "paper_bleu = NLTK sentence_bleu (4-gram, smoothing 1) and paper_rouge = rouge ROUGE-L F, "
@@ -98,6 +98,7 @@ def score_outputs(
     if rationale is None:
         rationale = any("rationale:" in o.lower() for o in outputs.values())
     res: dict[str, Any] = {"accuracy": {}, "average": None, "coverage": {}, "counts": {}, "unparsed": {}}
+    res["unparsed_examples"] = {}
     res["bad_items"] = {}
     rat: dict[str, Any] = {}
     records: list[dict[str, Any]] = []
@@ -144,7 +145,8 @@ def score_outputs(
             "bad_items": len(ls.bad),
             "accuracy_on_predicted": correct / predicted if predicted else None,
         }
-        res["unparsed"][lang] = shown
+        res["unparsed"][lang] = unparsed
+        res["unparsed_examples"][lang] = shown
         res["bad_items"][lang] = [{"index": b.index, "reason": b.reason} for b in ls.bad]
         if rationale:
             subset, how = _rationale_subset(ls.items)

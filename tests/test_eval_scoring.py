@@ -115,7 +115,8 @@ def test_unparsed_and_malformed_predictions_are_reported(shared_data, tmp_path):
     gold0 = json.loads((shared_data / "qa" / "Russian.jsonl").read_text().splitlines()[0])["answer_idx"]
     assert res["counts"]["Russian"]["correct"] == (gold0 == "A")
     assert res["counts"]["Russian"]["unparsed"] == 1
-    assert res["unparsed"]["Russian"][0] == {"index": 1, "id": res["unparsed"]["Russian"][0]["id"],
+    assert res["unparsed"] == {"Russian": 1}
+    assert res["unparsed_examples"]["Russian"][0] == {"index": 1, "id": res["unparsed_examples"]["Russian"][0]["id"],
                                              "output": "I cannot decide"}  # fmt: skip
     reasons = " | ".join(p["reason"] for p in res["prediction_problems"])
     for text in ("unknown language 'Klingon'", "no valid item at this index", "not a non-negative integer",
