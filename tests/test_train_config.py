@@ -78,11 +78,45 @@ def test_world_size_sources(repo_root, monkeypatch):
         (["data.split=90,10"], "three non-negative numbers"),
         (["train.exit_at_step=100"], "exit_at_step"),
         (["nonsense.key=1"], "unknown config key"),
+        (["launch.nodes=0"], "launch.nodes must be >= 1"),
+        (["launch.tasks_per_node=0"], "launch.tasks_per_node must be >= 1"),
+        (["launch.device=tpu"], "not one of"),
+        (["launch.nodes=2", "launch.tasks_per_node=4", "parallel.world_size=16"], "contradicts"),
     ],
 )
 def test_validate_rejects_bad_values(repo_root, overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(TrainConfig, repo_root / "configs/train/tiny_cpu.yaml", overrides)
+
+
+def test_launch_section_is_the_planned_world_size(repo_root, monkeypatch):
+    """A recipe's ``launch:`` section (nodes x tasks per node) is the world size a dry run plans for."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cfg = load_config(TrainConfig, repo_root / "configs/train/internlm2_7b.yaml")
+    assert (cfg.launch.nodes, cfg.launch.tasks_per_node) == (4, 8)
+    assert world_size_from_env(cfg) == 32
+    cfg = load_config(TrainConfig, repo_root / "configs/train/internlm2_7b.yaml", ["launch.nodes=8"])
+    assert world_size_from_env(cfg) == 64
+    assert world_size_from_env(cfg, 16) == 16
+    tiny = load_config(TrainConfig, repo_root / "configs/train/tiny_cpu.yaml")
+    assert tiny.launch is None and world_size_from_env(tiny) == 1
+
+
+@pytest.mark.parametrize(
+    "name, nodes, tp, pp, sp",
+    [
+        ("internlm2_1_8b.yaml", 1, 1, 1, False),
+        ("internlm2_7b.yaml", 4, 2, 1, True),
+        ("internlm2_20b.yaml", 8, 4, 2, True),
+    ],
+)
+def test_size_recipes_hold_the_whole_layout(repo_root, name, nodes, tp, pp, sp):
+    """Node count, layout and FP8 live in the recipe (the launch scripts add none), on 8-GPU H100 nodes."""
+    cfg = load_config(TrainConfig, repo_root / "configs/train" / name)
+    assert (cfg.launch.nodes, cfg.launch.tasks_per_node, cfg.launch.device) == (nodes, 8, "cuda")
+    assert (cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.sequence_parallel) == (tp, pp, sp)
+    assert cfg.precision.fp8 == "hybrid" and cfg.precision.dtype == "bf16"
+    assert cfg.parallel.world_size is None  # one figure for the size of the job: launch.nodes
 
 
 @pytest.mark.parametrize("name", SHIPPED)
