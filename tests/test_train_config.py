@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -166,3 +167,32 @@ def test_cli_config_error_is_one_line_exit_2(repo_root):
     )
     assert out.returncode == 2 and "must divide the attention heads" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_cli_dry_run_names_the_source_of_each_value(repo_root, monkeypatch):
+    """Without the launcher, values come from the YAML, the command line or the defaults; env knobs are ignored."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "megatron_mmed.cli",
+            "train",
+            "--config",
+            str(repo_root / "configs/train/tiny_cpu.yaml"),
+        ]
+        + ["--dry-run", "parallel.tp=2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NODES": "3", "DATA": "/nope"},
+    )
+    assert out.returncode == 0, out.stderr
+    lines = {
+        line.split("#")[0].strip(): line.split("#")[1].strip()
+        for line in out.stdout.splitlines()
+        if "=" in line and "  # " in line
+    }
+    assert lines["parallel.tp=2"] == "override" and lines["model.preset=tiny"] == "yaml"
+    assert lines["train.exit_at_step=null"] == "default" and lines["data.blend=null"] == "yaml"
+    assert lines["launch=null"] == "default"
