@@ -6,7 +6,8 @@
 #   launch/pretrain.sh configs/train/internlm2_7b.yaml --dry-run      # values + their sources, sbatch/srun, layout
 #   DEVICE=cpu TASKS_PER_NODE=2 OVERRIDES="data.blend=TOK/blend.json" launch/pretrain.sh configs/train/tiny_cpu.yaml
 #
-# launch/pretrain_internlm2_{1_8b,7b,20b}.sh run this with their recipe and can also be given to sbatch directly.
+# Run it: it submits itself. launch/pretrain_internlm2_{1_8b,7b,20b}.sh run it with their recipe, and those (not
+# this file) can also be given to sbatch directly, since their #SBATCH header is their recipe's job.
 # The recipe (configs/train/*.yaml) holds everything: model, parallel layout, precision (FP8) and the job's
 # `launch:` section (nodes, tasks_per_node, device, job_name, time_limit). Nothing here has a default of its own.
 # Environment knobs override the recipe and OVERRIDES (dot-list) override both; the dry run names the source of

@@ -129,7 +129,12 @@ def _check_launchable(cfg: TrainConfig) -> None:
             f"launch.device=cpu cannot train with precision.fp8={cfg.precision.fp8} (FP8 needs H100s with "
             "Transformer Engine): set FP8= (empty) or precision.fp8=null"
         )
-    resolve_layout(cfg, launch.nodes * launch.tasks_per_node)
+    try:
+        resolve_layout(cfg, launch.nodes * launch.tasks_per_node)
+    except ConfigError as e:
+        raise ConfigError(
+            f"{launch.nodes} node(s) x {launch.tasks_per_node} task(s) (launch.*): {e}"
+        ) from None
 
 
 def _env_overrides(environ: Mapping[str, str]) -> tuple[list[str], dict[str, tuple[str, str]]]:
