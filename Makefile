@@ -32,5 +32,10 @@ format: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The developer loop: everything but the `slow` tests (multi-process, slurm, long training), under 3 minutes.
+.PHONY: test-fast
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
 clean:
 	rm -rf demo_out .pytest_cache

@@ -14,18 +14,11 @@
 #SBATCH --gpus-per-node=1
 #SBATCH --time=02:00:00
 set -euo pipefail
-_repo=${MMED_REPO:-}
-if [[ -z "$_repo" && -n "${SLURM_JOB_ID:-}" ]]; then # sbatch ran a copy: find the original script's repo
-  _cmd=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
-  [[ -f "$_cmd" ]] && _repo=$(cd "$(dirname "$_cmd")/.." && pwd)
-fi
-[[ -f "$_repo/launch/lib/common.sh" ]] || _repo=${SLURM_SUBMIT_DIR:-}
-[[ -f "$_repo/launch/lib/common.sh" ]] || _repo=$(cd "$(dirname "$0")/.." && pwd)
-# shellcheck source=lib/common.sh
-source "$_repo/launch/lib/common.sh"
+# sbatch runs a spool copy of a script: then launch/ is found under the job's working directory (the repo)
+source "$(cd "$(dirname "$0")" && [[ -f lib/common.sh ]] && pwd || echo launch)/lib/common.sh"
 [[ "${1:-}" == --dry-run ]] && DRY_RUN=1
 : "${RUN:?set RUN to the training run directory}" "${OUT:?set OUT to the HF output folder}"
-PY=$(mmed_python "$_repo")
+PY=$(mmed_python "$(mmed_repo)")
 cmd=("$PY" -m megatron_mmed.cli convert mcore-to-hf --ckpt "$RUN" --out "$OUT" --layout "${LAYOUT:-llama}"
   --dtype "${DTYPE:-bf16}")
 [[ -n "${ITERATION:-}" ]] && cmd+=(--iteration "$ITERATION")
@@ -33,7 +26,7 @@ cmd=("$PY" -m megatron_mmed.cli convert mcore-to-hf --ckpt "$RUN" --out "$OUT" -
 [[ "${FORCE:-0}" == 1 ]] && cmd+=(--force)
 [[ "${SKIP_VALIDATION:-0}" == 1 ]] && cmd+=(--skip-validation)
 if [[ -n "${CONTAINER_IMAGE:-}" && -n "${SLURM_JOB_ID:-}" ]]; then
-  mapfile -t cargs < <(mmed_container_args "$_repo")
+  mapfile -t cargs < <(mmed_container_args "$(mmed_repo)")
   cmd=(srun --ntasks=1 "${cargs[@]}" "${cmd[@]}")
 fi
 mmed_single_job "$(realpath "$0")" convert "${cmd[@]}"

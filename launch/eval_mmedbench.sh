@@ -13,24 +13,17 @@
 #SBATCH --gpus-per-node=1
 #SBATCH --time=08:00:00
 set -euo pipefail
-_repo=${MMED_REPO:-}
-if [[ -z "$_repo" && -n "${SLURM_JOB_ID:-}" ]]; then # sbatch ran a copy: find the original script's repo
-  _cmd=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
-  [[ -f "$_cmd" ]] && _repo=$(cd "$(dirname "$_cmd")/.." && pwd)
-fi
-[[ -f "$_repo/launch/lib/common.sh" ]] || _repo=${SLURM_SUBMIT_DIR:-}
-[[ -f "$_repo/launch/lib/common.sh" ]] || _repo=$(cd "$(dirname "$0")/.." && pwd)
-# shellcheck source=lib/common.sh
-source "$_repo/launch/lib/common.sh"
+# sbatch runs a spool copy of a script: then launch/ is found under the job's working directory (the repo)
+source "$(cd "$(dirname "$0")" && [[ -f lib/common.sh ]] && pwd || echo launch)/lib/common.sh"
 [[ "${1:-}" == --dry-run ]] && DRY_RUN=1
 : "${MODEL:?set MODEL to a HF model folder}" "${DATA:?set DATA to the MMedBench folder}" "${OUT:?set OUT}"
-PY=$(mmed_python "$_repo")
+PY=$(mmed_python "$(mmed_repo)")
 # shellcheck disable=SC2206  # EXTRA is a whitespace-separated argument list by design
 cmd=("$PY" -m megatron_mmed.cli eval mmedbench --model "$MODEL" --data "$DATA" --out "$OUT"
   --mode "${MODE:-generate}" --backend "${BACKEND:-hf}" --batch-size "${BATCH_SIZE:-16}" --shots "${SHOTS:-0}"
   --no-progress ${EXTRA:-})
 if [[ -n "${CONTAINER_IMAGE:-}" && -n "${SLURM_JOB_ID:-}" ]]; then
-  mapfile -t cargs < <(mmed_container_args "$_repo")
+  mapfile -t cargs < <(mmed_container_args "$(mmed_repo)")
   cmd=(srun --ntasks=1 "${cargs[@]}" "${cmd[@]}")
 fi
 mmed_single_job "$(realpath "$0")" eval "${cmd[@]}"

@@ -1,17 +1,13 @@
 #!/usr/bin/env bash
-# InternLM2-7B continued pretraining on MMedC (megatron-core), one task per H100.
+# InternLM2-7B continued pretraining on MMedC: launch/pretrain.sh with configs/train/internlm2_7b.yaml, which holds
+# the model, parallel layout, FP8 and the job's size (`launch:`). Knobs and examples: launch/pretrain.sh --help.
 #
-#   sbatch launch/pretrain_internlm2_7b.sh                          # header below: 1 node(s) x 8 GPUs
-#   NODES=8 DATA=/data/tok/blend.json INIT_FROM=/ckpt/internlm2-7b-mcore launch/pretrain_internlm2_7b.sh
-#   DRY_RUN=1 NODES=8 launch/pretrain_internlm2_7b.sh                # print commands + layout, submit nothing
+#   launch/pretrain_internlm2_7b.sh [--dry-run]       # submits itself, sized from the recipe
+#   sbatch launch/pretrain_internlm2_7b.sh            # from the repo root; this header is the recipe's job
 #   DEVICE=cpu TASKS_PER_NODE=2 CONFIG=configs/train/tiny_cpu.yaml OVERRIDES="data.blend=TOK/blend.json" \
-#     sbatch --wait launch/pretrain_internlm2_7b.sh                  # CPU smoke run (gloo)
-#
-# Default layout, chosen for 8xH100 nodes: 7b: TP=2 keeps a 4096-token micro-batch of 7B activations well inside 80 GB with sequence parallel on NVLink; PP=1 avoids pipeline bubbles; DP over the rest with the distributed optimizer and overlapped grad-reduce/param-gather. FP8 hybrid (E4M3 forward, E5M2 gradients) with delayed scaling: ~1.3-1.5x BF16 on H100.
-# Every knob is an environment variable: see launch/lib/pretrain.sh. On USR1 (sent 600 s before the
-# time limit) or TERM the job checkpoints, requeues itself, and resumes from SAVE/latest with no manual step.
+#     sbatch --nodes=1 --wait launch/pretrain_internlm2_7b.sh   # CPU smoke run (gloo) on one node
 #SBATCH --job-name=mmed-internlm2-7b
-#SBATCH --nodes=1
+#SBATCH --nodes=4
 #SBATCH --ntasks-per-node=8
 #SBATCH --gpus-per-node=8
 #SBATCH --exclusive
@@ -19,19 +15,4 @@
 #SBATCH --signal=B:USR1@600
 #SBATCH --requeue
 #SBATCH --open-mode=append
-
-MODEL_SIZE=internlm2-7b
-DEFAULT_CONFIG=configs/train/internlm2_7b.yaml
-DEFAULT_NODES=1
-DEFAULT_LAYOUT="parallel.tp=2 parallel.pp=1 parallel.sequence_parallel=true"
-DEFAULT_FP8=hybrid
-SCRIPT=$(realpath "$0")
-_repo=${MMED_REPO:-}
-if [[ -z "$_repo" && -n "${SLURM_JOB_ID:-}" ]]; then # sbatch ran a copy: find the original script's repo
-  _cmd=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
-  [[ -f "$_cmd" ]] && _repo=$(cd "$(dirname "$_cmd")/.." && pwd)
-fi
-[[ -f "$_repo/launch/lib/common.sh" ]] || _repo=${SLURM_SUBMIT_DIR:-}
-[[ -f "$_repo/launch/lib/common.sh" ]] || _repo=$(cd "$(dirname "$0")/.." && pwd)
-[[ -f "$_repo/launch/lib/pretrain.sh" ]] || { echo "mmed launch: cannot find the repo (set MMED_REPO)" >&2; exit 2; }
-source "$_repo/launch/lib/pretrain.sh" "$@"
+exec bash "$(cd "$(dirname "$0")" && [[ -f pretrain.sh ]] && pwd || echo launch)/pretrain.sh" configs/train/internlm2_7b.yaml "$@"

@@ -78,6 +78,7 @@ def test_real_corpus_is_barely_changed_and_idempotent(shared_data):
     assert 10 <= changed <= 150
 
 
+@pytest.mark.slow  # cleans 5 MB (~10 s on the shared 2-core machine)
 def test_speed_5mb(shared_data):
     """Measured 2.4 s for 5 MB on a shared 2-core machine (ftfy ~70 %); the bound only catches blow-ups."""
     docs = []

@@ -214,6 +214,7 @@ def test_no_false_merges_on_the_shared_corpus(shared_data: Path, tmp_path: Path)
     assert sum(1 for _ in iter_kept(tmp_path / "out")) == sum(len(v) for v in recs.values()) - len(merged)
 
 
+@pytest.mark.slow  # a process pool, then 3 ranks x 4 stages
 def test_same_output_for_workers_and_rank_splits(planted: dict, reference: Path, tmp_path: Path):
     want = _tree_bytes(reference)
     run_dedup(planted["input"], tmp_path / "w2", DedupConfig(), workers=2, **QUIET)
@@ -245,6 +246,7 @@ def _mmed(*args: str) -> list[str]:
     return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "megatron_mmed.cli", *args]
 
 
+@pytest.mark.slow  # a CLI process killed mid-run
 def test_cli_kill9_resume_is_identical(planted: dict, reference: Path, tmp_path: Path):
     out = tmp_path / "out"
     cmd = _mmed("dedup", "--input", str(planted["input"]), "--output", str(out), "--no-progress")

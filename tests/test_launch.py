@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from megatron_mmed.demo import SAMPLE
 from preprocessing.layout import iter_kept
@@ -22,13 +23,18 @@ from preprocessing.layout import iter_kept
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {"1_8b": "internlm2-1.8b", "7b": "internlm2-7b", "20b": "internlm2-20b"}
 SLURM_DIR = Path(os.environ.get("MMED_SLURM_DIR", "/tmp/mmed-slurm"))
+RECIPES = sorted(p.name for p in (REPO / "configs/train").glob("*.yaml"))
+#: launch knobs read from the environment; cleared so that a developer's shell cannot leak into a test
+KNOBS = ("NODES", "TASKS_PER_NODE", "DEVICE", "JOB_NAME", "TIME_LIMIT", "FP8", "DATA", "SAVE", "INIT_FROM")
+KNOBS += ("WANDB_PROJECT", "CONFIG", "OVERRIDES", "SLURM_JOB_ID", "SLURM_NNODES", "WORLD_SIZE", "DRY_RUN")
 
 
-def _run(cmd, env=None, timeout=120, **kw):
+def _run(cmd, env=None, timeout=120, cwd=REPO, **kw):
+    base = {k: v for k, v in os.environ.items() if k not in KNOBS}
     return subprocess.run(
         cmd,
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        env={**base, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -64,6 +70,183 @@ def test_dry_run_rejects_bad_layout_and_args(tmp_path: Path):
     assert res.returncode == 2 and "unknown argument" in res.stderr
     res = _run(["bash", "launch/pretrain_internlm2_7b.sh", "--dry-run"], env={"DEVICE": "tpu"})
     assert res.returncode == 2 and "DEVICE must be" in res.stderr
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _shown(out: str) -> dict[str, tuple[object, str]]:
+    """The dry run's `key=value  # source` lines: key -> (value parsed as YAML, source)."""
+    rows = re.findall(r"^([a-z0-9_.]+)=(.*?)\s+# (yaml|override|default|env [A-Z0-9_]+)$", out, re.M)
+    return {key: (yaml.safe_load(value), source) for key, value, source in rows}
+
+
+def _sbatch_options(out: str) -> dict[str, str]:
+    line = next(x for x in out.splitlines() if x.startswith("sbatch "))
+    opts = [a for a in shlex.split(line) if a.startswith("--")]
+    return dict((a[2:].split("=", 1) + [""])[:2] for a in opts)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_dry_run_shows_the_recipe_values(recipe: str):
+    """Every value the recipe sets is what the launch dry run shows, marked `yaml`; the job is sized from it."""
+    data = yaml.safe_load((REPO / "configs/train" / recipe).read_text())
+    launch = data.get("launch") or {}
+    cpu = {} if launch else {"DEVICE": "cpu", "TASKS_PER_NODE": "2"}  # tiny_cpu: the CPU smoke run's knobs
+    res = _run(["bash", "launch/pretrain.sh", f"configs/train/{recipe}", "--dry-run"], env=cpu)
+    assert res.returncode == 0, res.stderr + res.stdout
+    shown = _shown(res.stdout)
+    job = launch.get("job_name", f"mmed-{Path(recipe).stem}")
+    for key, value in _flatten(data).items():
+        if key == "checkpoint.dir" and value is None:  # unset: the launcher's runs/<job name>
+            assert shown[key] == (str(REPO / "runs" / job), "default")
+        else:
+            assert shown.get(key) == (value, "yaml"), key
+    nodes, per_node = launch.get("nodes", 1), launch.get("tasks_per_node", int(cpu.get("TASKS_PER_NODE", 8)))
+    for key, name in (("launch.device", "DEVICE"), ("launch.tasks_per_node", "TASKS_PER_NODE")):
+        if name in cpu:
+            assert shown[key] == (yaml.safe_load(cpu[name]), f"env {name}")
+    opts = _sbatch_options(res.stdout)
+    assert (opts["nodes"], opts["ntasks-per-node"]) == (str(nodes), str(per_node))
+    assert opts["job-name"] == job
+    assert opts["time"] == launch.get("time_limit", "24:00:00")
+    assert f"world_size={nodes * per_node}" in res.stdout
+    assert re.search(rf"layout: TP=\d+ x PP=\d+ x CP=\d+ x DP=\d+ = {nodes * per_node} ranks", res.stdout)
+    assert f"srun --ntasks={nodes * per_node} --ntasks-per-node={per_node}" in res.stdout
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_size_scripts_are_one_line_wrappers_matching_their_recipe(size: str):
+    """The size scripts only name their recipe; their #SBATCH header (for a direct sbatch) is the recipe's job."""
+    script = REPO / f"launch/pretrain_internlm2_{size}.sh"
+    text = script.read_text()
+    body = [x for x in text.splitlines() if x.strip() and not x.startswith("#")]
+    assert len(body) == 1 and f"configs/train/internlm2_{size}.yaml" in body[0] and "pretrain.sh" in body[0]
+    wrapped = _run(["bash", str(script), "--dry-run"])
+    direct = _run(["bash", "launch/pretrain.sh", f"configs/train/internlm2_{size}.yaml", "--dry-run"])
+    assert wrapped.returncode == 0 and wrapped.stdout == direct.stdout, wrapped.stderr
+    header = dict(
+        (m + [""])[:2] for m in (h.split("=", 1) for h in re.findall(r"^#SBATCH --(\S+)", text, re.M))
+    )
+    opts = _sbatch_options(wrapped.stdout)
+    for key in ("job-name", "nodes", "ntasks-per-node", "gpus-per-node", "time", "signal", "open-mode"):
+        assert header[key] == opts[key], key
+    assert "requeue" in header and "requeue" in opts and "exclusive" in header and "exclusive" in opts
+
+
+def test_dry_run_names_where_each_value_came_from(tmp_path: Path):
+    env = {
+        "NODES": "2",
+        "DATA": "/d/blend.json",
+        "SAVE": str(tmp_path / "run"),
+        "FP8": "",
+        "WANDB_PROJECT": "2024",
+        "OVERRIDES": "parallel.pp=2 train.steps=700",
+    }
+    res = _run(["bash", "launch/pretrain_internlm2_7b.sh", "--dry-run"], env=env)
+    assert res.returncode == 0, res.stderr + res.stdout
+    shown = _shown(res.stdout)
+    assert shown["launch.nodes"] == (2, "env NODES")
+    assert shown["data.blend"] == ("/d/blend.json", "env DATA")
+    assert shown["checkpoint.dir"] == (str(tmp_path / "run"), "env SAVE")
+    assert shown["precision.fp8"] == (None, "env FP8")  # an empty FP8 turns it off
+    assert shown["logging.wandb_project"] == (
+        "2024",
+        "env WANDB_PROJECT",
+    )  # a string, though it looks like a number
+    assert shown["parallel.pp"] == (2, "override") and shown["train.steps"] == (700, "override")
+    assert shown["parallel.tp"] == (2, "yaml") and shown["launch.tasks_per_node"] == (8, "yaml")
+    assert shown["train.seed"] == (1234, "default")
+    assert _sbatch_options(res.stdout)["nodes"] == "2" and "world_size=16" in res.stdout
+    srun = shlex.split(next(x for x in res.stdout.splitlines() if x.startswith("srun ")))
+    for arg in ("launch.nodes=2", "data.blend=/d/blend.json", "precision.fp8=null", "parallel.pp=2"):
+        assert arg in srun, arg
+    assert "logging.wandb_project='2024'" in srun
+
+    # an override beats the environment, and a launch default fills what nobody set
+    env = {"NODES": "2", "OVERRIDES": "launch.nodes=8"}
+    res = _run(["bash", "launch/pretrain_internlm2_7b.sh", "--dry-run"], env=env)
+    assert res.returncode == 0, res.stderr
+    shown = _shown(res.stdout)
+    assert shown["launch.nodes"] == (8, "override") and _sbatch_options(res.stdout)["nodes"] == "8"
+    assert shown["checkpoint.dir"] == (str(REPO / "runs" / "mmed-internlm2-7b"), "default")
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"NODES": "two"}, "NODES must be an integer"),
+        ({"NODES": "0"}, "launch.nodes must be >= 1"),
+        ({"DEVICE": "cpu"}, "precision.fp8"),  # the 7B recipe trains in FP8, which needs GPUs
+        ({"FP8": "e5m2"}, "FP8 must be one of"),
+        ({"LAYOUT": "parallel.tp=4"}, "LAYOUT"),
+        ({"CONFIG": "configs/train/nope.yaml"}, "not found"),
+    ],
+)
+def test_launch_knob_mistakes_are_one_line_errors(env, message):
+    res = _run(["bash", "launch/pretrain_internlm2_7b.sh", "--dry-run"], env=env)
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_a_recipe_with_fp8_dry_runs_on_cpu_and_a_cpu_run_can_turn_it_off():
+    res = _run(["bash", "launch/pretrain_internlm2_20b.sh", "--dry-run"], env={"DEVICE": "cpu", "FP8": ""})
+    assert res.returncode == 0, res.stderr
+    opts = _sbatch_options(res.stdout)
+    assert opts["gpus-per-node"] == "0" and "exclusive" not in opts
+
+
+def test_launch_from_another_folder_and_as_an_sbatch_copy(tmp_path: Path):
+    """Run from anywhere, the scripts submit with --chdir=REPO; sbatch runs a spool copy of a size script in
+    the job's working directory (the repo), and the copy finds launch/ there. No script locates the repo itself."""
+    res = _run(["bash", str(REPO / "launch/pretrain_internlm2_7b.sh"), "--dry-run"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert f"--chdir={REPO}" in res.stdout and str(REPO / "configs/train/internlm2_7b.yaml") in res.stdout
+    res = _run(
+        ["bash", str(REPO / "launch/convert_to_hf.sh"), "--dry-run"],
+        env={"RUN": "/r", "OUT": "/h"},
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    for name in ("pretrain_internlm2_7b.sh", "eval_mmedbench.sh"):
+        (spool / "slurm_script").write_bytes((REPO / "launch" / name).read_bytes())
+        env = {"SLURM_JOB_ID": "7", "DRY_RUN": "1", "MODEL": "/h", "DATA": "/d", "OUT": "/e"}
+        res = _run(["bash", str(spool / "slurm_script")], env=env)
+        assert res.returncode == 0, (name, res.stderr)
+    for script in REPO.glob("launch/*.sh"):
+        text = script.read_text()
+        assert "Command=" not in text and "SLURM_SUBMIT_DIR" not in text, script.name
+        assert "DEFAULT_" not in text, script.name  # no model defaults in the launch scripts
+
+
+def test_readme_and_help_agree_with_the_recipes():
+    """The README's table of sizes is the recipes' figures, and --help names every environment knob."""
+    from megatron_mmed.training.launch import ENV_KNOBS
+
+    readme = (REPO / "README.md").read_text()
+    for size in SIZES:
+        data = yaml.safe_load((REPO / f"configs/train/internlm2_{size}.yaml").read_text())
+        row = re.search(
+            rf"^\| `internlm2_{size}.yaml` \| (\d+) x (\d+) \| TP=(\d+).*?PP=(\d+), DP=(\d+) \|", readme, re.M
+        )
+        assert row, size
+        nodes, per_node, tp, pp, dp = map(int, row.groups())
+        launch, parallel = data["launch"], data["parallel"]
+        assert (nodes, per_node) == (launch["nodes"], launch["tasks_per_node"])
+        assert (tp, pp, dp) == (parallel["tp"], parallel["pp"], nodes * per_node // (tp * pp))
+    res = _run(["bash", "launch/pretrain.sh", "--help"])
+    assert res.returncode == 0
+    for names in ENV_KNOBS.values():
+        assert names[0] in res.stdout, names[0]
 
 
 def test_secrets_never_echoed(tmp_path: Path):
@@ -179,13 +362,21 @@ def _wait_gone(job: str, timeout: float) -> None:
     pytest.fail(f"job {job} still queued after {timeout} s")
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.timeout(900)
 def test_sbatch_wait_cpu_run_and_preemption(slurm, demo_tok: Path, tmp_path: Path):
     steps = 24
     full = tmp_path / "full"
-    res = _run(
-        ["sbatch", "--wait", "-o", str(tmp_path / "full.log"), "launch/pretrain_internlm2_7b.sh"],
+    res = _run(  # --nodes=1: the 7B header asks for the recipe's 4 nodes; this smoke run uses one
+        [
+            "sbatch",
+            "--wait",
+            "--nodes=1",
+            "-o",
+            str(tmp_path / "full.log"),
+            "launch/pretrain_internlm2_7b.sh",
+        ],
         env=_cpu_env(demo_tok, full, steps),
         timeout=600,
     )
@@ -214,7 +405,14 @@ def test_sbatch_wait_cpu_run_and_preemption(slurm, demo_tok: Path, tmp_path: Pat
     # preemption: USR1 to the batch shell -> checkpoint, requeue, resume from latest, same final loss
     pre = tmp_path / "pre"
     res = _run(
-        ["sbatch", "--parsable", "-o", str(tmp_path / "pre.log"), "launch/pretrain_internlm2_7b.sh"],
+        [
+            "sbatch",
+            "--parsable",
+            "--nodes=1",
+            "-o",
+            str(tmp_path / "pre.log"),
+            "launch/pretrain_internlm2_7b.sh",
+        ],
         env=_cpu_env(demo_tok, pre, steps),
         timeout=60,
     )
@@ -235,6 +433,21 @@ def test_sbatch_wait_cpu_run_and_preemption(slurm, demo_tok: Path, tmp_path: Pat
     assert resumed[steps] == final[steps]
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.timeout(600)
+def test_self_submission_from_another_folder(slurm, demo_tok: Path, tmp_path: Path):
+    """Run from any folder, a size script submits itself with --chdir=REPO, sized from the recipe in use."""
+    save = tmp_path / "run"
+    env = {**_cpu_env(demo_tok, save, 6), "WAIT": "1"}
+    res = _run(["bash", str(REPO / "launch/pretrain_internlm2_7b.sh")], env=env, cwd=tmp_path, timeout=500)
+    logs = sorted((save / "logs").glob("mmed-tiny_cpu-*.out"))
+    assert res.returncode == 0, res.stderr[-2000:] + (logs[-1].read_text()[-3000:] if logs else "")
+    assert (save / "latest").is_file() and [m["step"] for m in _metrics(save) if "loss" in m][-1] == 6
+    assert "1 node(s) x 2 task(s)" in logs[-1].read_text()
+
+
+@pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.timeout(900)
 def test_prep_arrays_equal_local_pipeline(slurm, demo_tok: Path, tmp_path: Path):

@@ -39,6 +39,7 @@ def _sample_ids(domain: str | None = None) -> set[str]:
     return ids
 
 
+@pytest.mark.slow  # the demo_run fixture: `mmed demo` preprocesses, trains 40 steps, converts, evaluates
 def test_demo_stages(demo_run: Path):
     data = demo_run / "data"
     summary = json.loads((data / "pipeline.json").read_text())
@@ -71,6 +72,7 @@ def test_demo_stages(demo_run: Path):
     assert [c["stage"] for c in chain] == ["prep", "dedup", "decontam"]
 
 
+@pytest.mark.slow
 def test_demo_trains_converts_and_evaluates(demo_run: Path):
     demo = json.loads((demo_run / "demo.json").read_text())
     assert demo["train"]["steps"] == 40 and demo["train"]["last_loss"] < demo["train"]["first_loss"]
@@ -86,6 +88,7 @@ def test_demo_trains_converts_and_evaluates(demo_run: Path):
     assert len(preds) == 36  # 6 questions x 6 languages
 
 
+@pytest.mark.slow
 def test_demo_rerun_resumes(demo_run: Path):
     before = {p: p.read_bytes() for p in (demo_run / "data").rglob("*.zst")}
     res = subprocess.run(

@@ -176,6 +176,7 @@ def test_huge_document_is_rejected_not_crashing(tmp_path: Path):
     assert got["huge"] == "quality:max_length"
 
 
+@pytest.mark.slow  # a process pool
 def test_workers_do_not_change_output(prep_run, tmp_path: Path):
     base, _, _ = prep_run
     cfg = load_config(PrepConfig, None, ["ingest.shard_bytes=65536", "workers=2"])
@@ -189,6 +190,7 @@ def _n_done(out: Path) -> int:
     return sum(1 for p in (out / ".done" / "prep").glob("*.json") if p.name != "_run.json")
 
 
+@pytest.mark.slow  # CLI processes killed mid-run
 def test_resume_after_kill_9_gives_identical_output(prep_run, tmp_path: Path):
     base, _, _ = prep_run
     out = tmp_path / "killed"

@@ -288,6 +288,7 @@ def _datasets_bytes(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.glob("*_text_document.*"))}
 
 
+@pytest.mark.slow  # three CLI processes killed mid-run
 def test_cli_resume_after_kill_9(shared_data, sp_model, tmp_path):
     import sentencepiece as spm
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -78,11 +79,45 @@ def test_world_size_sources(repo_root, monkeypatch):
         (["data.split=90,10"], "three non-negative numbers"),
         (["train.exit_at_step=100"], "exit_at_step"),
         (["nonsense.key=1"], "unknown config key"),
+        (["launch.nodes=0"], "launch.nodes must be >= 1"),
+        (["launch.tasks_per_node=0"], "launch.tasks_per_node must be >= 1"),
+        (["launch.device=tpu"], "not one of"),
+        (["launch.nodes=2", "launch.tasks_per_node=4", "parallel.world_size=16"], "contradicts"),
     ],
 )
 def test_validate_rejects_bad_values(repo_root, overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(TrainConfig, repo_root / "configs/train/tiny_cpu.yaml", overrides)
+
+
+def test_launch_section_is_the_planned_world_size(repo_root, monkeypatch):
+    """A recipe's ``launch:`` section (nodes x tasks per node) is the world size a dry run plans for."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cfg = load_config(TrainConfig, repo_root / "configs/train/internlm2_7b.yaml")
+    assert (cfg.launch.nodes, cfg.launch.tasks_per_node) == (4, 8)
+    assert world_size_from_env(cfg) == 32
+    cfg = load_config(TrainConfig, repo_root / "configs/train/internlm2_7b.yaml", ["launch.nodes=8"])
+    assert world_size_from_env(cfg) == 64
+    assert world_size_from_env(cfg, 16) == 16
+    tiny = load_config(TrainConfig, repo_root / "configs/train/tiny_cpu.yaml")
+    assert tiny.launch is None and world_size_from_env(tiny) == 1
+
+
+@pytest.mark.parametrize(
+    "name, nodes, tp, pp, sp",
+    [
+        ("internlm2_1_8b.yaml", 1, 1, 1, False),
+        ("internlm2_7b.yaml", 4, 2, 1, True),
+        ("internlm2_20b.yaml", 8, 4, 2, True),
+    ],
+)
+def test_size_recipes_hold_the_whole_layout(repo_root, name, nodes, tp, pp, sp):
+    """Node count, layout and FP8 live in the recipe (the launch scripts add none), on 8-GPU H100 nodes."""
+    cfg = load_config(TrainConfig, repo_root / "configs/train" / name)
+    assert (cfg.launch.nodes, cfg.launch.tasks_per_node, cfg.launch.device) == (nodes, 8, "cuda")
+    assert (cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.sequence_parallel) == (tp, pp, sp)
+    assert cfg.precision.fp8 == "hybrid" and cfg.precision.dtype == "bf16"
+    assert cfg.parallel.world_size is None  # one figure for the size of the job: launch.nodes
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -132,3 +167,32 @@ def test_cli_config_error_is_one_line_exit_2(repo_root):
     )
     assert out.returncode == 2 and "must divide the attention heads" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_cli_dry_run_names_the_source_of_each_value(repo_root, monkeypatch):
+    """Without the launcher, values come from the YAML, the command line or the defaults; env knobs are ignored."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "megatron_mmed.cli",
+            "train",
+            "--config",
+            str(repo_root / "configs/train/tiny_cpu.yaml"),
+        ]
+        + ["--dry-run", "parallel.tp=2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NODES": "3", "DATA": "/nope"},
+    )
+    assert out.returncode == 0, out.stderr
+    lines = {
+        line.split("#")[0].strip(): line.split("#")[1].strip()
+        for line in out.stdout.splitlines()
+        if "=" in line and "  # " in line
+    }
+    assert lines["parallel.tp=2"] == "override" and lines["model.preset=tiny"] == "yaml"
+    assert lines["train.exit_at_step=null"] == "default" and lines["data.blend=null"] == "yaml"
+    assert lines["launch=null"] == "default"

@@ -4,13 +4,11 @@
 mmed_die() { echo "mmed launch: error: $*" >&2; exit 2; }
 mmed_log() { echo "[mmed $(date +%H:%M:%S)] $*" >&2; }
 
-# The repository root: MMED_REPO, else (inside a batch job) the submit dir, else this file's ../..
-mmed_repo() {
-  if [[ -n "${MMED_REPO:-}" ]]; then echo "$MMED_REPO"
-  elif [[ -n "${SLURM_JOB_ID:-}" && -f "${SLURM_SUBMIT_DIR:-}/launch/lib/common.sh" ]]; then echo "$SLURM_SUBMIT_DIR"
-  else (cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-  fi
-}
+# The repository this file belongs to. Scripts source it with one line: their own folder's lib/common.sh, or,
+# when sbatch runs a spool copy of the script, launch/lib/common.sh under the job's working directory, which is
+# the repo (sbatch from the repo root, or --chdir=REPO as every self-submission does).
+_mmed_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+mmed_repo() { echo "$_mmed_root"; }
 
 # The python that runs `mmed`: PYTHON, else the repo's .venv, else python3 (inside a container image).
 mmed_python() {
@@ -83,7 +81,7 @@ mmed_single_job() {
   if [[ -z "${SLURM_JOB_ID:-}" ]]; then
     command -v sbatch >/dev/null || mmed_die "sbatch not found: run this on a slurm login node (or DRY_RUN=1)"
     local sb=(sbatch "--job-name=mmed-$name" --nodes=1 --ntasks=1 "--gpus-per-node=${GPUS_PER_NODE:-1}"
-      "--chdir=$(mmed_repo)" "--export=ALL,MMED_REPO=$(mmed_repo)")
+      "--chdir=$(mmed_repo)" --export=ALL)
     [[ -n "${TIME_LIMIT:-}" ]] && sb+=("--time=$TIME_LIMIT")
     [[ -n "${PARTITION:-}" ]] && sb+=("--partition=$PARTITION")
     [[ -n "${ACCOUNT:-}" ]] && sb+=("--account=$ACCOUNT")

@@ -68,7 +68,7 @@ class ParallelConfig:
     use_distributed_optimizer: bool = False
     overlap_grad_reduce: bool = False
     overlap_param_gather: bool = False
-    world_size: int | None = None  # planning only (dry run); a launched job uses WORLD_SIZE
+    world_size: int | None = None  # planning only (dry run) when there is no launch section
 
     def validate(self) -> None:
         for name in ("tp", "pp", "cp"):
@@ -221,6 +221,23 @@ class TrainLoopConfig:
 
 
 @dataclass(frozen=True)
+class LaunchConfig:
+    """How ``launch/pretrain.sh`` sizes the slurm job; the training itself reads WORLD_SIZE, not this."""
+
+    nodes: int = 1
+    tasks_per_node: int = 8  # one task per GPU
+    device: Literal["cuda", "cpu"] = "cuda"  # cpu: no GPU request, gloo (smoke runs)
+    job_name: str | None = None  # None: mmed-<recipe file name>
+    time_limit: str = "24:00:00"  # sbatch --time
+
+    def validate(self) -> None:
+        if self.nodes < 1:
+            raise ConfigError("launch.nodes must be >= 1")
+        if self.tasks_per_node < 1:
+            raise ConfigError("launch.tasks_per_node must be >= 1")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """The whole ``mmed train`` config (the YAML under configs/train/)."""
 
@@ -233,10 +250,18 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    launch: LaunchConfig | None = None  # recipes for launch/pretrain.sh say how many nodes they need
 
     def validate(self) -> None:
         arch = self.model.architecture()
         p = self.parallel
+        if self.launch is not None and p.world_size is not None:
+            launched = self.launch.nodes * self.launch.tasks_per_node
+            if p.world_size != launched:
+                raise ConfigError(
+                    f"parallel.world_size={p.world_size} contradicts launch.nodes x launch.tasks_per_node = "
+                    f"{launched} (leave parallel.world_size out of recipes with a launch section)"
+                )
         if arch.num_attention_heads % p.tp or arch.num_query_groups % p.tp:
             raise ConfigError(
                 f"parallel.tp={p.tp} must divide the attention heads ({arch.num_attention_heads}) "
@@ -281,13 +306,18 @@ class Layout:
 
 
 def world_size_from_env(cfg: TrainConfig, override: int | None = None) -> int:
-    """World size: an explicit override, then WORLD_SIZE, then parallel.world_size, then TP x PP x CP (DP=1)."""
+    """World size: an explicit override, then WORLD_SIZE, then parallel.world_size, then the launch section's
+    nodes x tasks per node, then TP x PP x CP (DP=1)."""
     if override is not None:
         return override
     if os.environ.get("WORLD_SIZE"):
         return int(os.environ["WORLD_SIZE"])
     p = cfg.parallel
-    return p.world_size or p.tp * p.pp * p.cp
+    if p.world_size:
+        return p.world_size
+    if cfg.launch is not None:
+        return cfg.launch.nodes * cfg.launch.tasks_per_node
+    return p.tp * p.pp * p.cp
 
 
 def resolve_layout(cfg: TrainConfig, world_size: int, vocab_size: int | None = None) -> Layout:
