@@ -12,7 +12,6 @@ line or member becomes either a ``Doc`` or a ``BadRecord`` (parse/encoding/unrea
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import zipfile
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import zstandard
 
 from megatron_mmed.common.config import ConfigError
 from megatron_mmed.common.errors import UserError
+from megatron_mmed.common.io import UnreadableError, ZstdLines
 from preprocessing.document import Doc
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -188,9 +188,10 @@ def _open_lines(shard: Shard) -> Iterator[bytes]:
         with gzip.open(shard.path, "rb") as fh:
             yield from fh
     elif shard.kind == "jsonl.zst":
-        with open(shard.path, "rb") as raw:
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-            yield from io.BufferedReader(reader)
+        lines = ZstdLines(shard.path)
+        yield from lines
+        if lines.unreadable is not None:  # a cut or corrupt stream: the rest is recorded, not silently lost
+            raise UnreadableError(str(lines.unreadable))
     else:
         with open(shard.path, "rb") as fh:
             fh.seek(shard.start)
@@ -343,7 +344,7 @@ def read_shard(shard: Shard, cfg: IngestConfig, max_chars: int | None = None) ->
         for item in READERS[shard.kind](shard, cfg, max_bytes):
             produced += 1
             yield item
-    except (OSError, EOFError, zipfile.BadZipFile, zstandard.ZstdError, ValueError) as e:
+    except (OSError, EOFError, zipfile.BadZipFile, zstandard.ZstdError, ValueError, UnreadableError) as e:
         # ValueError covers pyarrow's ArrowInvalid (corrupt parquet) and gzip/zstd framing errors
         where = f" after {produced} records" if produced else ""
         yield BadRecord(

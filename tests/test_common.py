@@ -174,3 +174,76 @@ def test_run_tasks_marks_each_result_in_process_and_in_a_pool(tmp_path: Path):
         )
         assert results == {f"t{t}": {"sq": t * t, "where": where} for t in pending}
         assert all(markers.read(f"t{t}") == results[f"t{t}"] for t in pending)
+
+
+# ---- truncated / multi-frame .jsonl.zst (zstandard's stream reader reports a cut frame as a clean EOF) ----
+ZST_RECS = [{"id": i, "text": f"document {i} " + "word " * (i % 40)} for i in range(4000)]
+
+
+def _zst_frames(records: list[dict], frames: int) -> list[bytes]:
+    """``records`` as JSON lines split over ``frames`` independent zstd frames (as ``cat a.zst b.zst`` makes)."""
+    import zstandard
+
+    from megatron_mmed.common.io import dumps
+
+    step = -(-len(records) // frames)
+    return [
+        zstandard.ZstdCompressor().compress("".join(dumps(r) + "\n" for r in records[k : k + step]).encode())
+        for k in range(0, len(records), step)
+    ]
+
+
+def test_multi_frame_file_is_read_to_the_end(tmp_path: Path):
+    from megatron_mmed.common.io import iter_jsonl_zst_records
+
+    p = tmp_path / "multi.jsonl.zst"
+    p.write_bytes(b"".join(_zst_frames(ZST_RECS, 3)))
+    assert list(read_jsonl_zst(p)) == ZST_RECS
+    records = iter_jsonl_zst_records(p)
+    assert [r for _, r in records] == ZST_RECS and records.unreadable is None
+
+
+@pytest.mark.parametrize(
+    "frames, cut",
+    [
+        (1, lambda f: len(f[0]) // 2),  # mid-frame, single frame
+        (1, lambda f: len(f[0]) - 1),  # the last byte missing
+        (2, lambda f: len(f[0]) + len(f[1]) // 2),  # mid second frame
+        (2, lambda f: len(f[0]) + 3),  # inside the second frame's header
+        (3, lambda f: len(f[0]) + len(f[1]) + len(f[2]) - 5),  # near the end of the last frame
+    ],
+    ids=["single-mid", "single-last-byte", "second-mid", "second-header", "third-end"],
+)
+def test_truncated_zstd_keeps_what_was_readable_and_says_where(tmp_path: Path, frames, cut):
+    from megatron_mmed.common.io import UnreadableError, iter_jsonl_zst_records
+
+    parts = _zst_frames(ZST_RECS, frames)
+    blob = b"".join(parts)[: cut(parts)]
+    p = tmp_path / "cut.jsonl.zst"
+    p.write_bytes(blob)
+    records = iter_jsonl_zst_records(p)
+    got = [r for _, r in records]
+    assert got == ZST_RECS[: len(got)] and len(got) < len(ZST_RECS)  # a clean prefix, never a broken line
+    bad = records.unreadable
+    assert bad is not None, "a cut file read as complete"
+    starts = [sum(len(x) for x in parts[:k]) for k in range(frames)]
+    assert bad.offset in starts and bad.offset <= len(blob)  # the incomplete frame's first byte
+    assert bad.offset == max(s for s in starts if s < len(blob))
+    assert str(p) in str(bad) and f"byte {bad.offset}" in str(bad) and bad.lines == len(got)
+    with pytest.raises(UnreadableError, match=f"byte {bad.offset}"):
+        list(read_jsonl_zst(p))
+
+
+def test_zstd_cut_exactly_between_frames_and_trailing_garbage(tmp_path: Path):
+    from megatron_mmed.common.io import iter_jsonl_zst_records
+
+    parts = _zst_frames(ZST_RECS, 2)
+    p = tmp_path / "x.jsonl.zst"
+    # a cut exactly at a frame boundary leaves a valid, complete zstd file: no reader can tell (documented)
+    p.write_bytes(parts[0])
+    records = iter_jsonl_zst_records(p)
+    assert [r for _, r in records] == ZST_RECS[:2000] and records.unreadable is None
+    p.write_bytes(parts[0] + b"this is not zstd")
+    records = iter_jsonl_zst_records(p)
+    assert [r for _, r in records] == ZST_RECS[:2000]
+    assert records.unreadable is not None and records.unreadable.offset == len(parts[0])

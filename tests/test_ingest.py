@@ -152,3 +152,24 @@ def test_missing_input_and_empty_folder(tmp_path: Path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no supported input files"):
         discover([tmp_path / "empty"])
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+def test_truncated_zstd_input_keeps_the_readable_part_and_records_the_rest(tmp_path: Path, frames: int):
+    records = [{"id": f"d{i}", "text": f"Patient {i} has hypertension. " * (1 + i % 30)} for i in range(3000)]
+    data = _jsonl_bytes(records)
+    step = len(data) // frames
+    cuts = [data.index(b"\n", k * step) + 1 for k in range(1, frames)] + [len(data)]
+    chunks = [data[a:b] for a, b in zip([0, *cuts[:-1]], cuts)]
+    parts = [zstandard.ZstdCompressor().compress(c) for c in chunks]
+    blob = b"".join(parts)
+    p = tmp_path / "raw.jsonl.zst"
+    p.write_bytes(blob[: len(blob) - len(parts[-1]) // 2])  # the last frame cut in half
+    items, _ = _read_all([p])
+    docs = [i for i in items if isinstance(i, Doc)]
+    bad = [i for i in items if isinstance(i, BadRecord)]
+    assert 0 < len(docs) < len(records)
+    assert [d.id for d in docs] == [r["id"] for r in records[: len(docs)]]
+    assert len(bad) == 1 and bad[0].reason == "unreadable"
+    assert "raw.jsonl.zst" in bad[0].detail and f"byte {len(blob) - len(parts[-1])}" in bad[0].detail
+    assert f"after {len(docs)} records" in bad[0].detail

@@ -6,6 +6,7 @@ import io
 import json
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,27 +122,179 @@ def write_jsonl_zst(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
         return w.count
 
 
+def display_path(path: str | Path) -> str:
+    """``path`` as printable, JSON-safe text: bytes of a file name that are not UTF-8 (read by Python as lone
+    surrogates, which no UTF-8 writer accepts) appear as ``\\xNN`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Where the readable part of a compressed file ends: its path, the compressed byte offset of the first
+    frame that could not be read, the complete lines read before it, and why."""
+
+    path: str
+    offset: int
+    lines: int
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.why} at byte {self.offset} (after {self.lines} complete lines)"
+
+
+class UnreadableError(UserError):
+    """A file that cannot be read (or only partly): the strict readers raise it, the tolerant ones record it."""
+
+
+_ZSTD_MAGIC = 0xFD2FB528
+_FCS_BYTES = (0, 2, 4, 8)  # Frame_Content_Size field size by its flag (0 -> 1 byte when single-segment)
+_DICT_ID_BYTES = (0, 1, 2, 4)
+
+
+def zstd_frames_end(fd: int, size: int) -> tuple[int, str | None]:
+    """Walk the frame structure of a zstd file (frame and block headers only, RFC 8878): the offset where
+    its complete frames end, and ``None`` when that is the end of the file, else why the rest is no frame.
+
+    zstandard's stream reader ends quietly at a cut frame; this is the check that tells a cut file from a
+    complete one (a cut exactly between two frames leaves a valid file, which no reader can tell apart).
+    """
+    pos = 0
+    while pos < size:
+        head = os.pread(fd, 14, pos)
+        magic = int.from_bytes(head[:4], "little")
+        if len(head) >= 4 and magic & 0xFFFFFFF0 == 0x184D2A50:  # a skippable frame
+            end = pos + 8 + int.from_bytes(head[4:8], "little")
+            if len(head) < 8 or end > size:
+                return pos, "truncated zstd stream (a skippable frame is cut short)"
+            pos = end
+            continue
+        if len(head) >= 4 and magic != _ZSTD_MAGIC:
+            return pos, "corrupt zstd stream (not a zstd frame)"
+        if len(head) < 5:
+            return pos, "truncated zstd stream (a frame header is cut short)"
+        fhd = head[4]
+        single = (fhd >> 5) & 1
+        fcs = _FCS_BYTES[fhd >> 6] or single
+        p = pos + 5 + (0 if single else 1) + _DICT_ID_BYTES[fhd & 3] + fcs
+        while True:
+            block = os.pread(fd, 3, p)
+            if len(block) < 3:
+                return pos, "truncated zstd stream (the frame is cut short)"
+            v = int.from_bytes(block, "little")
+            kind = (v >> 1) & 3
+            if kind == 3:
+                return pos, "corrupt zstd stream (reserved block type)"
+            p += 3 + (1 if kind == 1 else v >> 3)
+            if v & 1:  # the last block of the frame
+                break
+        p += 4 * ((fhd >> 2) & 1)  # content checksum
+        if p > size:
+            return pos, "truncated zstd stream (the frame is cut short)"
+        pos = p
+    return pos, None
+
+
+class ZstdLines:
+    """The lines (bytes) of a zstd-compressed file, across all its frames, streamed.
+
+    A truncated or corrupt stream ends the lines where the readable data ends (a partial last line is never
+    yielded) and sets ``unreadable`` once the iteration is over; an input/output error raises
+    ``UnreadableError``. Only the last line may lack its newline.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.unreadable: Unreadable | None = None
+        self.lines = 0
+
+    def _fail(self, e: OSError) -> UnreadableError:
+        return UnreadableError(f"cannot read {display_path(self.path)}: {e.strerror or e}")
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.unreadable, self.lines = None, 0
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 (closed by the with below)
+        except OSError as e:
+            raise self._fail(e) from None
+        with fh:
+            try:  # the frame walk first: bytes after the last frame that are no frame must not be decoded
+                end, why = zstd_frames_end(fh.fileno(), os.fstat(fh.fileno()).st_size)
+            except OSError as e:
+                raise self._fail(e) from None
+            source = fh if why is None or why.startswith("truncated") else _Head(fh, end)
+            tail, error = None, None
+            try:
+                reader = zstandard.ZstdDecompressor().stream_reader(
+                    source, read_across_frames=True, closefd=False
+                )
+                for line in io.BufferedReader(reader, buffer_size=_READ_BUFFER):
+                    if line[-1:] != b"\n":
+                        tail = line  # the last line: kept only when the file is complete
+                        break
+                    self.lines += 1
+                    yield line
+            except zstandard.ZstdError as e:  # corrupt data inside a frame
+                error, end = f"corrupt zstd stream ({e})", end if why is not None else fh.tell()
+            except OSError as e:
+                raise self._fail(e) from None
+            if error is not None or why is not None:
+                self.unreadable = Unreadable(display_path(self.path), end, self.lines, why or error or "")
+            elif tail is not None:
+                self.lines += 1
+                yield tail
+
+
+class _Head:
+    """The first ``size`` bytes of an open file, as a source for zstandard's stream reader."""
+
+    def __init__(self, fh: Any, size: int):
+        self._fh, self._left = fh, size
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(self._left if n < 0 else min(n, self._left))
+        self._left -= len(data)
+        return data
+
+
 def read_jsonl_zst(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Records of one ``.jsonl.zst`` file, streamed."""
-    with open(path, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as raw:
-        for line in io.BufferedReader(raw, buffer_size=_READ_BUFFER):
-            if not line.isspace():
-                yield loads(line)
+    """Records of one ``.jsonl.zst`` file, streamed; ``UnreadableError`` when it is cut short or corrupt."""
+    lines = ZstdLines(path)
+    for line in lines:
+        if not line.isspace():
+            yield loads(line)
+    if lines.unreadable is not None:
+        raise UnreadableError(str(lines.unreadable))
 
 
-def iter_jsonl_zst_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
-    """``(0-based line number, record)`` of every non-blank line; ``None`` for a line that is not a JSON
-    object (or not UTF-8), so a stage can count and record it instead of crashing (``read_jsonl_zst``
-    raises instead). A corrupt zstd stream raises ``zstandard.ZstdError``."""
-    with open(path, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as raw:
-        for i, line in enumerate(io.BufferedReader(raw, buffer_size=_READ_BUFFER)):
-            if line.isspace():  # blank (a line always ends in "\n" but the last; an empty one ends the loop)
+class JsonlZstRecords:
+    """``(0-based line number, record)`` of every non-blank line of a ``.jsonl.zst`` file; ``None`` for a line
+    that is not a JSON object (or not UTF-8), so a stage can count and record it instead of crashing.
+
+    A truncated or corrupt stream ends the records and sets ``unreadable`` (file, byte offset, why) for the
+    stage to record; ``read_jsonl_zst`` raises instead.
+    """
+
+    def __init__(self, path: str | Path):
+        self._lines = ZstdLines(path)
+
+    @property
+    def unreadable(self) -> Unreadable | None:
+        return self._lines.unreadable
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, Any] | None]]:
+        for i, line in enumerate(self._lines):
+            if line.isspace():
                 continue
             try:
                 rec = loads(line)
             except ValueError:
                 rec = None
             yield i, rec if isinstance(rec, dict) else None
+
+
+def iter_jsonl_zst_records(path: str | Path) -> JsonlZstRecords:
+    """The tolerant record reader of ``path`` (see ``JsonlZstRecords``)."""
+    return JsonlZstRecords(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
