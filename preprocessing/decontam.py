@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import xxhash
-import zstandard
 
 from megatron_mmed.common.config import ConfigError, save_config, to_dict
 from megatron_mmed.common.errors import UserError
@@ -42,6 +41,7 @@ from preprocessing.layout import (
     kept_files,
     rejected_file,
     require_stage_output,
+    unreadable_record,
     write_stage_report,
 )
 
@@ -325,8 +325,9 @@ def _process_file(lang: str, path: Path, out: Path, keep_text: bool) -> dict[str
     kept = JsonlZstWriter(kept_file(out, lang, path.name.removesuffix(".jsonl.zst")))
     rejected = JsonlZstWriter(rejected_file(out, _shard_id(lang, path)))
     matched_items: dict[str, int] = {}
+    records = iter_jsonl_zst_records(path)
     try:
-        for i, rec in iter_jsonl_zst_records(path):
+        for i, rec in records:
             text = rec.get("text") if rec is not None else None
             if not isinstance(text, str):
                 stats.seen(lang, 0)
@@ -354,12 +355,12 @@ def _process_file(lang: str, path: Path, out: Path, keep_text: bool) -> dict[str
             rejected.write(out_rec)
             for m in matches:
                 matched_items[m["item"]] = matched_items.get(m["item"], 0) + 1
+        if records.unreadable is not None:  # a cut input file: its readable part is kept, the rest recorded
+            stats.seen(lang, 0)
+            stats.dropped(lang, "unreadable")
+            rejected.write(unreadable_record(lang, records.unreadable))
         kept.close()
         rejected.close()
-    except (OSError, UnicodeDecodeError, zstandard.ZstdError) as e:
-        kept.abort()
-        rejected.abort()
-        raise UserError(f"cannot read {path}: {e}") from None
     except BaseException:
         kept.abort()
         rejected.abort()

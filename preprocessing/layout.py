@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import atomic_write_json, read_jsonl_zst
+from megatron_mmed.common.io import Unreadable, atomic_write_json, read_jsonl_zst
 
 KEPT = "kept"
 REJECTED = "rejected"
@@ -78,6 +78,12 @@ def iter_kept(root: str | Path, lang: str | None = None) -> Iterator[dict[str, A
 def iter_rejected(root: str | Path) -> Iterator[dict[str, Any]]:
     for f in rejected_files(root):
         yield from read_jsonl_zst(f)
+
+
+def unreadable_record(lang: str, bad: Unreadable) -> dict[str, Any]:
+    """The ``rejected/`` record of the unreadable rest of an input file (a cut or corrupt zstd stream)."""
+    name = bad.path.rsplit("/", 1)[-1]
+    return {"id": f"{lang}/{name}#unreadable", "lang": lang, "reason": "unreadable", "detail": str(bad)}
 
 
 class StageStats:

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import xxhash
-import zstandard
 
 from megatron_mmed.common.config import ConfigError, save_config, to_dict
 from megatron_mmed.common.errors import UserError
@@ -33,6 +32,7 @@ from preprocessing.layout import (
     kept_files,
     rejected_file,
     require_stage_output,
+    unreadable_record,
 )
 
 STAGE = "tokenize"
@@ -267,8 +267,9 @@ def tokenize_file(
         docs += len(lengths)
         tokens += flat.size
 
+    records = iter_jsonl_zst_records(path)
     try:
-        for line_no, rec in iter_jsonl_zst_records(path):
+        for line_no, rec in records:
             text = rec.get("text") if rec is not None else None
             if not isinstance(text, str):
                 stats.seen(lang, 0)
@@ -288,11 +289,12 @@ def tokenize_file(
                 flush()
         if batch:
             flush()
+        if records.unreadable is not None:  # a cut input file: its readable part is kept, the rest recorded
+            stats.seen(lang, 0)
+            stats.dropped(lang, "unreadable")
+            rejected.write(unreadable_record(lang, records.unreadable))
         builder.finalize(tmp + ".idx")
         rejected.close()
-    except (OSError, UnicodeDecodeError, zstandard.ZstdError) as e:
-        rejected.abort()
-        raise UserError(f"cannot read {path}: {e}") from None
     except BaseException:
         rejected.abort()
         raise

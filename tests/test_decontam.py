@@ -266,3 +266,17 @@ def test_cli_contract(planted, shared_data, tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "benchmark folder does not exist" in bad.stderr
+
+
+def test_truncated_input_file_keeps_the_readable_part_and_records_the_rest(shared_data, tmp_path):
+    docs = _read_corpus(shared_data)["en"]
+    inp = _write_input(tmp_path / "in", {"en": docs}, files_per_lang=1)
+    f = inp / "kept" / "en" / "shard-0000.jsonl.zst"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size * 2 // 3])
+    res = run_decontam(inp, shared_data / "qa", tmp_path / "out", DecontamConfig(), show_progress=False)
+    kept = [r for recs in _records(tmp_path / "out", "kept").values() for r in recs]
+    rejected = [r for recs in _records(tmp_path / "out", "rejected").values() for r in recs]
+    assert 0 < len(kept) < len(docs) and kept == docs[: len(kept)]
+    assert [r["reason"] for r in rejected] == ["unreadable"]
+    assert "shard-0000.jsonl.zst" in rejected[0]["detail"] and "byte 0" in rejected[0]["detail"]
+    assert res.stats.drops["en"] == {"unreadable": 1}

@@ -290,3 +290,22 @@ def test_near_copy_edits_are_detectable_by_estimate():
         sig = signatures_numpy(h, off, 128, 1)
         est.append(float(agreement(sig[0], sig[1])))
     assert min(est) > 0.7, est
+
+
+def test_truncated_input_file_keeps_the_readable_part_and_records_the_rest(shared_data: Path, tmp_path: Path):
+    recs = {
+        lg: [{"id": d["id"], "text": d["text"], "lang": lg} for d in _corpus(shared_data, lg)]
+        for lg in ("en", "ru")
+    }
+    _write_prep_layout(tmp_path / "in", recs, 1)
+    f = tmp_path / "in" / "kept" / "en" / "00000.jsonl.zst"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size * 2 // 3])  # cut inside its single frame
+    run_dedup(tmp_path / "in", tmp_path / "out", DedupConfig(), **QUIET)
+    kept = [r for r in iter_kept(tmp_path / "out", "en")]
+    bad = [r for r in iter_rejected(tmp_path / "out") if r["reason"] == "unreadable"]
+    assert 0 < len(kept) < len(recs["en"]) and kept == recs["en"][: len(kept)]  # nothing in en is a dup
+    assert len(bad) == 1 and bad[0]["lang"] == "en" and "00000.jsonl.zst" in bad[0]["detail"]
+    assert "byte 0" in bad[0]["detail"] and f"after {len(kept)} complete lines" in bad[0]["detail"]
+    assert len(list(iter_kept(tmp_path / "out", "ru"))) == len(recs["ru"])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["languages"]["en"]["drops"] == {"unreadable": 1}

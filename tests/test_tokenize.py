@@ -460,3 +460,17 @@ def test_benchmark_script_starts():
     )
     assert proc.returncode == 0, proc.stderr
     assert "docs/s" in proc.stdout
+
+
+def test_truncated_input_file_keeps_the_readable_part_and_records_the_rest(corpus_input, sp_model, tmp_path):
+    _, docs = corpus_input
+    inp = _write_prep_layout(tmp_path / "in", {"en": docs["en"]}, 1)
+    f = inp / "kept" / "en" / "shard-0000.jsonl.zst"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size * 2 // 3])
+    res = run_tokenize(inp, sp_model, tmp_path / "out", TokenizeConfig(), show_progress=False)
+    n = res.counts["en"]["documents"]
+    assert 0 < n < len(docs["en"]) and len(_read_back(tmp_path / "out" / "en_text_document")) == n
+    rejected = [r for p in (tmp_path / "out" / "rejected").glob("*.zst") for r in read_jsonl_zst(p)]
+    assert [r["reason"] for r in rejected] == ["unreadable"]
+    assert "shard-0000.jsonl.zst" in rejected[0]["detail"] and "byte 0" in rejected[0]["detail"]
+    assert res.stats.drops["en"] == {"unreadable": 1}
