@@ -321,3 +321,17 @@ def test_resume_with_other_settings_is_refused(prep_run, tmp_path: Path, shared_
         timeout=300,
     )
     assert res.returncode == 2 and "made with another config" in res.stderr, res.stderr
+
+
+def test_input_file_names_that_are_not_utf8(tmp_path: Path, shared_data: Path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    doc = json.loads((shared_data / "corpus" / "en.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    (raw / os.fsdecode(b"m\xe9d.jsonl")).write_text(json.dumps({"text": doc["text"]}) + "\n")
+    (raw / os.fsdecode(b"\xff.csv")).write_text("x")
+    res = _prep_cli(raw, tmp_path / "o", "--no-progress")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    (rec,) = list(iter_kept(tmp_path / "o")) or list(iter_rejected(tmp_path / "o"))
+    assert rec["id"] == "raw/m\\xe9d.jsonl:1"
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["skipped_files"] == [str(raw / "\\xff.csv")]
