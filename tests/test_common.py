@@ -247,3 +247,30 @@ def test_zstd_cut_exactly_between_frames_and_trailing_garbage(tmp_path: Path):
     records = iter_jsonl_zst_records(p)
     assert [r for _, r in records] == ZST_RECS[:2000]
     assert records.unreadable is not None and records.unreadable.offset == len(parts[0])
+
+
+def test_override_examples_in_the_help_are_valid():
+    import argparse
+    import shlex
+
+    from megatron_mmed.cli import build_parser
+    from preprocessing.decontam import DecontamConfig
+    from preprocessing.dedup import DedupConfig
+    from preprocessing.pipeline import PipelineConfig
+    from preprocessing.prep import PrepConfig
+    from preprocessing.tokenization import TokenizeConfig
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    configs = {
+        "prep": (PrepConfig, []),
+        "dedup": (DedupConfig, []),
+        "decontam": (DecontamConfig, []),
+        "tokenize": (TokenizeConfig, []),
+        "pipeline": (PipelineConfig, ["benchmark=qa"]),
+    }
+    for name, (cls, required) in configs.items():
+        action = next(a for a in commands[name]._actions if a.dest == "overrides")
+        examples = shlex.split(action.help.split("e.g.", 1)[1])
+        assert examples, name
+        load_config(cls, None, examples + required)  # a user copying the example gets no error
