@@ -32,6 +32,7 @@ from megatron_mmed.common.io import (
     atomic_write_text,
     ensure_writable_dir,
     iter_jsonl_zst_records,
+    refuse_output_inside,
 )
 from megatron_mmed.common.tasks import run_tasks
 from preprocessing.document import CJK_LANGS, LANGUAGE_NAMES
@@ -397,9 +398,8 @@ def run_decontam(
     t0 = time.time()
     inp = require_stage_output(input_dir)
     bench = load_benchmark(benchmark_dir)
+    refuse_output_inside(out_dir, [inp])
     out = ensure_writable_dir(out_dir)
-    if out.resolve() == inp.resolve():
-        raise UserError("--output must differ from --input")
     rule = {k: v for k, v in to_dict(cfg).items() if k not in ("workers",)}
     files_fp = {
         n: [Path(p).stat().st_size, xxhash.xxh3_64_hexdigest(Path(p).read_bytes())]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_mmed.common.config import ConfigError, save_config, to_dict
-from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, ensure_writable_dir
+from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, ensure_writable_dir, refuse_output_inside
 from megatron_mmed.common.tasks import run_tasks
 from preprocessing.clean import CleanConfig, clean_text
 from preprocessing.document import Doc
@@ -227,6 +227,7 @@ def run_prep(
 
     t0 = time.time()
     files, skipped_files = discover(inputs)
+    refuse_output_inside(out_dir, inputs)
     out = ensure_writable_dir(out_dir)
     save_config(cfg, out / "config.yaml")
     # build the filters once up front: a bad keywords file fails here, before any worker starts

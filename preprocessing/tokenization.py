@@ -24,7 +24,13 @@ import xxhash
 
 from megatron_mmed.common.config import ConfigError, save_config, to_dict
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, ensure_writable_dir, iter_jsonl_zst_records
+from megatron_mmed.common.io import (
+    DoneMarkers,
+    JsonlZstWriter,
+    ensure_writable_dir,
+    iter_jsonl_zst_records,
+    refuse_output_inside,
+)
 from megatron_mmed.common.tasks import run_tasks
 from preprocessing.blend import BlendConfig, build_blend, write_blend, write_tokenize_report
 from preprocessing.layout import (
@@ -360,9 +366,8 @@ def run_tokenize(
     inp = require_stage_output(input_dir)
     tok = load_tokenizer(tokenizer_path, cfg)
     ids = TokenIds.resolve(tok, cfg)
+    refuse_output_inside(out_dir, [inp])
     out = ensure_writable_dir(out_dir)
-    if out.resolve() == inp.resolve():
-        raise UserError("--output must differ from --input")
     tok_info = {"kind": tok.kind, "path": str(Path(tok.path).resolve()), **to_dict(ids)}
     settings = {
         k: v for k, v in to_dict(cfg).items() if k not in ("workers", "batch_docs", "keep_parts", "blend")

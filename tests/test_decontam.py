@@ -280,3 +280,11 @@ def test_truncated_input_file_keeps_the_readable_part_and_records_the_rest(share
     assert [r["reason"] for r in rejected] == ["unreadable"]
     assert "shard-0000.jsonl.zst" in rejected[0]["detail"] and "byte 0" in rejected[0]["detail"]
     assert res.stats.drops["en"] == {"unreadable": 1}
+
+
+def test_output_inside_the_input_is_refused(shared_data, tmp_path):
+    inp = _write_input(tmp_path / "in", {"en": _read_corpus(shared_data)["en"][:3]}, files_per_lang=1)
+    for out in (inp, inp / "clean"):
+        with pytest.raises(UserError, match="inside the input"):
+            run_decontam(inp, shared_data / "qa", out, DecontamConfig(), show_progress=False)
+    assert not (inp / "clean").exists()

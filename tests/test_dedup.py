@@ -309,3 +309,10 @@ def test_truncated_input_file_keeps_the_readable_part_and_records_the_rest(share
     assert len(list(iter_kept(tmp_path / "out", "ru"))) == len(recs["ru"])
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["languages"]["en"]["drops"] == {"unreadable": 1}
+
+
+def test_output_inside_the_input_is_refused(planted: dict):
+    for out in (planted["input"], planted["input"] / "dedup"):
+        with pytest.raises(UserError, match="inside the input"):
+            run_dedup(planted["input"], out, DedupConfig(), **QUIET)
+    assert not (planted["input"] / "dedup").exists()

@@ -335,3 +335,14 @@ def test_input_file_names_that_are_not_utf8(tmp_path: Path, shared_data: Path):
     assert rec["id"] == "raw/m\\xe9d.jsonl:1"
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["skipped_files"] == [str(raw / "\\xff.csv")]
+
+
+def test_output_equal_to_or_inside_the_input_is_refused_up_front(tmp_path: Path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.jsonl").write_text('{"text": "x"}\n')
+    for out in (raw, raw / "out", raw / "." / "deeper" / "out"):
+        res = _prep_cli(raw, out, "--no-progress")
+        assert res.returncode == 2 and "inside the input" in res.stderr and "Traceback" not in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert sorted(p.name for p in raw.iterdir()) == ["a.jsonl"]  # nothing written

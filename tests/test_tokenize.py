@@ -474,3 +474,12 @@ def test_truncated_input_file_keeps_the_readable_part_and_records_the_rest(corpu
     assert [r["reason"] for r in rejected] == ["unreadable"]
     assert "shard-0000.jsonl.zst" in rejected[0]["detail"] and "byte 0" in rejected[0]["detail"]
     assert res.stats.drops["en"] == {"unreadable": 1}
+
+
+def test_output_inside_the_input_is_refused(corpus_input, sp_model, tmp_path):
+    _, docs = corpus_input
+    inp = _write_prep_layout(tmp_path / "in", {"en": docs["en"][:3]}, 1)
+    for out in (inp, inp / "tok"):
+        with pytest.raises(UserError, match="inside the input"):
+            run_tokenize(inp, sp_model, out, TokenizeConfig(), show_progress=False)
+    assert not (inp / "tok").exists()

@@ -313,6 +313,19 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False) + "\n")
 
 
+def refuse_output_inside(out: str | Path, inputs: Iterable[str | Path]) -> None:
+    """Raise ``UserError`` when ``out`` is an input folder or lies inside one: a stage would then read its
+    own output on the next run (checked before anything is written)."""
+    target = Path(out).resolve()
+    for inp in inputs:
+        folder = Path(inp).resolve()
+        if folder.is_dir() and (target == folder or folder in target.parents):
+            raise UserError(
+                f"--output {display_path(out)} is inside the input folder {display_path(inp)} "
+                "(a rerun would read the output as input); choose an output folder outside it"
+            )
+
+
 def ensure_writable_dir(path: str | Path) -> Path:
     """Create ``path`` (and parents) or raise ``UserError`` when it cannot be written."""
     path = Path(path)

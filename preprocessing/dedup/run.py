@@ -22,7 +22,7 @@ import yaml
 
 from megatron_mmed.common.config import save_config, to_dict
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import ensure_writable_dir
+from megatron_mmed.common.io import ensure_writable_dir, refuse_output_inside
 from preprocessing.dedup.config import DedupConfig
 from preprocessing.dedup.lsh import Banding, choose_banding, fixed_banding
 from preprocessing.dedup.report import build_extra, write_markdown
@@ -147,9 +147,8 @@ def _check_config(folder: Path, cfg: DedupConfig, create: bool) -> None:
 
 def make_context(in_dir: str | Path, out_dir: str | Path, cfg: DedupConfig) -> tuple[Ctx, Banding]:
     in_dir = require_stage_output(in_dir).resolve()
+    refuse_output_inside(out_dir, [in_dir])
     out_dir = ensure_writable_dir(out_dir).resolve()
-    if in_dir == out_dir:
-        raise UserError("--output must differ from --input")
     work_dir = Path(cfg.work_dir).resolve() if cfg.work_dir else out_dir / ".work"
     banding = banding_for(cfg)
     files = tuple((lg, tuple(str(p) for p in fs)) for lg, fs in kept_files(in_dir).items())
