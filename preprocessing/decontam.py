@@ -38,6 +38,7 @@ from megatron_mmed.common.tasks import run_tasks
 from preprocessing.document import CJK_LANGS, LANGUAGE_NAMES
 from preprocessing.layout import (
     StageStats,
+    input_digest,
     kept_file,
     kept_files,
     rejected_file,
@@ -405,7 +406,8 @@ def run_decontam(
         n: [Path(p).stat().st_size, xxhash.xxh3_64_hexdigest(Path(p).read_bytes())]
         for n, p in bench.files.items()
     }
-    DoneMarkers(out, STAGE).check_same_run({"rule": rule, "benchmark": files_fp}, "decontam run")
+    fingerprint = {"settings": rule, "benchmark": files_fp, "input": input_digest(inp)}
+    DoneMarkers(out, STAGE).check_same_run(fingerprint, "decontam run")
     save_config(cfg, out / "config.yaml")
     _INDEX = NgramIndex(bench, cfg)
     tasks = [(lang, f) for lang, files in kept_files(inp).items() for f in files]

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from megatron_mmed.common.config import ConfigError, save_config, to_dict
-from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, ensure_writable_dir, refuse_output_inside
+from megatron_mmed.common.io import (
+    DoneMarkers,
+    JsonlZstWriter,
+    ensure_writable_dir,
+    files_digest,
+    refuse_output_inside,
+)
 from megatron_mmed.common.tasks import run_tasks
 from preprocessing.clean import CleanConfig, clean_text
 from preprocessing.document import Doc
@@ -229,13 +235,14 @@ def run_prep(
     files, skipped_files = discover(inputs)
     refuse_output_inside(out_dir, inputs)
     out = ensure_writable_dir(out_dir)
+    markers = DoneMarkers(out, "prep")
+    settings = {k: v for k, v in to_dict(cfg).items() if k != "workers"}  # workers never change the output
+    fingerprint = {"settings": settings, "input": files_digest((name, path) for path, name in files)}
+    markers.check_same_run(fingerprint, "prep run")
     save_config(cfg, out / "config.yaml")
     # build the filters once up front: a bad keywords file fails here, before any worker starts
     local = ShardProcessor(cfg)
     shards = plan_shards(files, cfg.ingest)
-    markers = DoneMarkers(out, "prep")
-    settings = {k: v for k, v in to_dict(cfg).items() if k != "workers"}  # workers never change the output
-    markers.check_same_run({"config": settings, "inputs": [name for _, name in files]}, "prep run")
     pending, results = [], {}
     mine = [s for i, s in enumerate(shards) if i % world_size == rank]
     for s in mine:

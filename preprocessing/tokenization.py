@@ -35,6 +35,7 @@ from megatron_mmed.common.tasks import run_tasks
 from preprocessing.blend import BlendConfig, build_blend, write_blend, write_tokenize_report
 from preprocessing.layout import (
     StageStats,
+    input_digest,
     kept_files,
     rejected_file,
     require_stage_output,
@@ -372,7 +373,11 @@ def run_tokenize(
     settings = {
         k: v for k, v in to_dict(cfg).items() if k not in ("workers", "batch_docs", "keep_parts", "blend")
     }
-    fingerprint = {"settings": settings, "tokenizer": xxhash.xxh3_64_hexdigest(Path(tok.path).read_bytes())}
+    fingerprint = {
+        "settings": settings,
+        "tokenizer": xxhash.xxh3_64_hexdigest(Path(tok.path).read_bytes()),
+        "input": input_digest(inp),
+    }
     DoneMarkers(out, STAGE).check_same_run(fingerprint, "tokenize run")
     save_config(cfg, out / "config.yaml")
 

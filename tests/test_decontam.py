@@ -288,3 +288,12 @@ def test_output_inside_the_input_is_refused(shared_data, tmp_path):
         with pytest.raises(UserError, match="inside the input"):
             run_decontam(inp, shared_data / "qa", out, DecontamConfig(), show_progress=False)
     assert not (inp / "clean").exists()
+
+
+def test_a_changed_input_is_refused_not_mixed(shared_data, tmp_path):
+    corpus = _read_corpus(shared_data)
+    a = _write_input(tmp_path / "a", {"en": corpus["en"][:20], "es": corpus["es"][:20]})
+    b = _write_input(tmp_path / "b", {"en": corpus["en"][20:40]})
+    run_decontam(a, shared_data / "qa", tmp_path / "out", DecontamConfig(), show_progress=False)
+    with pytest.raises(UserError, match="another config or input.*other input"):
+        run_decontam(b, shared_data / "qa", tmp_path / "out", DecontamConfig(), show_progress=False)

@@ -316,3 +316,33 @@ def test_output_inside_the_input_is_refused(planted: dict):
         with pytest.raises(UserError, match="inside the input"):
             run_dedup(planted["input"], out, DedupConfig(), **QUIET)
     assert not (planted["input"] / "dedup").exists()
+
+
+def test_a_changed_input_is_refused_not_mixed(shared_data: Path, tmp_path: Path):
+    recs = {
+        lg: [{"id": d["id"], "text": d["text"], "lang": lg} for d in _corpus(shared_data, lg)] for lg in LANGS
+    }
+    _write_prep_layout(tmp_path / "a", recs, 2)
+    _write_prep_layout(tmp_path / "b", {lg: r[:50] for lg, r in recs.items()}, 3)
+    run_dedup(tmp_path / "a", tmp_path / "out", DedupConfig(), **QUIET)
+    for other in ("b", "a"):
+        if other == "a":  # the same folder, one file rewritten since
+            time.sleep(0.01)
+            _write_prep_layout(tmp_path / "a", {"en": recs["en"][:10]}, 2)
+        with pytest.raises(UserError, match="another config or input.*other input"):
+            run_dedup(tmp_path / other, tmp_path / "out", DedupConfig(), **QUIET)
+    # a sub-stage of an array on a finished folder is refused the same way
+    with pytest.raises(UserError, match="other input"):
+        run_dedup(
+            tmp_path / "b", tmp_path / "out", DedupConfig(), stage="filter", rank=1, world_size=2, **QUIET
+        )
+
+
+def test_an_incomplete_input_is_refused(planted: dict, tmp_path: Path):
+    import shutil
+
+    inp = tmp_path / "prep"
+    shutil.copytree(planted["input"], inp)
+    (inp / ".done" / "prep").mkdir(parents=True)  # a prep output whose report is not written yet
+    with pytest.raises(UserError, match="not complete"):
+        run_dedup(inp, tmp_path / "out", DedupConfig(), **QUIET)

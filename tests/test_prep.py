@@ -346,3 +346,14 @@ def test_output_equal_to_or_inside_the_input_is_refused_up_front(tmp_path: Path)
         assert res.returncode == 2 and "inside the input" in res.stderr and "Traceback" not in res.stderr
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert sorted(p.name for p in raw.iterdir()) == ["a.jsonl"]  # nothing written
+
+
+def test_resume_after_the_raw_input_changed_is_refused(tmp_path: Path, shared_data: Path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines = (shared_data / "corpus" / "en.jsonl").read_text(encoding="utf-8").splitlines()
+    (raw / "en.jsonl").write_text("\n".join(lines[:5]) + "\n")
+    assert _prep_cli(raw, tmp_path / "o", "--no-progress").returncode == 0
+    (raw / "en.jsonl").write_text("\n".join(lines[:6]) + "\n")  # same file name, one more document
+    res = _prep_cli(raw, tmp_path / "o", "--no-progress")
+    assert res.returncode == 2 and "other input: 1 files of" in res.stderr, res.stderr

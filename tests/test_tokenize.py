@@ -483,3 +483,12 @@ def test_output_inside_the_input_is_refused(corpus_input, sp_model, tmp_path):
         with pytest.raises(UserError, match="inside the input"):
             run_tokenize(inp, sp_model, out, TokenizeConfig(), show_progress=False)
     assert not (inp / "tok").exists()
+
+
+def test_a_changed_input_is_refused_not_mixed(corpus_input, sp_model, tmp_path):
+    _, docs = corpus_input
+    a = _write_prep_layout(tmp_path / "a", {"en": docs["en"][:20], "fr": docs["fr"][:20]}, 1)
+    b = _write_prep_layout(tmp_path / "b", {"en": docs["en"][20:40]}, 1)
+    run_tokenize(a, sp_model, tmp_path / "out", TokenizeConfig(), show_progress=False)
+    with pytest.raises(UserError, match="another config or input.*other input"):
+        run_tokenize(b, sp_model, tmp_path / "out", TokenizeConfig(), show_progress=False)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import xxhash
 import zstandard
 
 from megatron_mmed.common.errors import UserError
@@ -358,16 +359,71 @@ class DoneMarkers:
         return json.loads(self.path(shard_id).read_text(encoding="utf-8"))
 
     def check_same_run(self, fingerprint: dict[str, Any], what: str) -> None:
-        """Refuse to resume into a folder made with other settings or inputs (it would mix two runs).
-
-        The first run records ``fingerprint`` (JSON-able) as ``_run.json``; a later run must match it.
-        """
+        """Refuse to resume into a folder made with other settings or from another input (it would mix two
+        runs): the first run records ``fingerprint`` (JSON-able; its ``input`` entry a ``files_digest``) as
+        ``_run.json``, a later run must match it. Raises ``StaleOutputError`` naming what differs."""
         path = self.dir / "_run.json"
-        if path.is_file():
-            if json.loads(path.read_text(encoding="utf-8")) != json.loads(json.dumps(fingerprint)):
-                raise UserError(
-                    f"{self.dir.parent.parent} holds a {what} made with another config or input; "
-                    "use a new --output folder (or delete it)"
+        new = json.loads(json.dumps(fingerprint))
+        if not path.is_file():
+            atomic_write_json(path, new)
+            return
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old == new:
+            return
+        root = self.dir.parent.parent
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        details = []
+        for k in changed:
+            a, b = old.get(k), new.get(k)
+            if k == "input" and isinstance(a, dict) and isinstance(b, dict):
+                details.append(
+                    f"other input: {a.get('files')} files of {a.get('bytes')} bytes then, "
+                    f"{b.get('files')} files of {b.get('bytes')} bytes now"
                 )
-        else:
-            atomic_write_json(path, fingerprint)
+            elif isinstance(a, dict) and isinstance(b, dict):
+                details.append(f"other {k}: {', '.join(_differing_keys(a, b))}")
+            else:
+                details.append(f"other {k}")
+        raise StaleOutputError(
+            f"{display_path(root)} holds a {what} made with another config or input ({'; '.join(details)}); "
+            "use a new --output folder (or delete it)",
+            folder=root,
+            changed=changed,
+        )
+
+
+def _differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(a.keys() | b.keys()):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differing_keys(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+class StaleOutputError(UserError):
+    """An output folder made with other settings or from another input than this run's (``changed``: the
+    fingerprint entries that differ); ``mmed pipeline`` redoes a stage whose input changed."""
+
+    def __init__(self, message: str, folder: Path, changed: list[str]):
+        super().__init__(message)
+        self.folder, self.changed = folder, changed
+
+
+def files_digest(files: Iterable[tuple[str, str | Path]]) -> dict[str, Any]:
+    """A cheap fingerprint of input files, ``(name, path)`` pairs: their count, total bytes and a digest of
+    every name, size and modification time (one ``stat`` a file, nothing read)."""
+    h = xxhash.xxh3_128()
+    n = total = 0
+    for name, path in sorted(files, key=lambda x: x[0]):
+        try:
+            st = os.stat(path)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size = mtime = -1
+        h.update(f"{name}\0{size}\0{mtime}\n".encode("utf-8", "backslashreplace"))
+        n += 1
+        total += max(size, 0)
+    return {"files": n, "bytes": total, "digest": h.hexdigest()}

@@ -18,11 +18,9 @@ from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from megatron_mmed.common.config import save_config, to_dict
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import ensure_writable_dir, refuse_output_inside
+from megatron_mmed.common.io import DoneMarkers, ensure_writable_dir, refuse_output_inside
 from preprocessing.dedup.config import DedupConfig
 from preprocessing.dedup.lsh import Banding, choose_banding, fixed_banding
 from preprocessing.dedup.report import build_extra, write_markdown
@@ -36,7 +34,13 @@ from preprocessing.dedup.stages import (
     signatures_task,
 )
 from preprocessing.document import CJK_LANGS
-from preprocessing.layout import StageStats, kept_files, require_stage_output, write_stage_report
+from preprocessing.layout import (
+    StageStats,
+    input_digest,
+    kept_files,
+    require_stage_output,
+    write_stage_report,
+)
 
 #: settings that change the result (a work folder made with other values cannot be resumed)
 _RESULT_KEYS = ("threshold", "num_perm", "seed", "word_ngram", "cjk_ngram", "bands", "rows", "partition_docs")
@@ -129,20 +133,11 @@ def _wait_for(ctx: Ctx, stage: str, tasks: list[Task], poll_s: float = 2.0) -> N
         time.sleep(poll_s)
 
 
-def _check_config(folder: Path, cfg: DedupConfig, create: bool) -> None:
-    """Refuse to resume (or skip) a folder made with different result-changing settings."""
-    mine = {k: v for k, v in to_dict(cfg).items() if k in _RESULT_KEYS}
-    path = folder / "config.yaml"
-    if path.is_file():
-        theirs = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        diff = sorted(k for k in _RESULT_KEYS if theirs.get(k) != mine.get(k))
-        if diff:
-            raise UserError(
-                f"{folder} was made with other settings ({', '.join(diff)}); "
-                "rerun with the same settings or use a new output folder"
-            )
-    elif create:
-        save_config(cfg, path)
+def _check_same_run(ctx: Ctx, cfg: DedupConfig, folder: str, what: str) -> None:
+    """Refuse to resume (or skip) a folder made with other result-changing settings or from another input."""
+    settings = {k: v for k, v in to_dict(cfg).items() if k in _RESULT_KEYS}
+    fingerprint = {"settings": settings, "input": input_digest(ctx.in_dir)}
+    DoneMarkers(folder, "dedup").check_same_run(fingerprint, what)
 
 
 def make_context(in_dir: str | Path, out_dir: str | Path, cfg: DedupConfig) -> tuple[Ctx, Banding]:
@@ -224,13 +219,14 @@ def run_dedup(
     ctx, banding = make_context(in_dir, out_dir, cfg)
     result = DedupResult(Path(ctx.out_dir), banding)
     log(f"dedup: threshold {cfg.threshold}, {cfg.num_perm} permutations -> {banding.describe()}")
+    _check_same_run(ctx, cfg, ctx.out_dir, "dedup run")
     filt = ctx.markers("filter")
     if all(filt.is_done(t.id) for t in plan("filter", ctx)) and (Path(ctx.out_dir) / "report.json").is_file():
-        _check_config(Path(ctx.out_dir), cfg, create=False)
         log("dedup: already complete (every filter task has its marker)")
         result.complete = True
         return result
-    _check_config(Path(ctx.work_dir), cfg, create=True)
+    _check_same_run(ctx, cfg, ctx.work_dir, "dedup work folder")
+    save_config(cfg, Path(ctx.work_dir) / "config.yaml")
     pool = _pool(workers)
     try:
         _run_stages(ctx, stages, stage, rank, world_size, pool, show_progress, log, result)
