@@ -346,3 +346,14 @@ def test_an_incomplete_input_is_refused(planted: dict, tmp_path: Path):
     (inp / ".done" / "prep").mkdir(parents=True)  # a prep output whose report is not written yet
     with pytest.raises(UserError, match="not complete"):
         run_dedup(inp, tmp_path / "out", DedupConfig(), **QUIET)
+
+
+def test_a_stage_refuses_to_run_before_the_stage_it_reads(planted: dict, tmp_path: Path):
+    out = tmp_path / "o"
+    run_dedup(planted["input"], out, DedupConfig(), stage="signatures", **QUIET)
+    with pytest.raises(UserError, match="clusters: .*bucket task.*--stage buckets"):
+        run_dedup(planted["input"], out, DedupConfig(), stage="clusters", rank=1, world_size=2, **QUIET)
+    run_dedup(planted["input"], out, DedupConfig(), stage="buckets", **QUIET)
+    with pytest.raises(UserError, match="filter: .*cluster task.*--stage clusters"):
+        run_dedup(planted["input"], out, DedupConfig(), stage="filter", **QUIET)
+    assert not (out / "report.json").exists() and not list((out / ".done").glob("dedup-filter/*-*.json"))

@@ -96,6 +96,24 @@ def plan(stage: str, ctx: Ctx) -> list[Task]:
     raise UserError(f"unknown stage {stage!r} (choose from all, {', '.join(STAGES)})")
 
 
+#: the stage whose output each stage reads, and the flag that runs it
+_NEEDS = {"buckets": "signatures", "clusters": "buckets", "filter": "clusters"}
+
+
+def require_previous(ctx: Ctx, stage: str) -> None:
+    """Raise ``UserError`` unless every task of the stage that ``stage`` reads has its marker (all ranks'),
+    whatever order a slurm array ran them in: a filter before the clusters would remove nothing."""
+    prev = _NEEDS.get(stage)
+    if prev is None:
+        return
+    done = ctx.markers(prev)
+    missing = [t.id for t in plan(prev, ctx) if not done.is_done(t.id)]
+    if missing:
+        raise UserError(
+            f"{stage}: {len(missing)} {prev[:-1]} task(s) not done (e.g. {missing[0]}); run --stage {prev} first"
+        )
+
+
 def _call(ctx: Ctx, task: Task) -> dict[str, Any]:
     return task.fn(ctx, *task.args)
 
@@ -185,6 +203,7 @@ def _run_stages(
 ) -> None:
     for st in stages:
         t0 = time.perf_counter()
+        require_previous(ctx, st)
         tasks = plan(st, ctx)
         markers = ctx.markers(st)
         mine = [t for k, t in enumerate(tasks) if k % world_size == rank]
