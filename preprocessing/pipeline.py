@@ -25,6 +25,7 @@ from typing import Any
 from megatron_mmed.common.config import ConfigError, save_config
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.common.io import StaleOutputError, atomic_write_json, ensure_writable_dir
+from megatron_mmed.common.lock import folder_lock
 from megatron_mmed.common.progress import console
 from preprocessing.decontam import DecontamConfig, run_decontam
 from preprocessing.dedup.config import DedupConfig
@@ -148,38 +149,39 @@ def run_pipeline(cfg: PipelineConfig, show_progress: bool = True) -> dict[str, A
     """
     cfg = _with_workers(cfg)
     root = ensure_writable_dir(cfg.output)
-    for leftover in root.glob(f"{_TRASH}*"):  # a clear interrupted by kill -9
-        shutil.rmtree(leftover, ignore_errors=True)
-    save_config(cfg, root / "config.yaml")
-    dirs = {s: root / ("tok" if s == "tokenize" else s) for s in STAGES}
-    summary: dict[str, Any] = {"stages": {}, "dirs": {s: str(d) for s, d in dirs.items()}, "redone": []}
-    prev: Path | None = None
-    for i, stage in enumerate(STAGES):
-        if stage not in cfg.stages:
-            if (dirs[stage] / "report.json").is_file():
-                prev = dirs[stage]  # a later stage may start from an earlier run's output
-            continue
-        if stage != "prep" and prev is None:
-            raise UserError(f"stage {stage} needs the output of the stage before it (run it first)")
-        t0 = time.time()
-        console.rule(f"[bold]{stage}")
-        try:
-            info = _run_stage(stage, cfg, root, dirs, prev, summary, show_progress)
-        except StaleOutputError as e:
-            if not set(e.changed) <= _INPUT_KEYS:
-                raise
-            later = [s for s in STAGES[i:] if s in cfg.stages or dirs[s].exists()]
-            console.print(
-                f"{stage}: {e.folder} was made from another input; redoing {', '.join(later)} "
-                "(their old folders are cleared)"
-            )
-            _clear(root, [dirs[s] for s in STAGES[i:]], cfg, with_tokenizer=True)
-            summary["redone"] = [s for s in STAGES[i:] if s in cfg.stages]
-            info = _run_stage(stage, cfg, root, dirs, prev, summary, show_progress)
-        summary["stages"][stage] = {"seconds": round(time.time() - t0, 2), **info}
-        prev = dirs[stage]
-    atomic_write_json(root / "pipeline.json", summary)
-    return summary
+    with folder_lock(root, "mmed pipeline"):
+        for leftover in root.glob(f"{_TRASH}*"):  # a clear interrupted by kill -9
+            shutil.rmtree(leftover, ignore_errors=True)
+        save_config(cfg, root / "config.yaml")
+        dirs = {s: root / ("tok" if s == "tokenize" else s) for s in STAGES}
+        summary: dict[str, Any] = {"stages": {}, "dirs": {s: str(d) for s, d in dirs.items()}, "redone": []}
+        prev: Path | None = None
+        for i, stage in enumerate(STAGES):
+            if stage not in cfg.stages:
+                if (dirs[stage] / "report.json").is_file():
+                    prev = dirs[stage]  # a later stage may start from an earlier run's output
+                continue
+            if stage != "prep" and prev is None:
+                raise UserError(f"stage {stage} needs the output of the stage before it (run it first)")
+            t0 = time.time()
+            console.rule(f"[bold]{stage}")
+            try:
+                info = _run_stage(stage, cfg, root, dirs, prev, summary, show_progress)
+            except StaleOutputError as e:
+                if not set(e.changed) <= _INPUT_KEYS:
+                    raise
+                later = [s for s in STAGES[i:] if s in cfg.stages or dirs[s].exists()]
+                console.print(
+                    f"{stage}: {e.folder} was made from another input; redoing {', '.join(later)} "
+                    "(their old folders are cleared)"
+                )
+                _clear(root, [dirs[s] for s in STAGES[i:]], cfg, with_tokenizer=True)
+                summary["redone"] = [s for s in STAGES[i:] if s in cfg.stages]
+                info = _run_stage(stage, cfg, root, dirs, prev, summary, show_progress)
+            summary["stages"][stage] = {"seconds": round(time.time() - t0, 2), **info}
+            prev = dirs[stage]
+        atomic_write_json(root / "pipeline.json", summary)
+        return summary
 
 
 #: fingerprint entries that are data a stage reads (a change redoes the stage), not its settings

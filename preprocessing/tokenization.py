@@ -31,6 +31,7 @@ from megatron_mmed.common.io import (
     iter_jsonl_zst_records,
     refuse_output_inside,
 )
+from megatron_mmed.common.lock import folder_lock
 from megatron_mmed.common.tasks import run_tasks
 from preprocessing.blend import BlendConfig, build_blend, write_blend, write_tokenize_report
 from preprocessing.layout import (
@@ -369,76 +370,79 @@ def run_tokenize(
     ids = TokenIds.resolve(tok, cfg)
     refuse_output_inside(out_dir, [inp])
     out = ensure_writable_dir(out_dir)
-    tok_info = {"kind": tok.kind, "path": str(Path(tok.path).resolve()), **to_dict(ids)}
-    settings = {
-        k: v for k, v in to_dict(cfg).items() if k not in ("workers", "batch_docs", "keep_parts", "blend")
-    }
-    fingerprint = {
-        "settings": settings,
-        "tokenizer": xxhash.xxh3_64_hexdigest(Path(tok.path).read_bytes()),
-        "input": input_digest(inp),
-    }
-    DoneMarkers(out, STAGE).check_same_run(fingerprint, "tokenize run")
-    save_config(cfg, out / "config.yaml")
+    with folder_lock(out, "mmed tokenize"):
+        tok_info = {"kind": tok.kind, "path": str(Path(tok.path).resolve()), **to_dict(ids)}
+        settings = {
+            k: v for k, v in to_dict(cfg).items() if k not in ("workers", "batch_docs", "keep_parts", "blend")
+        }
+        fingerprint = {
+            "settings": settings,
+            "tokenizer": xxhash.xxh3_64_hexdigest(Path(tok.path).read_bytes()),
+            "input": input_digest(inp),
+        }
+        DoneMarkers(out, STAGE).check_same_run(fingerprint, "tokenize run")
+        save_config(cfg, out / "config.yaml")
 
-    files = kept_files(inp)
-    markers = DoneMarkers(out, STAGE)
-    for lang in files:  # final files deleted since the merge: redo that language's parts
-        if markers.is_done(f"merge-{lang}") and not (out / f"{lang}_text_document.idx").is_file():
-            for m in (markers.dir / lang).glob("*.json") if (markers.dir / lang).is_dir() else []:
-                m.unlink()
-            markers.path(f"merge-{lang}").unlink()
-    tasks, results = [], {}
-    for lang, paths in files.items():
-        for k, p in enumerate(paths):
-            sid = f"{lang}/{k:06d}"
-            part = out / ".parts" / lang / f"{k:06d}"
-            if markers.is_done(sid) or markers.is_done(f"merge-{lang}"):
-                results[sid] = markers.read(sid)
-            else:
-                tasks.append((sid, lang, str(p), str(part), str(rejected_file(out, f"{lang}-{k:06d}"))))
-    n_files = sum(len(v) for v in files.values())
-    if cfg.workers > 1:
-        _builder_cls()  # imported before the fork, so that no worker re-imports torch/megatron-core
+        files = kept_files(inp)
+        markers = DoneMarkers(out, STAGE)
+        for lang in files:  # final files deleted since the merge: redo that language's parts
+            if markers.is_done(f"merge-{lang}") and not (out / f"{lang}_text_document.idx").is_file():
+                for m in (markers.dir / lang).glob("*.json") if (markers.dir / lang).is_dir() else []:
+                    m.unlink()
+                markers.path(f"merge-{lang}").unlink()
+        tasks, results = [], {}
+        for lang, paths in files.items():
+            for k, p in enumerate(paths):
+                sid = f"{lang}/{k:06d}"
+                part = out / ".parts" / lang / f"{k:06d}"
+                if markers.is_done(sid) or markers.is_done(f"merge-{lang}"):
+                    results[sid] = markers.read(sid)
+                else:
+                    tasks.append((sid, lang, str(p), str(part), str(rejected_file(out, f"{lang}-{k:06d}"))))
+        n_files = sum(len(v) for v in files.values())
+        if cfg.workers > 1:
+            _builder_cls()  # imported before the fork, so that no worker re-imports torch/megatron-core
 
-    def run_here(task: tuple[str, str, str, str, str]) -> tuple[str, dict[str, Any]]:
-        sid, lang, p, part, rej = task
-        return sid, tokenize_file(tok, ids, cfg, lang, Path(p), Path(part), Path(rej))
+        def run_here(task: tuple[str, str, str, str, str]) -> tuple[str, dict[str, Any]]:
+            sid, lang, p, part, rej = task
+            return sid, tokenize_file(tok, ids, cfg, lang, Path(p), Path(part), Path(rej))
 
-    # each worker loads its own tokenizer; in this process the one loaded above serves
-    run_tasks(
-        "tokenize",
-        tasks,
-        _work,
-        markers,
-        results,
-        total=n_files,
-        unit="files",
-        workers=cfg.workers,
-        initializer=_init_worker,
-        initargs=(str(tok.path), ids, cfg),
-        run_here=run_here,
-        show_progress=show_progress,
-    )
+        # each worker loads its own tokenizer; in this process the one loaded above serves
+        run_tasks(
+            "tokenize",
+            tasks,
+            _work,
+            markers,
+            results,
+            total=n_files,
+            unit="files",
+            workers=cfg.workers,
+            initializer=_init_worker,
+            initargs=(str(tok.path), ids, cfg),
+            run_here=run_here,
+            show_progress=show_progress,
+        )
 
-    counts: dict[str, dict[str, int]] = {}
-    for lang, paths in files.items():
-        sids = [f"{lang}/{k:06d}" for k in range(len(paths))]
-        docs = sum(results[s]["documents"] for s in sids)
-        counts[lang] = {"tokens": sum(results[s]["tokens"] for s in sids), "documents": docs}
-        prefix = out / f"{lang}_text_document"
-        if docs and not markers.is_done(f"merge-{lang}"):
-            parts = [out / ".parts" / lang / s.split("/")[1] for s in sids if results[s]["documents"]]
-            merge_parts(parts, prefix, ids.dtype)
-            markers.mark(f"merge-{lang}", counts[lang])
-        if not cfg.keep_parts:
-            shutil.rmtree(out / ".parts" / lang, ignore_errors=True)
-    if not cfg.keep_parts and (out / ".parts").is_dir() and not any((out / ".parts").iterdir()):
-        (out / ".parts").rmdir()
-    stats = StageStats()
-    for sid in sorted(results):
-        stats.merge(StageStats.from_dict(results[sid]["stats"]))
-    blend = build_blend(out, counts, cfg.blend, tok_info)
-    write_blend(out, blend)
-    report = write_tokenize_report(out, inp, stats, counts, blend, to_dict(cfg))
-    return TokenizeResult(out, stats, counts, blend, n_files, n_files - len(tasks), time.time() - t0, report)
+        counts: dict[str, dict[str, int]] = {}
+        for lang, paths in files.items():
+            sids = [f"{lang}/{k:06d}" for k in range(len(paths))]
+            docs = sum(results[s]["documents"] for s in sids)
+            counts[lang] = {"tokens": sum(results[s]["tokens"] for s in sids), "documents": docs}
+            prefix = out / f"{lang}_text_document"
+            if docs and not markers.is_done(f"merge-{lang}"):
+                parts = [out / ".parts" / lang / s.split("/")[1] for s in sids if results[s]["documents"]]
+                merge_parts(parts, prefix, ids.dtype)
+                markers.mark(f"merge-{lang}", counts[lang])
+            if not cfg.keep_parts:
+                shutil.rmtree(out / ".parts" / lang, ignore_errors=True)
+        if not cfg.keep_parts and (out / ".parts").is_dir() and not any((out / ".parts").iterdir()):
+            (out / ".parts").rmdir()
+        stats = StageStats()
+        for sid in sorted(results):
+            stats.merge(StageStats.from_dict(results[sid]["stats"]))
+        blend = build_blend(out, counts, cfg.blend, tok_info)
+        write_blend(out, blend)
+        report = write_tokenize_report(out, inp, stats, counts, blend, to_dict(cfg))
+        return TokenizeResult(
+            out, stats, counts, blend, n_files, n_files - len(tasks), time.time() - t0, report
+        )

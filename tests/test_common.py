@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -274,3 +275,93 @@ def test_override_examples_in_the_help_are_valid():
         examples = shlex.split(action.help.split("e.g.", 1)[1])
         assert examples, name
         load_config(cls, None, examples + required)  # a user copying the example gets no error
+
+
+# ---- folder locks: two runs never write into one folder ----
+def test_file_lock_exclusive_shared_and_holder_in_the_message(tmp_path: Path):
+    from megatron_mmed.common.lock import FileLock, LockBusyError, lock_is_held
+
+    path = tmp_path / ".lock"
+    assert not lock_is_held(path)
+    with FileLock(path).acquire("mmed prep"):
+        assert lock_is_held(path)
+        with pytest.raises(LockBusyError, match=rf"in use by mmed prep \(pid {os.getpid()} on"):
+            FileLock(path).acquire("mmed prep")
+        with pytest.raises(LockBusyError):
+            FileLock(path, shared=True).acquire()
+    assert not lock_is_held(path)
+    with (
+        FileLock(path, shared=True).acquire(),
+        FileLock(path, shared=True).acquire(),
+        pytest.raises(LockBusyError, match="in use by another run"),
+    ):
+        FileLock(path).acquire()
+    FileLock(path).acquire().release()
+
+
+def _try_lock(folder: Path, what: str, **rank) -> None:
+    from megatron_mmed.common.lock import folder_lock
+
+    with folder_lock(folder, what, **rank):
+        pass
+
+
+def test_folder_lock_lets_sibling_ranks_share_a_folder(tmp_path: Path):
+    from megatron_mmed.common.lock import LockBusyError, folder_lock
+
+    with (
+        folder_lock(tmp_path, "rank", rank=0, world_size=2),
+        folder_lock(tmp_path, "rank", rank=1, world_size=2),
+    ):
+        with pytest.raises(LockBusyError, match="rank 0/2"):
+            _try_lock(tmp_path, "rank", rank=0, world_size=2)
+        with pytest.raises(LockBusyError):
+            _try_lock(tmp_path, "whole run")
+    with folder_lock(tmp_path, "whole run"), pytest.raises(LockBusyError, match="whole run"):
+        _try_lock(tmp_path, "rank", rank=1, world_size=2)
+    _try_lock(tmp_path, "rank", rank=1, world_size=2)
+
+
+def test_lock_dies_with_its_process_and_is_not_kept_by_forked_children(tmp_path: Path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from megatron_mmed.common.lock import FileLock, lock_is_held
+
+    path = tmp_path / ".lock"
+    code = f"from megatron_mmed.common.lock import FileLock; import time; FileLock({str(path)!r}).acquire(); print(1, flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"1" and lock_is_held(path)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not lock_is_held(path)  # kill -9 leaves no stale lock
+    lock = FileLock(path).acquire()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a forked worker: outlives the parent's lock without holding it
+        os.write(ready_w, b"1")  # (the fork hooks have run by now)
+        time.sleep(2)
+        os._exit(0)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        lock.release()
+        assert not lock_is_held(path)
+    finally:
+        os.waitpid(pid, 0)
+
+
+def test_cli_refuses_a_second_run_on_a_locked_folder(tmp_path: Path, capsys):
+    from megatron_mmed.common.lock import FileLock
+
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "a.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "o").mkdir()
+    with FileLock(tmp_path / "o" / ".lock").acquire("mmed prep"):
+        rc = main(
+            ["prep", "--input", str(tmp_path / "raw"), "--output", str(tmp_path / "o"), "--no-progress"]
+        )
+    err = capsys.readouterr().err
+    assert rc == 2 and "is in use by mmed prep" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [".lock"]  # nothing written

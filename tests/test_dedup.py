@@ -357,3 +357,26 @@ def test_a_stage_refuses_to_run_before_the_stage_it_reads(planted: dict, tmp_pat
     with pytest.raises(UserError, match="filter: .*cluster task.*--stage clusters"):
         run_dedup(planted["input"], out, DedupConfig(), stage="filter", **QUIET)
     assert not (out / "report.json").exists() and not list((out / ".done").glob("dedup-filter/*-*.json"))
+
+
+def test_all_stages_over_two_concurrent_ranks_and_a_dead_peer(planted: dict, reference: Path, tmp_path: Path):
+    def rank(r: int, out: Path, *extra: str) -> subprocess.Popen:
+        cmd = _mmed("dedup", "--input", str(planted["input"]), "--output", str(out), "--no-progress")
+        return subprocess.Popen(
+            [*cmd, "--rank", str(r), "--world-size", "2", *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    # rank 1 never runs: rank 0 does its share, then says so instead of waiting forever
+    alone = rank(0, tmp_path / "alone", "peer_timeout_s=1")
+    _, err = alone.communicate(timeout=300)
+    assert alone.returncode == 2 and "rank 1/2 has" in err and "not been running" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "alone" / "report.json").exists()
+    # both ranks at once (each waits for the other between stages): the same output as one process
+    procs = [rank(r, tmp_path / "both") for r in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    assert _tree_bytes(tmp_path / "both") == _tree_bytes(reference)

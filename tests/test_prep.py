@@ -69,9 +69,9 @@ def _prep_cli(inp: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def _outputs(out: Path) -> dict[str, list]:
-    kept = {lang: list(read_jsonl_zst(f)) for lang, fs in kept_files(out).items() for f in fs}
+    kept = [r for fs in kept_files(out).values() for f in fs for r in read_jsonl_zst(f)]
     return {
-        "kept": sorted(json.dumps(r, sort_keys=True) for rs in kept.values() for r in rs),
+        "kept": sorted(json.dumps(r, sort_keys=True) for r in kept),
         "rejected": sorted(json.dumps(r, sort_keys=True) for r in iter_rejected(out)),
     }
 
@@ -357,3 +357,27 @@ def test_resume_after_the_raw_input_changed_is_refused(tmp_path: Path, shared_da
     (raw / "en.jsonl").write_text("\n".join(lines[:6]) + "\n")  # same file name, one more document
     res = _prep_cli(raw, tmp_path / "o", "--no-progress")
     assert res.returncode == 2 and "other input: 1 files of" in res.stderr, res.stderr
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused(prep_run, tmp_path: Path):
+    base, _, _ = prep_run
+    out = tmp_path / "busy"
+    args = ["--no-progress", "ingest.shard_bytes=16384"]
+    first = subprocess.Popen(
+        [*MMED, "prep", "--input", str(base / "raw"), "--output", str(out), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and _n_done(out) < 1 and first.poll() is None:
+        time.sleep(0.02)
+    second = _prep_cli(base / "raw", out, *args)
+    still_running = first.poll() is None
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    if not still_running:
+        pytest.skip("the first run ended before the second started (machine too fast to overlap them)")
+    assert second.returncode == 2 and "is in use by mmed prep (pid" in second.stderr, second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+    assert _outputs(out) == _outputs(base / "out") and not list(out.rglob("*.tmp"))

@@ -21,6 +21,7 @@ from typing import Any
 from megatron_mmed.common.config import save_config, to_dict
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.common.io import DoneMarkers, ensure_writable_dir, refuse_output_inside
+from megatron_mmed.common.lock import folder_lock, lock_is_held, rank_lock_path
 from preprocessing.dedup.config import DedupConfig
 from preprocessing.dedup.lsh import Banding, choose_banding, fixed_banding
 from preprocessing.dedup.report import build_extra, write_markdown
@@ -144,11 +145,30 @@ def _pool(workers: int) -> Executor | None:
     return ProcessPoolExecutor(workers, mp_context=get_context(method))
 
 
-def _wait_for(ctx: Ctx, stage: str, tasks: list[Task], poll_s: float = 2.0) -> None:
-    """Block until every task of ``stage`` (all ranks) has its marker (``--stage all`` with world_size > 1)."""
+def _wait_for(ctx: Ctx, stage: str, tasks: list[Task], world_size: int) -> None:
+    """Block until every task of ``stage`` (all ranks) has its marker (``--stage all`` with world_size > 1).
+
+    A rank with tasks left whose lock has been free for ``peer_timeout_s`` (it died, or never started) ends
+    the wait with a ``UserError`` instead of a wait forever; its finished tasks are kept for the rerun.
+    """
     markers = ctx.markers(stage)
-    while any(not markers.is_done(t.id) for t in tasks):
-        time.sleep(poll_s)
+    timeout = ctx.cfg.peer_timeout_s
+    free_since: dict[int, float] = {}
+    while True:
+        missing = [k for k, t in enumerate(tasks) if not markers.is_done(t.id)]
+        if not missing:
+            return
+        now = time.monotonic()
+        for r in sorted({k % world_size for k in missing}):
+            if lock_is_held(rank_lock_path(ctx.out_dir, r)):
+                free_since.pop(r, None)
+            elif now - free_since.setdefault(r, now) > timeout:
+                left = sum(1 for k in missing if k % world_size == r)
+                raise UserError(
+                    f"dedup {stage}: rank {r}/{world_size} has {left} task(s) left and has not been running for "
+                    f"{timeout:g} s (it died or never started); rerun that rank (finished tasks are kept)"
+                )
+        time.sleep(min(2.0, timeout / 4))
 
 
 def _check_same_run(ctx: Ctx, cfg: DedupConfig, folder: str, what: str) -> None:
@@ -212,7 +232,7 @@ def _run_stages(
         _run_tasks(ctx, st, pending, pool, show_progress)
         result.ran[st] = len(pending)
         if stage == "all" and world_size > 1:
-            _wait_for(ctx, st, tasks)
+            _wait_for(ctx, st, tasks, world_size)
         result.seconds[st] = time.perf_counter() - t0
 
 
@@ -236,27 +256,31 @@ def run_dedup(
     if stage != "all" and stage not in STAGES:
         raise UserError(f"unknown stage {stage!r} (choose from all, {', '.join(STAGES)})")
     ctx, banding = make_context(in_dir, out_dir, cfg)
-    result = DedupResult(Path(ctx.out_dir), banding)
-    log(f"dedup: threshold {cfg.threshold}, {cfg.num_perm} permutations -> {banding.describe()}")
-    _check_same_run(ctx, cfg, ctx.out_dir, "dedup run")
-    filt = ctx.markers("filter")
-    if all(filt.is_done(t.id) for t in plan("filter", ctx)) and (Path(ctx.out_dir) / "report.json").is_file():
-        log("dedup: already complete (every filter task has its marker)")
-        result.complete = True
-        return result
-    _check_same_run(ctx, cfg, ctx.work_dir, "dedup work folder")
-    save_config(cfg, Path(ctx.work_dir) / "config.yaml")
-    pool = _pool(workers)
-    try:
-        _run_stages(ctx, stages, stage, rank, world_size, pool, show_progress, log, result)
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    if all(filt.is_done(t.id) for t in plan("filter", ctx)):
+    with folder_lock(ctx.out_dir, "mmed dedup", rank, world_size):
+        result = DedupResult(Path(ctx.out_dir), banding)
+        log(f"dedup: threshold {cfg.threshold}, {cfg.num_perm} permutations -> {banding.describe()}")
+        _check_same_run(ctx, cfg, ctx.out_dir, "dedup run")
+        filt = ctx.markers("filter")
+        if (
+            all(filt.is_done(t.id) for t in plan("filter", ctx))
+            and (Path(ctx.out_dir) / "report.json").is_file()
+        ):
+            log("dedup: already complete (every filter task has its marker)")
+            result.complete = True
+            return result
+        _check_same_run(ctx, cfg, ctx.work_dir, "dedup work folder")
+        save_config(cfg, Path(ctx.work_dir) / "config.yaml")
+        pool = _pool(workers)
         try:
-            result.stats, result.report = finalize(ctx, banding)
-        except FileNotFoundError:  # another array task finished at the same time, finalised, dropped WORK
-            if not (Path(ctx.out_dir) / "report.json").is_file():
-                raise
-        result.complete = True
-    return result
+            _run_stages(ctx, stages, stage, rank, world_size, pool, show_progress, log, result)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+        if all(filt.is_done(t.id) for t in plan("filter", ctx)):
+            try:
+                result.stats, result.report = finalize(ctx, banding)
+            except FileNotFoundError:  # another array task finished at the same time, finalised, dropped WORK
+                if not (Path(ctx.out_dir) / "report.json").is_file():
+                    raise
+            result.complete = True
+        return result
