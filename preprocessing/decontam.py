@@ -32,6 +32,7 @@ from megatron_mmed.common.io import (
     atomic_write_text,
     ensure_writable_dir,
     iter_jsonl_zst_records,
+    output_errors,
     refuse_output_inside,
 )
 from megatron_mmed.common.lock import folder_lock
@@ -402,7 +403,7 @@ def run_decontam(
     bench = load_benchmark(benchmark_dir)
     refuse_output_inside(out_dir, [inp])
     out = ensure_writable_dir(out_dir)
-    with folder_lock(out, "mmed decontam"):
+    with folder_lock(out, "mmed decontam"), output_errors(out):
         rule = {k: v for k, v in to_dict(cfg).items() if k not in ("workers",)}
         files_fp = {
             n: [Path(p).stat().st_size, xxhash.xxh3_64_hexdigest(Path(p).read_bytes())]

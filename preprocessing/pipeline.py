@@ -24,7 +24,7 @@ from typing import Any
 
 from megatron_mmed.common.config import ConfigError, save_config
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import StaleOutputError, atomic_write_json, ensure_writable_dir
+from megatron_mmed.common.io import StaleOutputError, atomic_write_json, ensure_writable_dir, output_errors
 from megatron_mmed.common.lock import folder_lock
 from megatron_mmed.common.progress import console
 from preprocessing.decontam import DecontamConfig, run_decontam
@@ -149,7 +149,7 @@ def run_pipeline(cfg: PipelineConfig, show_progress: bool = True) -> dict[str, A
     """
     cfg = _with_workers(cfg)
     root = ensure_writable_dir(cfg.output)
-    with folder_lock(root, "mmed pipeline"):
+    with folder_lock(root, "mmed pipeline"), output_errors(root):
         for leftover in root.glob(f"{_TRASH}*"):  # a clear interrupted by kill -9
             shutil.rmtree(leftover, ignore_errors=True)
         save_config(cfg, root / "config.yaml")

@@ -18,6 +18,7 @@ from megatron_mmed.common.io import (
     JsonlZstWriter,
     ensure_writable_dir,
     files_digest,
+    output_errors,
     refuse_output_inside,
 )
 from megatron_mmed.common.lock import folder_lock
@@ -236,7 +237,7 @@ def run_prep(
     files, skipped_files = discover(inputs)
     refuse_output_inside(out_dir, inputs)
     out = ensure_writable_dir(out_dir)
-    with folder_lock(out, "mmed prep", rank, world_size):
+    with folder_lock(out, "mmed prep", rank, world_size), output_errors(out):
         markers = DoneMarkers(out, "prep")
         settings = {
             k: v for k, v in to_dict(cfg).items() if k != "workers"

@@ -9,6 +9,7 @@ tokenizer's EOD appended (and a BOS in front only when ``add_bos``).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -29,6 +30,7 @@ from megatron_mmed.common.io import (
     JsonlZstWriter,
     ensure_writable_dir,
     iter_jsonl_zst_records,
+    output_errors,
     refuse_output_inside,
 )
 from megatron_mmed.common.lock import folder_lock
@@ -305,10 +307,19 @@ def tokenize_file(
         rejected.close()
     except BaseException:
         rejected.abort()
+        _drop_builder(builder, tmp)
         raise
     os.replace(tmp + ".bin", f"{part_prefix}.bin")
     os.replace(tmp + ".idx", f"{part_prefix}.idx")
     return {"file": str(path), "documents": docs, "tokens": tokens, "stats": stats.to_dict()}
+
+
+def _drop_builder(builder: Any, tmp: str) -> None:
+    """Close an unfinished builder and delete its temp files (after an error such as a full disk)."""
+    with contextlib.suppress(Exception):
+        builder.data_file.close()
+    for ext in (".bin", ".idx"):
+        Path(tmp + ext).unlink(missing_ok=True)
 
 
 # ---- worker-process plumbing: one tokenizer per process ----
@@ -337,9 +348,12 @@ def merge_parts(parts: list[Path], prefix: Path, dtype: str) -> None:
     try:
         for p in parts:
             builder.add_index(str(p))
+        builder.finalize(tmp + ".idx")
+    except BaseException:
+        _drop_builder(builder, tmp)
+        raise
     finally:
         gc.unfreeze()
-    builder.finalize(tmp + ".idx")
     os.replace(tmp + ".bin", f"{prefix}.bin")
     os.replace(tmp + ".idx", f"{prefix}.idx")
 
@@ -370,7 +384,7 @@ def run_tokenize(
     ids = TokenIds.resolve(tok, cfg)
     refuse_output_inside(out_dir, [inp])
     out = ensure_writable_dir(out_dir)
-    with folder_lock(out, "mmed tokenize"):
+    with folder_lock(out, "mmed tokenize"), output_errors(out):
         tok_info = {"kind": tok.kind, "path": str(Path(tok.path).resolve()), **to_dict(ids)}
         settings = {
             k: v for k, v in to_dict(cfg).items() if k not in ("workers", "batch_docs", "keep_parts", "blend")

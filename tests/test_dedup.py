@@ -380,3 +380,18 @@ def test_all_stages_over_two_concurrent_ranks_and_a_dead_peer(planted: dict, ref
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err
     assert _tree_bytes(tmp_path / "both") == _tree_bytes(reference)
+
+
+def test_full_disk_is_a_one_line_error_and_a_rerun_completes(planted: dict, reference: Path, tmp_path: Path):
+    from fault_helpers import grow, small_disk
+
+    with small_disk(tmp_path / "disk", "300k") as disk:
+        cmd = _mmed("dedup", "--input", str(planted["input"]), "--output", str(disk / "out"), "--no-progress")
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 2 and "No space left on device" in res.stderr, res.stderr[-2000:]
+        assert len(res.stderr.strip().splitlines()) == 1 and not list(disk.rglob("*.tmp"))
+        assert not (disk / "out" / "report.json").exists()
+        grow(disk, "32m")
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert _tree_bytes(disk / "out") == _tree_bytes(reference)

@@ -381,3 +381,49 @@ def test_a_second_run_on_a_folder_in_use_is_refused(prep_run, tmp_path: Path):
     assert second.returncode == 2 and "is in use by mmed prep (pid" in second.stderr, second.stderr
     assert len(second.stderr.strip().splitlines()) == 1
     assert _outputs(out) == _outputs(base / "out") and not list(out.rglob("*.tmp"))
+
+
+def _done_shards_are_whole(out: Path) -> int:
+    """Every shard marked done has all its files, each a complete zstd stream; returns how many are done."""
+    done = [p for p in (out / ".done" / "prep").glob("*.json") if p.name != "_run.json"]
+    for marker in done:
+        sid = marker.stem
+        files = [*out.glob(f"kept/*/{sid}.jsonl.zst"), *out.glob(f"rejected/{sid}.jsonl.zst")]
+        assert files, sid
+        for f in files:
+            list(read_jsonl_zst(f))  # raises on a cut file
+    return len(done)
+
+
+def test_full_disk_is_a_one_line_error_and_a_rerun_completes(prep_run, tmp_path: Path):
+    from fault_helpers import grow, small_disk
+
+    base, _, _ = prep_run
+    with small_disk(tmp_path / "disk", "400k") as disk:
+        out = disk / "out"
+        res = _prep_cli(base / "raw", out, "--no-progress", "ingest.shard_bytes=16384")
+        assert res.returncode == 2, res.stderr[-2000:]
+        assert "No space left on device" in res.stderr and "Traceback" not in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert not (out / "report.json").exists() and not list(out.rglob("*.tmp"))
+        assert _done_shards_are_whole(out) > 0  # work done before the disk filled is kept
+        grow(disk, "16m")
+        res = _prep_cli(base / "raw", out, "--no-progress", "ingest.shard_bytes=16384")
+        assert res.returncode == 0, res.stderr
+        assert _outputs(out) == _outputs(base / "out")
+
+
+def test_read_only_output_subfolder_is_a_one_line_error(tmp_path: Path, shared_data: Path):
+    from fault_helpers import read_only
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines = (shared_data / "corpus" / "en.jsonl").read_text(encoding="utf-8").splitlines()
+    (raw / "en.jsonl").write_text("\n".join(lines[:5]) + "\n")
+    out = tmp_path / "out"
+    with read_only(out / "kept" / "en"):
+        res = _prep_cli(raw, out, "--no-progress")
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+        assert str(out / "kept" / "en") in res.stderr and len(res.stderr.strip().splitlines()) == 1
+        assert _done_shards_are_whole(out) == 0
+    assert _prep_cli(raw, out, "--no-progress").returncode == 0  # writable again: the rerun completes

@@ -492,3 +492,30 @@ def test_a_changed_input_is_refused_not_mixed(corpus_input, sp_model, tmp_path):
     run_tokenize(a, sp_model, tmp_path / "out", TokenizeConfig(), show_progress=False)
     with pytest.raises(UserError, match="another config or input.*other input"):
         run_tokenize(b, sp_model, tmp_path / "out", TokenizeConfig(), show_progress=False)
+
+
+def test_full_disk_is_a_one_line_error_and_a_rerun_completes(shared_data, sp_model, tmp_path):
+    from fault_helpers import grow, small_disk
+
+    inp = _write_prep_layout(tmp_path / "in", _corpus(shared_data), files_per_lang=2)
+    run_tokenize(inp, sp_model, tmp_path / "ref", TokenizeConfig(), show_progress=False)
+    mmed = str(Path(sys.executable).with_name("mmed"))
+    with small_disk(tmp_path / "disk", "300k") as disk:
+        cmd = [
+            mmed,
+            "tokenize",
+            "--input",
+            str(inp),
+            "--tokenizer",
+            str(sp_model),
+            "--output",
+            str(disk / "o"),
+        ]
+        res = subprocess.run([*cmd, "--no-progress"], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 2 and "No space left on device" in res.stderr, res.stderr[-2000:]
+        assert "cannot read" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+        assert not (disk / "o" / "blend.json").exists() and not list(disk.rglob("*.tmp*"))
+        grow(disk, "32m")
+        res = subprocess.run([*cmd, "--no-progress"], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert _datasets_bytes(disk / "o") == _datasets_bytes(tmp_path / "ref")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,13 +100,14 @@ class JsonlZstWriter:
         self._stream = None
 
     def abort(self) -> None:
+        """Drop the temp file; never raises (it runs while another error, e.g. a full disk, propagates)."""
         if self._stream is not None:
-            try:
+            with suppress(Exception):  # flushing the compressor into a full disk fails again
                 self._stream.close()
+            with suppress(OSError):
                 self._fh.close()
-            finally:
-                self.tmp.unlink(missing_ok=True)
-                self._stream = None
+            self.tmp.unlink(missing_ok=True)
+            self._stream = None
 
     def __enter__(self) -> JsonlZstWriter:
         return self
@@ -331,6 +334,28 @@ def refuse_output_inside(out: str | Path, inputs: Iterable[str | Path]) -> None:
                 f"--output {display_path(out)} is inside the input folder {display_path(inp)} "
                 "(a rerun would read the output as input); choose an output folder outside it"
             )
+
+
+#: write errors a user fixes outside the program: a full disk or quota, a file over the size limit
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_NOT_PERMITTED = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+@contextmanager
+def output_errors(out: str | Path) -> Iterator[None]:
+    """Turn a full disk (or quota, or file size limit) and a read-only or unwritable path into one-line
+    ``UserError``s. A stage marks a shard done only after its files are whole, so the rerun resumes."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in _NO_SPACE:
+            raise UserError(
+                f"cannot write under {display_path(out)}: {e.strerror}; free some space (or use another "
+                "--output) and rerun: finished shards are kept"
+            ) from None
+        if e.errno in _NOT_PERMITTED and e.filename is not None:
+            raise UserError(f"{display_path(e.filename)}: {e.strerror}") from None
+        raise
 
 
 def ensure_writable_dir(path: str | Path) -> Path:

@@ -20,7 +20,7 @@ from typing import Any
 
 from megatron_mmed.common.config import save_config, to_dict
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import DoneMarkers, ensure_writable_dir, refuse_output_inside
+from megatron_mmed.common.io import DoneMarkers, ensure_writable_dir, output_errors, refuse_output_inside
 from megatron_mmed.common.lock import folder_lock, lock_is_held, rank_lock_path
 from preprocessing.dedup.config import DedupConfig
 from preprocessing.dedup.lsh import Banding, choose_banding, fixed_banding
@@ -256,7 +256,7 @@ def run_dedup(
     if stage != "all" and stage not in STAGES:
         raise UserError(f"unknown stage {stage!r} (choose from all, {', '.join(STAGES)})")
     ctx, banding = make_context(in_dir, out_dir, cfg)
-    with folder_lock(ctx.out_dir, "mmed dedup", rank, world_size):
+    with folder_lock(ctx.out_dir, "mmed dedup", rank, world_size), output_errors(ctx.out_dir):
         result = DedupResult(Path(ctx.out_dir), banding)
         log(f"dedup: threshold {cfg.threshold}, {cfg.num_perm} permutations -> {banding.describe()}")
         _check_same_run(ctx, cfg, ctx.out_dir, "dedup run")

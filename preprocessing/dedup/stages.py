@@ -7,6 +7,7 @@ compared: every task works inside one language, so a text and its translation ar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -116,16 +117,25 @@ class _RawZstWriter:
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
-        self._fh.close()
+        with contextlib.suppress(OSError):
+            self._fh.close()
         self.tmp.unlink(missing_ok=True)
 
 
-def _save(path: Path, arr: np.ndarray) -> None:
+def _save(path: Path, arr: np.ndarray | None = None, **arrays: np.ndarray) -> None:
+    """``np.save`` (or ``np.savez`` of ``arrays``) through a temp file, which a failed write deletes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, arr)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            if arr is not None:
+                np.save(fh, arr)
+            else:
+                np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------- signatures
@@ -238,12 +248,7 @@ def bucket_task(ctx: Ctx, lang: str, part: int, parts: int) -> dict[str, Any]:
     if len(a):  # a pair found in several bands is kept once
         _, first = np.unique(np.stack((a, b), axis=1), axis=0, return_index=True)
         a, b, j = a[first], b[first], j[first]
-    path = ctx.work.edges(lang, bucket_task_id(lang, part))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, a=a, b=b, jaccard=j)
-    os.replace(tmp, path)
+    _save(ctx.work.edges(lang, bucket_task_id(lang, part)), a=a, b=b, jaccard=j)
     info = {"candidates": int(candidates), "verified": int(len(a)), "seconds": time.perf_counter() - t0}
     ctx.markers("buckets").mark(bucket_task_id(lang, part), info)
     return info
@@ -335,12 +340,12 @@ def filter_task(ctx: Ctx, lang: str, i: int) -> dict[str, Any]:
             stats.seen(lang, 0)
             stats.dropped(lang, "unreadable")
             rej_w.write(unreadable_record(lang, lines.unreadable))
+        kept_w.close()
+        rej_w.close()
     except BaseException:
         kept_w.abort()
         rej_w.abort()
         raise
-    kept_w.close()
-    rej_w.close()
     info = {"stats": stats.to_dict(), "seconds": time.perf_counter() - t0}
     ctx.markers("filter").mark(f"{lang}-{i:05d}", info)
     return info
