@@ -365,3 +365,54 @@ def test_cli_refuses_a_second_run_on_a_locked_folder(tmp_path: Path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "is in use by mmed prep" in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [".lock"]  # nothing written
+
+
+def _nap(task: int) -> tuple[str, dict]:
+    import time
+
+    time.sleep(60)
+    return f"t{task}", {}
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_pool_workers_die_with_a_killed_parent(tmp_path: Path):
+    """A kill -9'd stage leaves no worker behind that could still write into the folder of its rerun."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "from pathlib import Path; import sys; sys.path.insert(0, 'tests')\n"
+        "from megatron_mmed.common.io import DoneMarkers\n"
+        "from megatron_mmed.common.tasks import run_tasks\n"
+        "from test_common import _nap\n"
+        f"run_tasks('t', [1, 2], _nap, DoneMarkers({str(tmp_path)!r}, 's'), {{}}, total=2, unit='x', workers=2,"
+        " show_progress=False)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[1])
+    deadline = time.time() + 60
+    while time.time() < deadline and len(_children(proc.pid)) < 2:
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert len(workers) == 2
+    time.sleep(1)  # the workers are inside their tasks
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.05)
+    alive = [w for w in workers if _alive(w)]
+    for w in alive:
+        os.kill(w, signal.SIGKILL)
+    assert not alive, "pool workers outlived their killed parent"

@@ -9,6 +9,7 @@ place atomically before its marker is written), so the result is byte-identical 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from megatron_mmed.common.config import save_config, to_dict
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.common.io import DoneMarkers, ensure_writable_dir, output_errors, refuse_output_inside
 from megatron_mmed.common.lock import folder_lock, lock_is_held, rank_lock_path
+from megatron_mmed.common.tasks import die_with_parent
 from preprocessing.dedup.config import DedupConfig
 from preprocessing.dedup.lsh import Banding, choose_banding, fixed_banding
 from preprocessing.dedup.report import build_extra, write_markdown
@@ -142,7 +144,9 @@ def _pool(workers: int) -> Executor | None:
     if workers <= 1:
         return None
     method = "fork" if "fork" in get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=get_context(method))
+    return ProcessPoolExecutor(
+        workers, mp_context=get_context(method), initializer=die_with_parent, initargs=(os.getpid(),)
+    )
 
 
 def _wait_for(ctx: Ctx, stage: str, tasks: list[Task], world_size: int) -> None:
