@@ -297,3 +297,16 @@ def test_a_changed_input_is_refused_not_mixed(shared_data, tmp_path):
     run_decontam(a, shared_data / "qa", tmp_path / "out", DecontamConfig(), show_progress=False)
     with pytest.raises(UserError, match="another config or input.*other input"):
         run_decontam(b, shared_data / "qa", tmp_path / "out", DecontamConfig(), show_progress=False)
+
+
+def test_a_folder_in_use_is_refused(shared_data, tmp_path):
+    from megatron_mmed.common.lock import FileLock, LockBusyError
+
+    inp = _write_input(tmp_path / "in", {"en": _read_corpus(shared_data)["en"][:3]}, files_per_lang=1)
+    (tmp_path / "o").mkdir()
+    with (
+        FileLock(tmp_path / "o" / ".lock").acquire("mmed decontam"),
+        pytest.raises(LockBusyError, match="in use"),
+    ):
+        run_decontam(inp, shared_data / "qa", tmp_path / "o", DecontamConfig(), show_progress=False)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [".lock"]

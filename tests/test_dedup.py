@@ -395,3 +395,15 @@ def test_full_disk_is_a_one_line_error_and_a_rerun_completes(planted: dict, refe
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr
         assert _tree_bytes(disk / "out") == _tree_bytes(reference)
+
+
+def test_a_folder_in_use_is_refused(planted: dict, tmp_path: Path):
+    from megatron_mmed.common.lock import FileLock, LockBusyError
+
+    (tmp_path / "o").mkdir()
+    with (
+        FileLock(tmp_path / "o" / ".lock").acquire("mmed dedup"),
+        pytest.raises(LockBusyError, match="in use"),
+    ):
+        run_dedup(planted["input"], tmp_path / "o", DedupConfig(), **QUIET)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [".lock"]

@@ -164,3 +164,19 @@ def test_pipeline_redoes_every_stage_after_a_changed_input(tmp_path: Path):
     assert summary["redone"] == ["dedup", "decontam", "tokenize"]
     _assert_chained(data)
     assert not (data / "tok" / "ru_text_document.bin").exists()
+
+
+def test_a_pipeline_folder_in_use_is_refused(tmp_path: Path):
+    from megatron_mmed.common.errors import UserError
+    from megatron_mmed.common.lock import FileLock
+    from preprocessing.pipeline import run_pipeline
+
+    cfg = load_config(
+        PipelineConfig, DEMO_RECIPE, [f"inputs=[{SAMPLE / 'raw'}]", f"output={tmp_path}", "benchmark=q"]
+    )
+    with (
+        FileLock(tmp_path / ".lock").acquire("mmed pipeline"),
+        pytest.raises(UserError, match="in use by mmed"),
+    ):
+        run_pipeline(cfg, show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]

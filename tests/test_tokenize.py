@@ -519,3 +519,17 @@ def test_full_disk_is_a_one_line_error_and_a_rerun_completes(shared_data, sp_mod
         res = subprocess.run([*cmd, "--no-progress"], capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr
         assert _datasets_bytes(disk / "o") == _datasets_bytes(tmp_path / "ref")
+
+
+def test_a_folder_in_use_is_refused(corpus_input, sp_model, tmp_path):
+    from megatron_mmed.common.lock import FileLock, LockBusyError
+
+    _, docs = corpus_input
+    inp = _write_prep_layout(tmp_path / "in", {"en": docs["en"][:3]}, 1)
+    (tmp_path / "o").mkdir()
+    with (
+        FileLock(tmp_path / "o" / ".lock").acquire("mmed tokenize"),
+        pytest.raises(LockBusyError, match="in use"),
+    ):
+        run_tokenize(inp, sp_model, tmp_path / "o", TokenizeConfig(), show_progress=False)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [".lock"]
