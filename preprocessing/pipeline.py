@@ -25,7 +25,7 @@ from typing import Any
 from megatron_mmed.common.config import ConfigError, save_config
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.common.io import StaleOutputError, atomic_write_json, ensure_writable_dir, output_errors
-from megatron_mmed.common.lock import folder_lock
+from megatron_mmed.common.lock import LOCK_NAME, FileLock, folder_lock
 from megatron_mmed.common.progress import console
 from preprocessing.decontam import DecontamConfig, run_decontam
 from preprocessing.dedup.config import DedupConfig
@@ -175,7 +175,7 @@ def run_pipeline(cfg: PipelineConfig, show_progress: bool = True) -> dict[str, A
                     f"{stage}: {e.folder} was made from another input; redoing {', '.join(later)} "
                     "(their old folders are cleared)"
                 )
-                _clear(root, [dirs[s] for s in STAGES[i:]], cfg, with_tokenizer=True)
+                _clear(root, [dirs[s] for s in STAGES[i:]], cfg)
                 summary["redone"] = [s for s in STAGES[i:] if s in cfg.stages]
                 info = _run_stage(stage, cfg, root, dirs, prev, summary, show_progress)
             summary["stages"][stage] = {"seconds": round(time.time() - t0, 2), **info}
@@ -221,12 +221,12 @@ def _run_stage(
     return _totals(dirs[stage])
 
 
-def _clear(root: Path, folders: list[Path], cfg: PipelineConfig, with_tokenizer: bool) -> None:
+def _clear(root: Path, folders: list[Path], cfg: PipelineConfig) -> None:
     """Delete stage folders of this pipeline (and what derives from them: the tokenizer trained on the
     data, a dedup work folder elsewhere): each is first renamed into ``OUT/.cleared-*``, so a kill -9 in
     the middle never leaves a half-deleted folder that looks like a stage output."""
     victims = [f for f in folders if f.exists()]
-    if with_tokenizer and not cfg.tokenizer:
+    if not cfg.tokenizer:
         victims.append(root / "tokenizer")
     work = Path(cfg.dedup.work_dir) if cfg.dedup.work_dir else None
     if (
@@ -239,7 +239,8 @@ def _clear(root: Path, folders: list[Path], cfg: PipelineConfig, with_tokenizer:
         if not folder.exists():
             continue
         trash = folder.parent / f"{_TRASH}{folder.name}-{os.getpid()}-{k}"
-        folder.rename(trash)
+        with FileLock(folder / LOCK_NAME).acquire("mmed pipeline"):  # never under a stage command at work
+            folder.rename(trash)
         shutil.rmtree(trash)
 
 
