@@ -322,6 +322,7 @@ def test_folder_lock_lets_sibling_ranks_share_a_folder(tmp_path: Path):
     _try_lock(tmp_path, "rank", rank=1, world_size=2)
 
 
+@pytest.mark.slow  # a killed process and a fork
 def test_lock_dies_with_its_process_and_is_not_kept_by_forked_children(tmp_path: Path):
     import signal
     import subprocess
@@ -385,6 +386,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # a process pool, killed
 def test_pool_workers_die_with_a_killed_parent(tmp_path: Path):
     """A kill -9'd stage leaves no worker behind that could still write into the folder of its rerun."""
     import signal

@@ -359,6 +359,7 @@ def test_a_stage_refuses_to_run_before_the_stage_it_reads(planted: dict, tmp_pat
     assert not (out / "report.json").exists() and not list((out / ".done").glob("dedup-filter/*-*.json"))
 
 
+@pytest.mark.slow  # three CLI processes, two at once
 def test_all_stages_over_two_concurrent_ranks_and_a_dead_peer(planted: dict, reference: Path, tmp_path: Path):
     def rank(r: int, out: Path, *extra: str) -> subprocess.Popen:
         cmd = _mmed("dedup", "--input", str(planted["input"]), "--output", str(out), "--no-progress")
@@ -382,6 +383,7 @@ def test_all_stages_over_two_concurrent_ranks_and_a_dead_peer(planted: dict, ref
     assert _tree_bytes(tmp_path / "both") == _tree_bytes(reference)
 
 
+@pytest.mark.slow  # two CLI runs on a tmpfs
 def test_full_disk_is_a_one_line_error_and_a_rerun_completes(planted: dict, reference: Path, tmp_path: Path):
     from fault_helpers import grow, small_disk
 

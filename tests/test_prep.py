@@ -359,6 +359,7 @@ def test_resume_after_the_raw_input_changed_is_refused(tmp_path: Path, shared_da
     assert res.returncode == 2 and "other input: 1 files of" in res.stderr, res.stderr
 
 
+@pytest.mark.slow  # two CLI processes at once
 def test_a_second_run_on_a_folder_in_use_is_refused(prep_run, tmp_path: Path):
     base, _, _ = prep_run
     out = tmp_path / "busy"
@@ -395,6 +396,7 @@ def _done_shards_are_whole(out: Path) -> int:
     return len(done)
 
 
+@pytest.mark.slow  # two CLI runs on a tmpfs
 def test_full_disk_is_a_one_line_error_and_a_rerun_completes(prep_run, tmp_path: Path):
     from fault_helpers import grow, small_disk
 

@@ -494,6 +494,7 @@ def test_a_changed_input_is_refused_not_mixed(corpus_input, sp_model, tmp_path):
         run_tokenize(b, sp_model, tmp_path / "out", TokenizeConfig(), show_progress=False)
 
 
+@pytest.mark.slow  # two CLI runs on a tmpfs
 def test_full_disk_is_a_one_line_error_and_a_rerun_completes(shared_data, sp_model, tmp_path):
     from fault_helpers import grow, small_disk
 
