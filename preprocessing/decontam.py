@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import xxhash
-import zstandard
 
 from eval import data as qa
 from megatron_mmed.common.config import ConfigError, save_config, to_dict
@@ -33,15 +32,20 @@ from megatron_mmed.common.io import (
     atomic_write_text,
     ensure_writable_dir,
     iter_jsonl_zst_records,
+    output_errors,
+    refuse_output_inside,
 )
+from megatron_mmed.common.lock import folder_lock
 from megatron_mmed.common.tasks import run_tasks
 from preprocessing.document import CJK_LANGS, LANGUAGE_NAMES
 from preprocessing.layout import (
     StageStats,
+    input_digest,
     kept_file,
     kept_files,
     rejected_file,
     require_stage_output,
+    unreadable_record,
     write_stage_report,
 )
 
@@ -298,8 +302,9 @@ def _process_file(lang: str, path: Path, out: Path, keep_text: bool) -> dict[str
     kept = JsonlZstWriter(kept_file(out, lang, path.name.removesuffix(".jsonl.zst")))
     rejected = JsonlZstWriter(rejected_file(out, _shard_id(lang, path)))
     matched_items: dict[str, int] = {}
+    records = iter_jsonl_zst_records(path)
     try:
-        for i, rec in iter_jsonl_zst_records(path):
+        for i, rec in records:
             text = rec.get("text") if rec is not None else None
             if not isinstance(text, str):
                 stats.seen(lang, 0)
@@ -327,12 +332,12 @@ def _process_file(lang: str, path: Path, out: Path, keep_text: bool) -> dict[str
             rejected.write(out_rec)
             for m in matches:
                 matched_items[m["item"]] = matched_items.get(m["item"], 0) + 1
+        if records.unreadable is not None:  # a cut input file: its readable part is kept, the rest recorded
+            stats.seen(lang, 0)
+            stats.dropped(lang, "unreadable")
+            rejected.write(unreadable_record(lang, records.unreadable))
         kept.close()
         rejected.close()
-    except (OSError, UnicodeDecodeError, zstandard.ZstdError) as e:
-        kept.abort()
-        rejected.abort()
-        raise UserError(f"cannot read {path}: {e}") from None
     except BaseException:
         kept.abort()
         rejected.abort()
@@ -369,70 +374,71 @@ def run_decontam(
     t0 = time.time()
     inp = require_stage_output(input_dir)
     bench = load_benchmark(benchmark_dir)
+    refuse_output_inside(out_dir, [inp])
     out = ensure_writable_dir(out_dir)
-    if out.resolve() == inp.resolve():
-        raise UserError("--output must differ from --input")
-    rule = {k: v for k, v in to_dict(cfg).items() if k not in ("workers",)}
-    files_fp = {
-        n: [Path(p).stat().st_size, xxhash.xxh3_64_hexdigest(Path(p).read_bytes())]
-        for n, p in bench.files.items()
-    }
-    DoneMarkers(out, STAGE).check_same_run({"rule": rule, "benchmark": files_fp}, "decontam run")
-    save_config(cfg, out / "config.yaml")
-    _INDEX = NgramIndex(bench, cfg)
-    tasks = [(lang, f) for lang, files in kept_files(inp).items() for f in files]
-    markers = DoneMarkers(out, STAGE)
-    results: dict[str, dict[str, Any]] = {}
-    pending = []
-    for lang, f in tasks:
-        sid = _shard_id(lang, f)
-        if markers.is_done(sid):
-            results[sid] = markers.read(sid)
-        else:
-            pending.append((lang, str(f), str(out), cfg.keep_rejected_text))
-    # forked workers share the index built above
-    run_tasks(
-        "decontam",
-        pending,
-        _work,
-        markers,
-        results,
-        total=len(tasks),
-        unit="files",
-        workers=cfg.workers,
-        show_progress=show_progress,
-    )
-    stats = StageStats()
-    matched: dict[str, int] = {}
-    for sid in sorted(results):
-        stats.merge(StageStats.from_dict(results[sid]["stats"]))
-        for item, c in results[sid]["matched_items"].items():
-            matched[item] = matched.get(item, 0) + c
-    per_lang = {lang: stats.drops[lang][REASON] for lang in stats.languages()}
-    bench_info = {
-        "path": str(Path(benchmark_dir).resolve()),
-        "files": bench.files,
-        "items": len(bench.items),
-        "items_per_language": {n: sum(it.language == n for it in bench.items) for n in bench.files},
-        "malformed_lines": len(bench.malformed),
-        "malformed": bench.malformed[:100],
-        "unusable_short_items": _INDEX.unusable,
-        "indexed_ngrams": _INDEX.n_ngrams,
-    }
-    matched = dict(sorted(matched.items(), key=lambda kv: (-kv[1], kv[0])))
-    report = write_stage_report(
-        out,
-        STAGE,
-        stats,
-        input_dir=inp,
-        contaminated_per_language=per_lang,
-        matched_items=matched,
-        benchmark=bench_info,
-        config=to_dict(cfg),
-    )
-    atomic_write_text(out / "report.md", render_report_md(report))
-    skipped = len(tasks) - len(pending)
-    return DecontamResult(out, stats, per_lang, matched, len(tasks), skipped, time.time() - t0, report)
+    with folder_lock(out, "mmed decontam"), output_errors(out):
+        rule = {k: v for k, v in to_dict(cfg).items() if k not in ("workers",)}
+        files_fp = {
+            n: [Path(p).stat().st_size, xxhash.xxh3_64_hexdigest(Path(p).read_bytes())]
+            for n, p in bench.files.items()
+        }
+        fingerprint = {"settings": rule, "benchmark": files_fp, "input": input_digest(inp)}
+        DoneMarkers(out, STAGE).check_same_run(fingerprint, "decontam run")
+        save_config(cfg, out / "config.yaml")
+        _INDEX = NgramIndex(bench, cfg)
+        tasks = [(lang, f) for lang, files in kept_files(inp).items() for f in files]
+        markers = DoneMarkers(out, STAGE)
+        results: dict[str, dict[str, Any]] = {}
+        pending = []
+        for lang, f in tasks:
+            sid = _shard_id(lang, f)
+            if markers.is_done(sid):
+                results[sid] = markers.read(sid)
+            else:
+                pending.append((lang, str(f), str(out), cfg.keep_rejected_text))
+        # forked workers share the index built above
+        run_tasks(
+            "decontam",
+            pending,
+            _work,
+            markers,
+            results,
+            total=len(tasks),
+            unit="files",
+            workers=cfg.workers,
+            show_progress=show_progress,
+        )
+        stats = StageStats()
+        matched: dict[str, int] = {}
+        for sid in sorted(results):
+            stats.merge(StageStats.from_dict(results[sid]["stats"]))
+            for item, c in results[sid]["matched_items"].items():
+                matched[item] = matched.get(item, 0) + c
+        per_lang = {lang: stats.drops[lang][REASON] for lang in stats.languages()}
+        bench_info = {
+            "path": str(Path(benchmark_dir).resolve()),
+            "files": bench.files,
+            "items": len(bench.items),
+            "items_per_language": {n: sum(it.language == n for it in bench.items) for n in bench.files},
+            "malformed_lines": len(bench.malformed),
+            "malformed": bench.malformed[:100],
+            "unusable_short_items": _INDEX.unusable,
+            "indexed_ngrams": _INDEX.n_ngrams,
+        }
+        matched = dict(sorted(matched.items(), key=lambda kv: (-kv[1], kv[0])))
+        report = write_stage_report(
+            out,
+            STAGE,
+            stats,
+            input_dir=inp,
+            contaminated_per_language=per_lang,
+            matched_items=matched,
+            benchmark=bench_info,
+            config=to_dict(cfg),
+        )
+        atomic_write_text(out / "report.md", render_report_md(report))
+        skipped = len(tasks) - len(pending)
+        return DecontamResult(out, stats, per_lang, matched, len(tasks), skipped, time.time() - t0, report)
 
 
 def render_report_md(report: dict[str, Any]) -> str:

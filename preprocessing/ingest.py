@@ -12,8 +12,9 @@ line or member becomes either a ``Doc`` or a ``BadRecord`` (parse/encoding/unrea
 from __future__ import annotations
 
 import gzip
-import io
 import json
+import os
+import stat
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,9 +24,11 @@ import zstandard
 
 from megatron_mmed.common.config import ConfigError
 from megatron_mmed.common.errors import UserError
+from megatron_mmed.common.io import UnreadableError, ZstdLines, display_path
 from preprocessing.document import Doc
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+BOM = b"\xef\xbb\xbf"
 SUPPORTED = (*JSONL_SUFFIXES, ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst", ".parquet", ".txt", ".zip")
 
 
@@ -64,7 +67,7 @@ class Shard:
 
     def describe(self) -> dict:
         return {
-            "path": self.path,
+            "path": display_path(self.path),
             "kind": self.kind,
             "start": self.start,
             "end": self.end,
@@ -101,9 +104,70 @@ def file_kind(path: Path) -> str | None:
     return None
 
 
+def _walk(root: Path) -> tuple[list[Path], list[str]]:
+    """Files under ``root`` (hidden ones left out), following symlinked folders and files: each real folder
+    and file is read once, under its path without links when it has one. A link to a folder or file read
+    before (an alias, or a loop) and a broken link are listed, with the reason, as skipped."""
+    files: dict[tuple[int, int], Path] = {}
+    linked_files: list[Path] = []
+    skipped: list[str] = []
+    st = root.stat()
+    seen = {(st.st_dev, st.st_ino): root}
+    links: list[Path] = []  # symlinked folders, followed after the real tree so real paths win
+
+    def scan(folder: Path) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            skipped.append(f"{display_path(folder)} (cannot list: {e.strerror or e})")
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue  # hidden files and folders (e.g. .done markers of an earlier run)
+            path = Path(entry.path)
+            try:
+                info = path.stat()
+            except OSError as e:
+                why = "broken link" if entry.is_symlink() else f"cannot stat: {e.strerror or e}"
+                skipped.append(f"{display_path(path)} ({why})")
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                if entry.is_symlink():
+                    links.append(path)
+                elif (info.st_dev, info.st_ino) not in seen:
+                    seen[(info.st_dev, info.st_ino)] = path
+                    scan(path)
+            elif not stat.S_ISREG(info.st_mode):
+                skipped.append(f"{display_path(path)} (not a regular file)")
+            elif entry.is_symlink():
+                linked_files.append(path)
+            else:
+                files.setdefault((info.st_dev, info.st_ino), path)
+
+    scan(root)
+    while links:
+        link = links.pop(0)
+        info = link.stat()
+        first = seen.get((info.st_dev, info.st_ino))
+        if first is not None:
+            skipped.append(f"{display_path(link)} (symlinked folder already read as {display_path(first)})")
+            continue
+        seen[(info.st_dev, info.st_ino)] = link
+        scan(link)
+    for path in linked_files:
+        info = path.stat()
+        first = files.get((info.st_dev, info.st_ino))
+        if first is not None:
+            skipped.append(f"{display_path(path)} (symlinked file already read as {display_path(first)})")
+        else:
+            files[(info.st_dev, info.st_ino)] = path
+    return sorted(files.values()), skipped
+
+
 def discover(inputs: list[str | Path]) -> tuple[list[tuple[Path, str]], list[str]]:
     """Expand input paths into ``(file, source name)`` pairs (sorted) and a list of skipped files.
 
+    Source names (used in document ids) are printable text even when a file name is not UTF-8.
     Raises ``UserError`` for a missing path or when no supported file is found.
     """
     files: list[tuple[Path, str]] = []
@@ -111,23 +175,22 @@ def discover(inputs: list[str | Path]) -> tuple[list[tuple[Path, str]], list[str
     for raw in inputs:
         p = Path(raw)
         if not p.exists():
-            raise UserError(f"input path does not exist: {p}")
+            raise UserError(f"input path does not exist: {display_path(p)}")
         if p.is_dir():
-            for f in sorted(x for x in p.rglob("*") if x.is_file()):
-                rel = f.relative_to(p).as_posix()
-                if any(part.startswith(".") for part in Path(rel).parts):
-                    continue  # hidden files and folders (e.g. .done markers of an earlier run)
+            found, why_skipped = _walk(p)
+            skipped += why_skipped
+            for f in found:
                 if file_kind(f) is None:
-                    skipped.append(str(f))
+                    skipped.append(display_path(f))
                 else:
-                    files.append((f, f"{p.resolve().name}/{rel}"))
+                    files.append((f, display_path(f"{p.resolve().name}/{f.relative_to(p).as_posix()}")))
         elif file_kind(p) is None:
-            skipped.append(str(p))
+            skipped.append(display_path(p))
         else:
-            files.append((p, p.name))
+            files.append((p, display_path(p.name)))
     if not files:
         raise UserError(
-            f"no supported input files under {', '.join(map(str, inputs))} (supported: {', '.join(SUPPORTED)})"
+            f"no supported input files under {', '.join(map(display_path, inputs))} (supported: {', '.join(SUPPORTED)})"
         )
     return files, skipped
 
@@ -188,9 +251,10 @@ def _open_lines(shard: Shard) -> Iterator[bytes]:
         with gzip.open(shard.path, "rb") as fh:
             yield from fh
     elif shard.kind == "jsonl.zst":
-        with open(shard.path, "rb") as raw:
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-            yield from io.BufferedReader(reader)
+        lines = ZstdLines(shard.path)
+        yield from lines
+        if lines.unreadable is not None:  # a cut or corrupt stream: the rest is recorded, not silently lost
+            raise UnreadableError(str(lines.unreadable))
     else:
         with open(shard.path, "rb") as fh:
             fh.seek(shard.start)
@@ -244,6 +308,10 @@ def _iter_jsonl(shard: Shard, cfg: IngestConfig, max_bytes: int) -> Iterator[Doc
     line_no = shard.first_line - 1
     for raw in _open_lines(shard):
         line_no += 1
+        if line_no == 1 and raw.startswith(BOM):
+            raw = raw[
+                len(BOM) :
+            ]  # a UTF-8 byte order mark (Windows editors write one) is no part of the record
         uid = f"{shard.name}:{line_no}"
         if not raw.strip():
             yield BadRecord(uid, "empty", "blank line", shard.name)
@@ -285,6 +353,7 @@ def _iter_parquet(shard: Shard, cfg: IngestConfig, max_bytes: int) -> Iterator[D
 
 
 def _text_doc(raw: bytes, uid: str, source: str, max_bytes: int) -> Doc | BadRecord:
+    raw = raw.removeprefix(BOM)
     if len(raw) > max_bytes:
         return BadRecord(uid, "quality:max_length", f"{len(raw)} bytes > {max_bytes}", source)
     text = _decode(raw, uid, source)
@@ -343,7 +412,7 @@ def read_shard(shard: Shard, cfg: IngestConfig, max_chars: int | None = None) ->
         for item in READERS[shard.kind](shard, cfg, max_bytes):
             produced += 1
             yield item
-    except (OSError, EOFError, zipfile.BadZipFile, zstandard.ZstdError, ValueError) as e:
+    except (OSError, EOFError, zipfile.BadZipFile, zstandard.ZstdError, ValueError, UnreadableError) as e:
         # ValueError covers pyarrow's ArrowInvalid (corrupt parquet) and gzip/zstd framing errors
         where = f" after {produced} records" if produced else ""
         yield BadRecord(

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import atomic_write_json, read_jsonl_zst
+from megatron_mmed.common.io import Unreadable, atomic_write_json, files_digest, read_jsonl_zst
 
 KEPT = "kept"
 REJECTED = "rejected"
@@ -46,7 +46,18 @@ def require_stage_output(root: str | Path) -> Path:
         raise UserError(
             f"{root} is not a preprocessing output: expected {root}/{KEPT}/<lang>/*.jsonl.zst (run `mmed prep` first)"
         )
+    if (root / ".done").is_dir() and not (root / REPORT).is_file():
+        raise UserError(
+            f"{root} is not complete (it has no {REPORT}: the stage that writes it is still running or was "
+            "interrupted; rerun that stage first)"
+        )
     return root
+
+
+def input_digest(root: str | Path) -> dict[str, Any]:
+    """What a stage records of its input folder (``files_digest`` of the kept files): a rerun on a changed
+    input is refused instead of mixing two runs."""
+    return files_digest((f"{lang}/{f.name}", f) for lang, fs in kept_files(root).items() for f in fs)
 
 
 def kept_files(root: str | Path) -> dict[str, list[Path]]:
@@ -78,6 +89,12 @@ def iter_kept(root: str | Path, lang: str | None = None) -> Iterator[dict[str, A
 def iter_rejected(root: str | Path) -> Iterator[dict[str, Any]]:
     for f in rejected_files(root):
         yield from read_jsonl_zst(f)
+
+
+def unreadable_record(lang: str, bad: Unreadable) -> dict[str, Any]:
+    """The ``rejected/`` record of the unreadable rest of an input file (a cut or corrupt zstd stream)."""
+    name = bad.path.rsplit("/", 1)[-1]
+    return {"id": f"{lang}/{name}#unreadable", "lang": lang, "reason": "unreadable", "detail": str(bad)}
 
 
 class StageStats:

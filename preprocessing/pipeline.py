@@ -9,11 +9,14 @@
     OUT/pipeline.json      what ran, per-stage document counts, seconds
 
 Every stage resumes from its own completion markers, so rerunning the same command after a crash redoes
-only unfinished work.
+only unfinished work; a stage whose input changed since (new raw files, an earlier stage redone) is redone
+with every stage after it.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +24,8 @@ from typing import Any
 
 from megatron_mmed.common.config import ConfigError, save_config
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import atomic_write_json, ensure_writable_dir
+from megatron_mmed.common.io import StaleOutputError, atomic_write_json, ensure_writable_dir, output_errors
+from megatron_mmed.common.lock import LOCK_NAME, FileLock, folder_lock
 from megatron_mmed.common.progress import console
 from preprocessing.decontam import DecontamConfig, run_decontam
 from preprocessing.dedup.config import DedupConfig
@@ -136,53 +140,108 @@ def _with_workers(cfg: PipelineConfig) -> PipelineConfig:
 
 
 def run_pipeline(cfg: PipelineConfig, show_progress: bool = True) -> dict[str, Any]:
-    """Run the configured stages in order; returns the summary also written to ``OUT/pipeline.json``."""
+    """Run the configured stages in order; returns the summary also written to ``OUT/pipeline.json``.
+
+    A stage whose input changed since its folder was made (new raw files, or an earlier stage redone) is
+    redone, and so is every stage after it: their folders are cleared first (``redone`` in the summary). A
+    stage whose own settings changed is refused, as by its single command: the recipe is the user's to
+    change, and deleting the folder is theirs to decide.
+    """
     cfg = _with_workers(cfg)
     root = ensure_writable_dir(cfg.output)
-    save_config(cfg, root / "config.yaml")
-    dirs = {s: root / ("tok" if s == "tokenize" else s) for s in STAGES}
-    summary: dict[str, Any] = {"stages": {}, "dirs": {s: str(d) for s, d in dirs.items()}}
-    prev: Path | None = None
-    for stage in STAGES:
-        if stage not in cfg.stages:
-            if (dirs[stage] / "report.json").is_file():
-                prev = dirs[stage]  # a later stage may start from an earlier run's output
-            continue
-        t0 = time.time()
-        console.rule(f"[bold]{stage}")
-        if stage == "prep":
-            res = run_prep(list(cfg.inputs), dirs[stage], cfg.prep, show_progress=show_progress)
-            info = res.report["totals"]
-        else:
-            if prev is None:
+    with folder_lock(root, "mmed pipeline"), output_errors(root):
+        for leftover in root.glob(f"{_TRASH}*"):  # a clear interrupted by kill -9
+            shutil.rmtree(leftover, ignore_errors=True)
+        save_config(cfg, root / "config.yaml")
+        dirs = {s: root / ("tok" if s == "tokenize" else s) for s in STAGES}
+        summary: dict[str, Any] = {"stages": {}, "dirs": {s: str(d) for s, d in dirs.items()}, "redone": []}
+        prev: Path | None = None
+        for i, stage in enumerate(STAGES):
+            if stage not in cfg.stages:
+                if (dirs[stage] / "report.json").is_file():
+                    prev = dirs[stage]  # a later stage may start from an earlier run's output
+                continue
+            if stage != "prep" and prev is None:
                 raise UserError(f"stage {stage} needs the output of the stage before it (run it first)")
-            if stage == "dedup":
-                workers = cfg.workers or 1
-                run_dedup(
-                    prev,
-                    dirs[stage],
-                    cfg.dedup,
-                    workers=workers,
-                    show_progress=show_progress,
-                    log=console.print,
+            t0 = time.time()
+            console.rule(f"[bold]{stage}")
+            try:
+                info = _run_stage(stage, cfg, root, dirs, prev, summary, show_progress)
+            except StaleOutputError as e:
+                if not set(e.changed) <= _INPUT_KEYS:
+                    raise
+                later = [s for s in STAGES[i:] if s in cfg.stages or dirs[s].exists()]
+                console.print(
+                    f"{stage}: {e.folder} was made from another input; redoing {', '.join(later)} "
+                    "(their old folders are cleared)"
                 )
-                info = _totals(dirs[stage])
-            elif stage == "decontam":
-                res = run_decontam(
-                    prev, cfg.benchmark, dirs[stage], cfg.decontam, show_progress=show_progress
-                )
-                info = res.report["totals"]
-            else:
-                tokenizer = cfg.tokenizer or str(
-                    train_sentencepiece(prev, root / "tokenizer", cfg.sentencepiece)
-                )
-                res = run_tokenize(prev, tokenizer, dirs[stage], cfg.tokenize, show_progress=show_progress)
-                info = _totals(dirs[stage])
-                summary["tokenizer"] = tokenizer
-        summary["stages"][stage] = {"seconds": round(time.time() - t0, 2), **info}
-        prev = dirs[stage]
-    atomic_write_json(root / "pipeline.json", summary)
-    return summary
+                _clear(root, [dirs[s] for s in STAGES[i:]], cfg)
+                summary["redone"] = [s for s in STAGES[i:] if s in cfg.stages]
+                info = _run_stage(stage, cfg, root, dirs, prev, summary, show_progress)
+            summary["stages"][stage] = {"seconds": round(time.time() - t0, 2), **info}
+            prev = dirs[stage]
+        atomic_write_json(root / "pipeline.json", summary)
+        return summary
+
+
+#: fingerprint entries that are data a stage reads (a change redoes the stage), not its settings
+_INPUT_KEYS = frozenset({"input", "benchmark", "tokenizer"})
+_TRASH = ".cleared-"
+
+
+def _run_stage(
+    stage: str,
+    cfg: PipelineConfig,
+    root: Path,
+    dirs: dict[str, Path],
+    prev: Path | None,
+    summary: dict[str, Any],
+    show_progress: bool,
+) -> dict[str, Any]:
+    """Run one stage into its folder; returns its totals."""
+    if stage == "prep":
+        return run_prep(list(cfg.inputs), dirs[stage], cfg.prep, show_progress=show_progress).report["totals"]
+    assert prev is not None
+    if stage == "dedup":
+        run_dedup(
+            prev,
+            dirs[stage],
+            cfg.dedup,
+            workers=cfg.workers or 1,
+            show_progress=show_progress,
+            log=console.print,
+        )
+        return _totals(dirs[stage])
+    if stage == "decontam":
+        res = run_decontam(prev, cfg.benchmark, dirs[stage], cfg.decontam, show_progress=show_progress)
+        return res.report["totals"]
+    tokenizer = cfg.tokenizer or str(train_sentencepiece(prev, root / "tokenizer", cfg.sentencepiece))
+    run_tokenize(prev, tokenizer, dirs[stage], cfg.tokenize, show_progress=show_progress)
+    summary["tokenizer"] = tokenizer
+    return _totals(dirs[stage])
+
+
+def _clear(root: Path, folders: list[Path], cfg: PipelineConfig) -> None:
+    """Delete stage folders of this pipeline (and what derives from them: the tokenizer trained on the
+    data, a dedup work folder elsewhere): each is first renamed into ``OUT/.cleared-*``, so a kill -9 in
+    the middle never leaves a half-deleted folder that looks like a stage output."""
+    victims = [f for f in folders if f.exists()]
+    if not cfg.tokenizer:
+        victims.append(root / "tokenizer")
+    work = Path(cfg.dedup.work_dir) if cfg.dedup.work_dir else None
+    if (
+        work is not None
+        and (root / "dedup") in folders
+        and (work / ".done" / "dedup" / "_run.json").is_file()
+    ):
+        victims.append(work)
+    for k, folder in enumerate(victims):
+        if not folder.exists():
+            continue
+        trash = folder.parent / f"{_TRASH}{folder.name}-{os.getpid()}-{k}"
+        with FileLock(folder / LOCK_NAME).acquire("mmed pipeline"):  # never under a stage command at work
+            folder.rename(trash)
+        shutil.rmtree(trash)
 
 
 def _totals(stage_dir: Path) -> dict[str, Any]:

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from megatron_mmed.common.config import ConfigError, save_config, to_dict
-from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, ensure_writable_dir
+from megatron_mmed.common.io import (
+    DoneMarkers,
+    JsonlZstWriter,
+    ensure_writable_dir,
+    files_digest,
+    output_errors,
+    refuse_output_inside,
+)
+from megatron_mmed.common.lock import folder_lock
 from megatron_mmed.common.tasks import run_tasks
 from preprocessing.clean import CleanConfig, clean_text
 from preprocessing.document import Doc
@@ -227,56 +235,63 @@ def run_prep(
 
     t0 = time.time()
     files, skipped_files = discover(inputs)
+    refuse_output_inside(out_dir, inputs)
     out = ensure_writable_dir(out_dir)
-    save_config(cfg, out / "config.yaml")
-    # build the filters once up front: a bad keywords file fails here, before any worker starts
-    local = ShardProcessor(cfg)
-    shards = plan_shards(files, cfg.ingest)
-    markers = DoneMarkers(out, "prep")
-    settings = {k: v for k, v in to_dict(cfg).items() if k != "workers"}  # workers never change the output
-    markers.check_same_run({"config": settings, "inputs": [name for _, name in files]}, "prep run")
-    pending, results = [], {}
-    mine = [s for i, s in enumerate(shards) if i % world_size == rank]
-    for s in mine:
-        done = markers.read(s.shard_id) if markers.is_done(s.shard_id) else None
-        if done is not None and done.get("shard") == s.describe():
-            results[s.shard_id] = done
-        else:
-            pending.append(s)
-    skipped = len(mine) - len(pending)
-    run_tasks(
-        "prep",
-        [(s, str(out)) for s in pending],
-        _work,
-        markers,
-        results,
-        total=len(mine),
-        unit="shards",
-        workers=cfg.workers,
-        start_method="spawn",
-        initializer=_init_worker,
-        initargs=(cfg,),
-        run_here=lambda task: (task[0].shard_id, local.run_shard(task[0], out)),
-        show_progress=show_progress,
-    )
-    for s in shards:  # other array tasks' shards, when they are done
-        if s.shard_id not in results and markers.is_done(s.shard_id):
-            results[s.shard_id] = markers.read(s.shard_id)
-    if len(results) < len(shards):
-        return PrepResult(out, StageStats(), {}, len(shards), skipped, skipped_files, time.time() - t0, {})
-    overall = StageStats()
-    stages = {s: StageStats() for s in STAGES}
-    for sid in sorted(results):
-        overall.merge(StageStats.from_dict(results[sid]["overall"]))
-        for s in STAGES:
-            stages[s].merge(StageStats.from_dict(results[sid]["stages"][s]))
-    seconds = time.time() - t0
-    report = write_prep_report(
-        out,
-        cfg_dict=to_dict(cfg),
-        overall=overall,
-        stages=stages,
-        skipped_files=skipped_files,
-        n_shards=len(shards),
-    )
-    return PrepResult(out, overall, stages, len(shards), skipped, skipped_files, seconds, report)
+    with folder_lock(out, "mmed prep", rank, world_size), output_errors(out):
+        markers = DoneMarkers(out, "prep")
+        settings = {
+            k: v for k, v in to_dict(cfg).items() if k != "workers"
+        }  # workers never change the output
+        fingerprint = {"settings": settings, "input": files_digest((name, path) for path, name in files)}
+        markers.check_same_run(fingerprint, "prep run")
+        save_config(cfg, out / "config.yaml")
+        # build the filters once up front: a bad keywords file fails here, before any worker starts
+        local = ShardProcessor(cfg)
+        shards = plan_shards(files, cfg.ingest)
+        pending, results = [], {}
+        mine = [s for i, s in enumerate(shards) if i % world_size == rank]
+        for s in mine:
+            done = markers.read(s.shard_id) if markers.is_done(s.shard_id) else None
+            if done is not None and done.get("shard") == s.describe():
+                results[s.shard_id] = done
+            else:
+                pending.append(s)
+        skipped = len(mine) - len(pending)
+        run_tasks(
+            "prep",
+            [(s, str(out)) for s in pending],
+            _work,
+            markers,
+            results,
+            total=len(mine),
+            unit="shards",
+            workers=cfg.workers,
+            start_method="spawn",
+            initializer=_init_worker,
+            initargs=(cfg,),
+            run_here=lambda task: (task[0].shard_id, local.run_shard(task[0], out)),
+            show_progress=show_progress,
+        )
+        for s in shards:  # other array tasks' shards, when they are done
+            if s.shard_id not in results and markers.is_done(s.shard_id):
+                results[s.shard_id] = markers.read(s.shard_id)
+        if len(results) < len(shards):
+            return PrepResult(
+                out, StageStats(), {}, len(shards), skipped, skipped_files, time.time() - t0, {}
+            )
+        overall = StageStats()
+        stages = {s: StageStats() for s in STAGES}
+        for sid in sorted(results):
+            overall.merge(StageStats.from_dict(results[sid]["overall"]))
+            for s in STAGES:
+                stages[s].merge(StageStats.from_dict(results[sid]["stages"][s]))
+        seconds = time.time() - t0
+        report = write_prep_report(
+            out,
+            cfg_dict=to_dict(cfg),
+            overall=overall,
+            stages=stages,
+            skipped_files=skipped_files,
+            n_shards=len(shards),
+        )
+        return PrepResult(out, overall, stages, len(shards), skipped, skipped_files, seconds, report)

@@ -9,6 +9,7 @@ tokenizer's EOD appended (and a BOS in front only when ``add_bos``).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -21,18 +22,27 @@ from typing import Any
 
 import numpy as np
 import xxhash
-import zstandard
 
 from megatron_mmed.common.config import ConfigError, save_config, to_dict
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, ensure_writable_dir, iter_jsonl_zst_records
+from megatron_mmed.common.io import (
+    DoneMarkers,
+    JsonlZstWriter,
+    ensure_writable_dir,
+    iter_jsonl_zst_records,
+    output_errors,
+    refuse_output_inside,
+)
+from megatron_mmed.common.lock import folder_lock
 from megatron_mmed.common.tasks import run_tasks
 from preprocessing.blend import BlendConfig, build_blend, write_blend, write_tokenize_report
 from preprocessing.layout import (
     StageStats,
+    input_digest,
     kept_files,
     rejected_file,
     require_stage_output,
+    unreadable_record,
 )
 
 STAGE = "tokenize"
@@ -267,8 +277,9 @@ def tokenize_file(
         docs += len(lengths)
         tokens += flat.size
 
+    records = iter_jsonl_zst_records(path)
     try:
-        for line_no, rec in iter_jsonl_zst_records(path):
+        for line_no, rec in records:
             text = rec.get("text") if rec is not None else None
             if not isinstance(text, str):
                 stats.seen(lang, 0)
@@ -288,17 +299,27 @@ def tokenize_file(
                 flush()
         if batch:
             flush()
+        if records.unreadable is not None:  # a cut input file: its readable part is kept, the rest recorded
+            stats.seen(lang, 0)
+            stats.dropped(lang, "unreadable")
+            rejected.write(unreadable_record(lang, records.unreadable))
         builder.finalize(tmp + ".idx")
         rejected.close()
-    except (OSError, UnicodeDecodeError, zstandard.ZstdError) as e:
-        rejected.abort()
-        raise UserError(f"cannot read {path}: {e}") from None
     except BaseException:
         rejected.abort()
+        _drop_builder(builder, tmp)
         raise
     os.replace(tmp + ".bin", f"{part_prefix}.bin")
     os.replace(tmp + ".idx", f"{part_prefix}.idx")
     return {"file": str(path), "documents": docs, "tokens": tokens, "stats": stats.to_dict()}
+
+
+def _drop_builder(builder: Any, tmp: str) -> None:
+    """Close an unfinished builder and delete its temp files (after an error such as a full disk)."""
+    with contextlib.suppress(Exception):
+        builder.data_file.close()
+    for ext in (".bin", ".idx"):
+        Path(tmp + ext).unlink(missing_ok=True)
 
 
 # ---- worker-process plumbing: one tokenizer per process ----
@@ -327,9 +348,12 @@ def merge_parts(parts: list[Path], prefix: Path, dtype: str) -> None:
     try:
         for p in parts:
             builder.add_index(str(p))
+        builder.finalize(tmp + ".idx")
+    except BaseException:
+        _drop_builder(builder, tmp)
+        raise
     finally:
         gc.unfreeze()
-    builder.finalize(tmp + ".idx")
     os.replace(tmp + ".bin", f"{prefix}.bin")
     os.replace(tmp + ".idx", f"{prefix}.idx")
 
@@ -358,75 +382,81 @@ def run_tokenize(
     inp = require_stage_output(input_dir)
     tok = load_tokenizer(tokenizer_path, cfg)
     ids = TokenIds.resolve(tok, cfg)
+    refuse_output_inside(out_dir, [inp])
     out = ensure_writable_dir(out_dir)
-    if out.resolve() == inp.resolve():
-        raise UserError("--output must differ from --input")
-    tok_info = {"kind": tok.kind, "path": str(Path(tok.path).resolve()), **to_dict(ids)}
-    settings = {
-        k: v for k, v in to_dict(cfg).items() if k not in ("workers", "batch_docs", "keep_parts", "blend")
-    }
-    fingerprint = {"settings": settings, "tokenizer": xxhash.xxh3_64_hexdigest(Path(tok.path).read_bytes())}
-    DoneMarkers(out, STAGE).check_same_run(fingerprint, "tokenize run")
-    save_config(cfg, out / "config.yaml")
+    with folder_lock(out, "mmed tokenize"), output_errors(out):
+        tok_info = {"kind": tok.kind, "path": str(Path(tok.path).resolve()), **to_dict(ids)}
+        settings = {
+            k: v for k, v in to_dict(cfg).items() if k not in ("workers", "batch_docs", "keep_parts", "blend")
+        }
+        fingerprint = {
+            "settings": settings,
+            "tokenizer": xxhash.xxh3_64_hexdigest(Path(tok.path).read_bytes()),
+            "input": input_digest(inp),
+        }
+        DoneMarkers(out, STAGE).check_same_run(fingerprint, "tokenize run")
+        save_config(cfg, out / "config.yaml")
 
-    files = kept_files(inp)
-    markers = DoneMarkers(out, STAGE)
-    for lang in files:  # final files deleted since the merge: redo that language's parts
-        if markers.is_done(f"merge-{lang}") and not (out / f"{lang}_text_document.idx").is_file():
-            for m in (markers.dir / lang).glob("*.json") if (markers.dir / lang).is_dir() else []:
-                m.unlink()
-            markers.path(f"merge-{lang}").unlink()
-    tasks, results = [], {}
-    for lang, paths in files.items():
-        for k, p in enumerate(paths):
-            sid = f"{lang}/{k:06d}"
-            part = out / ".parts" / lang / f"{k:06d}"
-            if markers.is_done(sid) or markers.is_done(f"merge-{lang}"):
-                results[sid] = markers.read(sid)
-            else:
-                tasks.append((sid, lang, str(p), str(part), str(rejected_file(out, f"{lang}-{k:06d}"))))
-    n_files = sum(len(v) for v in files.values())
-    if cfg.workers > 1:
-        _builder_cls()  # imported before the fork, so that no worker re-imports torch/megatron-core
+        files = kept_files(inp)
+        markers = DoneMarkers(out, STAGE)
+        for lang in files:  # final files deleted since the merge: redo that language's parts
+            if markers.is_done(f"merge-{lang}") and not (out / f"{lang}_text_document.idx").is_file():
+                for m in (markers.dir / lang).glob("*.json") if (markers.dir / lang).is_dir() else []:
+                    m.unlink()
+                markers.path(f"merge-{lang}").unlink()
+        tasks, results = [], {}
+        for lang, paths in files.items():
+            for k, p in enumerate(paths):
+                sid = f"{lang}/{k:06d}"
+                part = out / ".parts" / lang / f"{k:06d}"
+                if markers.is_done(sid) or markers.is_done(f"merge-{lang}"):
+                    results[sid] = markers.read(sid)
+                else:
+                    tasks.append((sid, lang, str(p), str(part), str(rejected_file(out, f"{lang}-{k:06d}"))))
+        n_files = sum(len(v) for v in files.values())
+        if cfg.workers > 1:
+            _builder_cls()  # imported before the fork, so that no worker re-imports torch/megatron-core
 
-    def run_here(task: tuple[str, str, str, str, str]) -> tuple[str, dict[str, Any]]:
-        sid, lang, p, part, rej = task
-        return sid, tokenize_file(tok, ids, cfg, lang, Path(p), Path(part), Path(rej))
+        def run_here(task: tuple[str, str, str, str, str]) -> tuple[str, dict[str, Any]]:
+            sid, lang, p, part, rej = task
+            return sid, tokenize_file(tok, ids, cfg, lang, Path(p), Path(part), Path(rej))
 
-    # each worker loads its own tokenizer; in this process the one loaded above serves
-    run_tasks(
-        "tokenize",
-        tasks,
-        _work,
-        markers,
-        results,
-        total=n_files,
-        unit="files",
-        workers=cfg.workers,
-        initializer=_init_worker,
-        initargs=(str(tok.path), ids, cfg),
-        run_here=run_here,
-        show_progress=show_progress,
-    )
+        # each worker loads its own tokenizer; in this process the one loaded above serves
+        run_tasks(
+            "tokenize",
+            tasks,
+            _work,
+            markers,
+            results,
+            total=n_files,
+            unit="files",
+            workers=cfg.workers,
+            initializer=_init_worker,
+            initargs=(str(tok.path), ids, cfg),
+            run_here=run_here,
+            show_progress=show_progress,
+        )
 
-    counts: dict[str, dict[str, int]] = {}
-    for lang, paths in files.items():
-        sids = [f"{lang}/{k:06d}" for k in range(len(paths))]
-        docs = sum(results[s]["documents"] for s in sids)
-        counts[lang] = {"tokens": sum(results[s]["tokens"] for s in sids), "documents": docs}
-        prefix = out / f"{lang}_text_document"
-        if docs and not markers.is_done(f"merge-{lang}"):
-            parts = [out / ".parts" / lang / s.split("/")[1] for s in sids if results[s]["documents"]]
-            merge_parts(parts, prefix, ids.dtype)
-            markers.mark(f"merge-{lang}", counts[lang])
-        if not cfg.keep_parts:
-            shutil.rmtree(out / ".parts" / lang, ignore_errors=True)
-    if not cfg.keep_parts and (out / ".parts").is_dir() and not any((out / ".parts").iterdir()):
-        (out / ".parts").rmdir()
-    stats = StageStats()
-    for sid in sorted(results):
-        stats.merge(StageStats.from_dict(results[sid]["stats"]))
-    blend = build_blend(out, counts, cfg.blend, tok_info)
-    write_blend(out, blend)
-    report = write_tokenize_report(out, inp, stats, counts, blend, to_dict(cfg))
-    return TokenizeResult(out, stats, counts, blend, n_files, n_files - len(tasks), time.time() - t0, report)
+        counts: dict[str, dict[str, int]] = {}
+        for lang, paths in files.items():
+            sids = [f"{lang}/{k:06d}" for k in range(len(paths))]
+            docs = sum(results[s]["documents"] for s in sids)
+            counts[lang] = {"tokens": sum(results[s]["tokens"] for s in sids), "documents": docs}
+            prefix = out / f"{lang}_text_document"
+            if docs and not markers.is_done(f"merge-{lang}"):
+                parts = [out / ".parts" / lang / s.split("/")[1] for s in sids if results[s]["documents"]]
+                merge_parts(parts, prefix, ids.dtype)
+                markers.mark(f"merge-{lang}", counts[lang])
+            if not cfg.keep_parts:
+                shutil.rmtree(out / ".parts" / lang, ignore_errors=True)
+        if not cfg.keep_parts and (out / ".parts").is_dir() and not any((out / ".parts").iterdir()):
+            (out / ".parts").rmdir()
+        stats = StageStats()
+        for sid in sorted(results):
+            stats.merge(StageStats.from_dict(results[sid]["stats"]))
+        blend = build_blend(out, counts, cfg.blend, tok_info)
+        write_blend(out, blend)
+        report = write_tokenize_report(out, inp, stats, counts, blend, to_dict(cfg))
+        return TokenizeResult(
+            out, stats, counts, blend, n_files, n_files - len(tasks), time.time() - t0, report
+        )

@@ -291,3 +291,47 @@ def test_benchmark_loader_is_evals_and_keeps_a_bom_first_item(shared_data, tmp_p
         json.dumps({**item0, "options": list(item0["options"].values())}) + "\n"
     )
     assert load_benchmark(qa).items[0].options == tuple(item0["options"][k] for k in sorted(item0["options"]))
+
+
+def test_truncated_input_file_keeps_the_readable_part_and_records_the_rest(shared_data, tmp_path):
+    docs = _read_corpus(shared_data)["en"]
+    inp = _write_input(tmp_path / "in", {"en": docs}, files_per_lang=1)
+    f = inp / "kept" / "en" / "shard-0000.jsonl.zst"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size * 2 // 3])
+    res = run_decontam(inp, shared_data / "qa", tmp_path / "out", DecontamConfig(), show_progress=False)
+    kept = [r for recs in _records(tmp_path / "out", "kept").values() for r in recs]
+    rejected = [r for recs in _records(tmp_path / "out", "rejected").values() for r in recs]
+    assert 0 < len(kept) < len(docs) and kept == docs[: len(kept)]
+    assert [r["reason"] for r in rejected] == ["unreadable"]
+    assert "shard-0000.jsonl.zst" in rejected[0]["detail"] and "byte 0" in rejected[0]["detail"]
+    assert res.stats.drops["en"] == {"unreadable": 1}
+
+
+def test_output_inside_the_input_is_refused(shared_data, tmp_path):
+    inp = _write_input(tmp_path / "in", {"en": _read_corpus(shared_data)["en"][:3]}, files_per_lang=1)
+    for out in (inp, inp / "clean"):
+        with pytest.raises(UserError, match="inside the input"):
+            run_decontam(inp, shared_data / "qa", out, DecontamConfig(), show_progress=False)
+    assert not (inp / "clean").exists()
+
+
+def test_a_changed_input_is_refused_not_mixed(shared_data, tmp_path):
+    corpus = _read_corpus(shared_data)
+    a = _write_input(tmp_path / "a", {"en": corpus["en"][:20], "es": corpus["es"][:20]})
+    b = _write_input(tmp_path / "b", {"en": corpus["en"][20:40]})
+    run_decontam(a, shared_data / "qa", tmp_path / "out", DecontamConfig(), show_progress=False)
+    with pytest.raises(UserError, match="another config or input.*other input"):
+        run_decontam(b, shared_data / "qa", tmp_path / "out", DecontamConfig(), show_progress=False)
+
+
+def test_a_folder_in_use_is_refused(shared_data, tmp_path):
+    from megatron_mmed.common.lock import FileLock, LockBusyError
+
+    inp = _write_input(tmp_path / "in", {"en": _read_corpus(shared_data)["en"][:3]}, files_per_lang=1)
+    (tmp_path / "o").mkdir()
+    with (
+        FileLock(tmp_path / "o" / ".lock").acquire("mmed decontam"),
+        pytest.raises(LockBusyError, match="in use"),
+    ):
+        run_decontam(inp, shared_data / "qa", tmp_path / "o", DecontamConfig(), show_progress=False)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [".lock"]

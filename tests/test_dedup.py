@@ -292,3 +292,122 @@ def test_near_copy_edits_are_detectable_by_estimate():
         sig = signatures_numpy(h, off, 128, 1)
         est.append(float(agreement(sig[0], sig[1])))
     assert min(est) > 0.7, est
+
+
+def test_truncated_input_file_keeps_the_readable_part_and_records_the_rest(shared_data: Path, tmp_path: Path):
+    recs = {
+        lg: [{"id": d["id"], "text": d["text"], "lang": lg} for d in _corpus(shared_data, lg)]
+        for lg in ("en", "ru")
+    }
+    _write_prep_layout(tmp_path / "in", recs, 1)
+    f = tmp_path / "in" / "kept" / "en" / "00000.jsonl.zst"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size * 2 // 3])  # cut inside its single frame
+    run_dedup(tmp_path / "in", tmp_path / "out", DedupConfig(), **QUIET)
+    kept = [r for r in iter_kept(tmp_path / "out", "en")]
+    bad = [r for r in iter_rejected(tmp_path / "out") if r["reason"] == "unreadable"]
+    assert 0 < len(kept) < len(recs["en"]) and kept == recs["en"][: len(kept)]  # nothing in en is a dup
+    assert len(bad) == 1 and bad[0]["lang"] == "en" and "00000.jsonl.zst" in bad[0]["detail"]
+    assert "byte 0" in bad[0]["detail"] and f"after {len(kept)} complete lines" in bad[0]["detail"]
+    assert len(list(iter_kept(tmp_path / "out", "ru"))) == len(recs["ru"])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["languages"]["en"]["drops"] == {"unreadable": 1}
+
+
+def test_output_inside_the_input_is_refused(planted: dict):
+    for out in (planted["input"], planted["input"] / "dedup"):
+        with pytest.raises(UserError, match="inside the input"):
+            run_dedup(planted["input"], out, DedupConfig(), **QUIET)
+    assert not (planted["input"] / "dedup").exists()
+
+
+def test_a_changed_input_is_refused_not_mixed(shared_data: Path, tmp_path: Path):
+    recs = {
+        lg: [{"id": d["id"], "text": d["text"], "lang": lg} for d in _corpus(shared_data, lg)] for lg in LANGS
+    }
+    _write_prep_layout(tmp_path / "a", recs, 2)
+    _write_prep_layout(tmp_path / "b", {lg: r[:50] for lg, r in recs.items()}, 3)
+    run_dedup(tmp_path / "a", tmp_path / "out", DedupConfig(), **QUIET)
+    for other in ("b", "a"):
+        if other == "a":  # the same folder, one file rewritten since
+            time.sleep(0.01)
+            _write_prep_layout(tmp_path / "a", {"en": recs["en"][:10]}, 2)
+        with pytest.raises(UserError, match="another config or input.*other input"):
+            run_dedup(tmp_path / other, tmp_path / "out", DedupConfig(), **QUIET)
+    # a sub-stage of an array on a finished folder is refused the same way
+    with pytest.raises(UserError, match="other input"):
+        run_dedup(
+            tmp_path / "b", tmp_path / "out", DedupConfig(), stage="filter", rank=1, world_size=2, **QUIET
+        )
+
+
+def test_an_incomplete_input_is_refused(planted: dict, tmp_path: Path):
+    import shutil
+
+    inp = tmp_path / "prep"
+    shutil.copytree(planted["input"], inp)
+    (inp / ".done" / "prep").mkdir(parents=True)  # a prep output whose report is not written yet
+    with pytest.raises(UserError, match="not complete"):
+        run_dedup(inp, tmp_path / "out", DedupConfig(), **QUIET)
+
+
+def test_a_stage_refuses_to_run_before_the_stage_it_reads(planted: dict, tmp_path: Path):
+    out = tmp_path / "o"
+    run_dedup(planted["input"], out, DedupConfig(), stage="signatures", **QUIET)
+    with pytest.raises(UserError, match="clusters: .*bucket task.*--stage buckets"):
+        run_dedup(planted["input"], out, DedupConfig(), stage="clusters", rank=1, world_size=2, **QUIET)
+    run_dedup(planted["input"], out, DedupConfig(), stage="buckets", **QUIET)
+    with pytest.raises(UserError, match="filter: .*cluster task.*--stage clusters"):
+        run_dedup(planted["input"], out, DedupConfig(), stage="filter", **QUIET)
+    assert not (out / "report.json").exists() and not list((out / ".done").glob("dedup-filter/*-*.json"))
+
+
+@pytest.mark.slow  # three CLI processes, two at once
+def test_all_stages_over_two_concurrent_ranks_and_a_dead_peer(planted: dict, reference: Path, tmp_path: Path):
+    def rank(r: int, out: Path, *extra: str) -> subprocess.Popen:
+        cmd = _mmed("dedup", "--input", str(planted["input"]), "--output", str(out), "--no-progress")
+        return subprocess.Popen(
+            [*cmd, "--rank", str(r), "--world-size", "2", *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    # rank 1 never runs: rank 0 does its share, then says so instead of waiting forever
+    alone = rank(0, tmp_path / "alone", "peer_timeout_s=1")
+    _, err = alone.communicate(timeout=300)
+    assert alone.returncode == 2 and "rank 1/2 has" in err and "not been running" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "alone" / "report.json").exists()
+    # both ranks at once (each waits for the other between stages): the same output as one process
+    procs = [rank(r, tmp_path / "both") for r in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    assert _tree_bytes(tmp_path / "both") == _tree_bytes(reference)
+
+
+@pytest.mark.slow  # two CLI runs on a tmpfs
+def test_full_disk_is_a_one_line_error_and_a_rerun_completes(planted: dict, reference: Path, tmp_path: Path):
+    from fault_helpers import grow, small_disk
+
+    with small_disk(tmp_path / "disk", "300k") as disk:
+        cmd = _mmed("dedup", "--input", str(planted["input"]), "--output", str(disk / "out"), "--no-progress")
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 2 and "No space left on device" in res.stderr, res.stderr[-2000:]
+        assert len(res.stderr.strip().splitlines()) == 1 and not list(disk.rglob("*.tmp"))
+        assert not (disk / "out" / "report.json").exists()
+        grow(disk, "32m")
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert _tree_bytes(disk / "out") == _tree_bytes(reference)
+
+
+def test_a_folder_in_use_is_refused(planted: dict, tmp_path: Path):
+    from megatron_mmed.common.lock import FileLock, LockBusyError
+
+    (tmp_path / "o").mkdir()
+    with (
+        FileLock(tmp_path / "o" / ".lock").acquire("mmed dedup"),
+        pytest.raises(LockBusyError, match="in use"),
+    ):
+        run_dedup(planted["input"], tmp_path / "o", DedupConfig(), **QUIET)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [".lock"]

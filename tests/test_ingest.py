@@ -152,3 +152,70 @@ def test_missing_input_and_empty_folder(tmp_path: Path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no supported input files"):
         discover([tmp_path / "empty"])
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+def test_truncated_zstd_input_keeps_the_readable_part_and_records_the_rest(tmp_path: Path, frames: int):
+    records = [{"id": f"d{i}", "text": f"Patient {i} has hypertension. " * (1 + i % 30)} for i in range(3000)]
+    data = _jsonl_bytes(records)
+    step = len(data) // frames
+    cuts = [data.index(b"\n", k * step) + 1 for k in range(1, frames)] + [len(data)]
+    chunks = [data[a:b] for a, b in zip([0, *cuts[:-1]], cuts)]
+    parts = [zstandard.ZstdCompressor().compress(c) for c in chunks]
+    blob = b"".join(parts)
+    p = tmp_path / "raw.jsonl.zst"
+    p.write_bytes(blob[: len(blob) - len(parts[-1]) // 2])  # the last frame cut in half
+    items, _ = _read_all([p])
+    docs = [i for i in items if isinstance(i, Doc)]
+    bad = [i for i in items if isinstance(i, BadRecord)]
+    assert 0 < len(docs) < len(records)
+    assert [d.id for d in docs] == [r["id"] for r in records[: len(docs)]]
+    assert len(bad) == 1 and bad[0].reason == "unreadable"
+    assert "raw.jsonl.zst" in bad[0].detail and f"byte {len(blob) - len(parts[-1])}" in bad[0].detail
+    assert f"after {len(docs)} records" in bad[0].detail
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst", ".txt"])
+def test_utf8_bom_is_stripped(tmp_path: Path, suffix: str):
+    data = "\ufeff".encode() + (_jsonl_bytes(RECORDS) if suffix != ".txt" else "Один документ.".encode())
+    if suffix.endswith(".gz"):
+        data = gzip.compress(data)
+    elif suffix.endswith(".zst"):
+        data = zstandard.ZstdCompressor().compress(data)
+    (tmp_path / f"bom{suffix}").write_bytes(data)
+    items, _ = _read_all([tmp_path / f"bom{suffix}"])
+    assert all(isinstance(i, Doc) for i in items), items[0]
+    assert items[0].text == (RECORDS[0]["text"] if suffix != ".txt" else "Один документ.")
+
+
+def test_symlinked_folders_are_followed_once_and_loops_listed(tmp_path: Path):
+    root, elsewhere = tmp_path / "corpus", tmp_path / "elsewhere"
+    (root / "real").mkdir(parents=True)
+    elsewhere.mkdir()
+    (root / "real" / "a.jsonl").write_bytes(_jsonl_bytes(RECORDS[:1]))
+    (elsewhere / "b.jsonl").write_bytes(_jsonl_bytes(RECORDS[1:2]))
+    (root / "linked").symlink_to(elsewhere)  # a folder kept elsewhere: its documents count
+    (root / "alias").symlink_to(root / "real")  # the same folder twice: read once
+    (root / "real" / "loop").symlink_to(root)  # a loop: never followed
+    (root / "dangling.jsonl").symlink_to(tmp_path / "missing.jsonl")  # a broken link: listed
+    items, skipped = _read_all([root])
+    assert sorted(i.id for i in items) == ["a", "b"]
+    assert [name for _, name in discover([root])[0]] == ["corpus/linked/b.jsonl", "corpus/real/a.jsonl"]
+    assert sorted(Path(s.split(" ")[0]).name for s in skipped) == ["alias", "dangling.jsonl", "loop"]
+    assert all("(" in s for s in skipped)  # each says why
+
+
+def test_file_names_that_are_not_utf8_are_read(tmp_path: Path):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    name = os.fsdecode(b"caf\xe9.jsonl")  # a Latin-1 file name on a UTF-8 system
+    (root / name).write_bytes(_jsonl_bytes(RECORDS[2:]))
+    (root / os.fsdecode(b"notes\xff.csv")).write_text("x")
+    files, skipped = discover([root])
+    (shard,) = plan_shards(files, CFG)
+    (doc,) = read_shard(shard, CFG)
+    assert doc.id == "corpus/caf\\xe9.jsonl:1" and doc.source == "corpus/caf\\xe9.jsonl"
+    json.dumps([shard.describe(), skipped], ensure_ascii=False).encode(
+        "utf-8"
+    )  # markers and report can hold them
+    assert skipped == [str(root / "notes\\xff.csv")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -113,3 +114,72 @@ def test_pipeline_config_validation(tmp_path: Path):
         )
     for recipe in sorted((Path(DEMO_RECIPE).parent).glob("*.yaml")):  # every shipped recipe parses
         load_config(PipelineConfig, recipe, [f"output={tmp_path}", "inputs=[x]", "benchmark=q"])
+
+
+def _stage_counts(data: Path) -> dict[str, tuple[int, int]]:
+    """(docs in, docs out) of every stage folder, read from its report."""
+    out = {}
+    for stage in ("prep", "dedup", "decontam", "tok"):
+        t = json.loads((data / stage / "report.json").read_text())["totals"]
+        out[stage] = (t["docs_in"], t["docs_out"])
+    return out
+
+
+def _assert_chained(data: Path) -> None:
+    """Every stage's output was made from its input as it is now (no stale downstream folder)."""
+    counts = _stage_counts(data)
+    assert counts["dedup"][0] == counts["prep"][1]
+    assert counts["decontam"][0] == counts["dedup"][1]
+    assert counts["tok"][0] == counts["decontam"][1]
+    langs = {p.name for p in (data / "prep" / "kept").iterdir()}
+    for stage in ("dedup", "decontam"):
+        assert {p.name for p in (data / stage / "kept").iterdir()} <= langs, stage
+    assert {p.name.split("_")[0] for p in (data / "tok").glob("*_text_document.bin")} <= langs
+
+
+@pytest.mark.slow
+def test_pipeline_redoes_every_stage_after_a_changed_input(tmp_path: Path):
+    from megatron_mmed.common.errors import UserError
+    from preprocessing.pipeline import run_pipeline
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for f in (SAMPLE / "raw").glob("*.jsonl"):
+        (raw / f.name).write_bytes(f.read_bytes())
+    data = tmp_path / "data"
+    args = [f"inputs=[{raw}]", f"output={data}", f"benchmark={SAMPLE / 'qa'}"]
+    run_pipeline(load_config(PipelineConfig, DEMO_RECIPE, args), show_progress=False)
+    before = _stage_counts(data)
+    # the raw input changes: Japanese is gone; prep and every stage after it must follow
+    (raw / "ja.jsonl").unlink()
+    summary = run_pipeline(load_config(PipelineConfig, DEMO_RECIPE, args), show_progress=False)
+    assert summary["redone"] == ["prep", "dedup", "decontam", "tokenize"]
+    _assert_chained(data)
+    assert _stage_counts(data)["tok"][1] < before["tok"][1]
+    assert not (data / "tok" / "ja_text_document.bin").exists()
+    # a changed setting is refused (the recipe is the user's), naming the folder to delete; once deleted,
+    # that stage is redone and so is every stage after it
+    langs = "prep.langid.languages=[en,zh,fr,es]"
+    with pytest.raises(UserError, match=r"other settings.*delete"):
+        run_pipeline(load_config(PipelineConfig, DEMO_RECIPE, [*args, langs]), show_progress=False)
+    shutil.rmtree(data / "prep")
+    summary = run_pipeline(load_config(PipelineConfig, DEMO_RECIPE, [*args, langs]), show_progress=False)
+    assert summary["redone"] == ["dedup", "decontam", "tokenize"]
+    _assert_chained(data)
+    assert not (data / "tok" / "ru_text_document.bin").exists()
+
+
+def test_a_pipeline_folder_in_use_is_refused(tmp_path: Path):
+    from megatron_mmed.common.errors import UserError
+    from megatron_mmed.common.lock import FileLock
+    from preprocessing.pipeline import run_pipeline
+
+    cfg = load_config(
+        PipelineConfig, DEMO_RECIPE, [f"inputs=[{SAMPLE / 'raw'}]", f"output={tmp_path}", "benchmark=q"]
+    )
+    with (
+        FileLock(tmp_path / ".lock").acquire("mmed pipeline"),
+        pytest.raises(UserError, match="in use by mmed"),
+    ):
+        run_pipeline(cfg, show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]

@@ -69,9 +69,9 @@ def _prep_cli(inp: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def _outputs(out: Path) -> dict[str, list]:
-    kept = {lang: list(read_jsonl_zst(f)) for lang, fs in kept_files(out).items() for f in fs}
+    kept = [r for fs in kept_files(out).values() for f in fs for r in read_jsonl_zst(f)]
     return {
-        "kept": sorted(json.dumps(r, sort_keys=True) for rs in kept.values() for r in rs),
+        "kept": sorted(json.dumps(r, sort_keys=True) for r in kept),
         "rejected": sorted(json.dumps(r, sort_keys=True) for r in iter_rejected(out)),
     }
 
@@ -323,3 +323,111 @@ def test_resume_with_other_settings_is_refused(prep_run, tmp_path: Path, shared_
         timeout=300,
     )
     assert res.returncode == 2 and "made with another config" in res.stderr, res.stderr
+
+
+def test_input_file_names_that_are_not_utf8(tmp_path: Path, shared_data: Path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    doc = json.loads((shared_data / "corpus" / "en.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    (raw / os.fsdecode(b"m\xe9d.jsonl")).write_text(json.dumps({"text": doc["text"]}) + "\n")
+    (raw / os.fsdecode(b"\xff.csv")).write_text("x")
+    res = _prep_cli(raw, tmp_path / "o", "--no-progress")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    (rec,) = list(iter_kept(tmp_path / "o")) or list(iter_rejected(tmp_path / "o"))
+    assert rec["id"] == "raw/m\\xe9d.jsonl:1"
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["skipped_files"] == [str(raw / "\\xff.csv")]
+
+
+def test_output_equal_to_or_inside_the_input_is_refused_up_front(tmp_path: Path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.jsonl").write_text('{"text": "x"}\n')
+    for out in (raw, raw / "out", raw / "." / "deeper" / "out"):
+        res = _prep_cli(raw, out, "--no-progress")
+        assert res.returncode == 2 and "inside the input" in res.stderr and "Traceback" not in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert sorted(p.name for p in raw.iterdir()) == ["a.jsonl"]  # nothing written
+
+
+def test_resume_after_the_raw_input_changed_is_refused(tmp_path: Path, shared_data: Path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines = (shared_data / "corpus" / "en.jsonl").read_text(encoding="utf-8").splitlines()
+    (raw / "en.jsonl").write_text("\n".join(lines[:5]) + "\n")
+    assert _prep_cli(raw, tmp_path / "o", "--no-progress").returncode == 0
+    (raw / "en.jsonl").write_text("\n".join(lines[:6]) + "\n")  # same file name, one more document
+    res = _prep_cli(raw, tmp_path / "o", "--no-progress")
+    assert res.returncode == 2 and "other input: 1 files of" in res.stderr, res.stderr
+
+
+@pytest.mark.slow  # two CLI processes at once
+def test_a_second_run_on_a_folder_in_use_is_refused(prep_run, tmp_path: Path):
+    base, _, _ = prep_run
+    out = tmp_path / "busy"
+    args = ["--no-progress", "ingest.shard_bytes=16384"]
+    first = subprocess.Popen(
+        [*MMED, "prep", "--input", str(base / "raw"), "--output", str(out), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and _n_done(out) < 1 and first.poll() is None:
+        time.sleep(0.02)
+    second = _prep_cli(base / "raw", out, *args)
+    still_running = first.poll() is None
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    if not still_running:
+        pytest.skip("the first run ended before the second started (machine too fast to overlap them)")
+    assert second.returncode == 2 and "is in use by mmed prep (pid" in second.stderr, second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+    assert _outputs(out) == _outputs(base / "out") and not list(out.rglob("*.tmp"))
+
+
+def _done_shards_are_whole(out: Path) -> int:
+    """Every shard marked done has all its files, each a complete zstd stream; returns how many are done."""
+    done = [p for p in (out / ".done" / "prep").glob("*.json") if p.name != "_run.json"]
+    for marker in done:
+        sid = marker.stem
+        files = [*out.glob(f"kept/*/{sid}.jsonl.zst"), *out.glob(f"rejected/{sid}.jsonl.zst")]
+        assert files, sid
+        for f in files:
+            list(read_jsonl_zst(f))  # raises on a cut file
+    return len(done)
+
+
+@pytest.mark.slow  # two CLI runs on a tmpfs
+def test_full_disk_is_a_one_line_error_and_a_rerun_completes(prep_run, tmp_path: Path):
+    from fault_helpers import grow, small_disk
+
+    base, _, _ = prep_run
+    with small_disk(tmp_path / "disk", "400k") as disk:
+        out = disk / "out"
+        res = _prep_cli(base / "raw", out, "--no-progress", "ingest.shard_bytes=16384")
+        assert res.returncode == 2, res.stderr[-2000:]
+        assert "No space left on device" in res.stderr and "Traceback" not in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert not (out / "report.json").exists() and not list(out.rglob("*.tmp"))
+        assert _done_shards_are_whole(out) > 0  # work done before the disk filled is kept
+        grow(disk, "16m")
+        res = _prep_cli(base / "raw", out, "--no-progress", "ingest.shard_bytes=16384")
+        assert res.returncode == 0, res.stderr
+        assert _outputs(out) == _outputs(base / "out")
+
+
+def test_read_only_output_subfolder_is_a_one_line_error(tmp_path: Path, shared_data: Path):
+    from fault_helpers import read_only
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines = (shared_data / "corpus" / "en.jsonl").read_text(encoding="utf-8").splitlines()
+    (raw / "en.jsonl").write_text("\n".join(lines[:5]) + "\n")
+    out = tmp_path / "out"
+    with read_only(out / "kept" / "en"):
+        res = _prep_cli(raw, out, "--no-progress")
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+        assert str(out / "kept" / "en") in res.stderr and len(res.stderr.strip().splitlines()) == 1
+        assert _done_shards_are_whole(out) == 0
+    assert _prep_cli(raw, out, "--no-progress").returncode == 0  # writable again: the rerun completes

@@ -461,3 +461,77 @@ def test_benchmark_script_starts():
     )
     assert proc.returncode == 0, proc.stderr
     assert "docs/s" in proc.stdout
+
+
+def test_truncated_input_file_keeps_the_readable_part_and_records_the_rest(corpus_input, sp_model, tmp_path):
+    _, docs = corpus_input
+    inp = _write_prep_layout(tmp_path / "in", {"en": docs["en"]}, 1)
+    f = inp / "kept" / "en" / "shard-0000.jsonl.zst"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size * 2 // 3])
+    res = run_tokenize(inp, sp_model, tmp_path / "out", TokenizeConfig(), show_progress=False)
+    n = res.counts["en"]["documents"]
+    assert 0 < n < len(docs["en"]) and len(_read_back(tmp_path / "out" / "en_text_document")) == n
+    rejected = [r for p in (tmp_path / "out" / "rejected").glob("*.zst") for r in read_jsonl_zst(p)]
+    assert [r["reason"] for r in rejected] == ["unreadable"]
+    assert "shard-0000.jsonl.zst" in rejected[0]["detail"] and "byte 0" in rejected[0]["detail"]
+    assert res.stats.drops["en"] == {"unreadable": 1}
+
+
+def test_output_inside_the_input_is_refused(corpus_input, sp_model, tmp_path):
+    _, docs = corpus_input
+    inp = _write_prep_layout(tmp_path / "in", {"en": docs["en"][:3]}, 1)
+    for out in (inp, inp / "tok"):
+        with pytest.raises(UserError, match="inside the input"):
+            run_tokenize(inp, sp_model, out, TokenizeConfig(), show_progress=False)
+    assert not (inp / "tok").exists()
+
+
+def test_a_changed_input_is_refused_not_mixed(corpus_input, sp_model, tmp_path):
+    _, docs = corpus_input
+    a = _write_prep_layout(tmp_path / "a", {"en": docs["en"][:20], "fr": docs["fr"][:20]}, 1)
+    b = _write_prep_layout(tmp_path / "b", {"en": docs["en"][20:40]}, 1)
+    run_tokenize(a, sp_model, tmp_path / "out", TokenizeConfig(), show_progress=False)
+    with pytest.raises(UserError, match="another config or input.*other input"):
+        run_tokenize(b, sp_model, tmp_path / "out", TokenizeConfig(), show_progress=False)
+
+
+@pytest.mark.slow  # two CLI runs on a tmpfs
+def test_full_disk_is_a_one_line_error_and_a_rerun_completes(shared_data, sp_model, tmp_path):
+    from fault_helpers import grow, small_disk
+
+    inp = _write_prep_layout(tmp_path / "in", _corpus(shared_data), files_per_lang=2)
+    run_tokenize(inp, sp_model, tmp_path / "ref", TokenizeConfig(), show_progress=False)
+    mmed = str(Path(sys.executable).with_name("mmed"))
+    with small_disk(tmp_path / "disk", "300k") as disk:
+        cmd = [
+            mmed,
+            "tokenize",
+            "--input",
+            str(inp),
+            "--tokenizer",
+            str(sp_model),
+            "--output",
+            str(disk / "o"),
+        ]
+        res = subprocess.run([*cmd, "--no-progress"], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 2 and "No space left on device" in res.stderr, res.stderr[-2000:]
+        assert "cannot read" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+        assert not (disk / "o" / "blend.json").exists() and not list(disk.rglob("*.tmp*"))
+        grow(disk, "32m")
+        res = subprocess.run([*cmd, "--no-progress"], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert _datasets_bytes(disk / "o") == _datasets_bytes(tmp_path / "ref")
+
+
+def test_a_folder_in_use_is_refused(corpus_input, sp_model, tmp_path):
+    from megatron_mmed.common.lock import FileLock, LockBusyError
+
+    _, docs = corpus_input
+    inp = _write_prep_layout(tmp_path / "in", {"en": docs["en"][:3]}, 1)
+    (tmp_path / "o").mkdir()
+    with (
+        FileLock(tmp_path / "o" / ".lock").acquire("mmed tokenize"),
+        pytest.raises(LockBusyError, match="in use"),
+    ):
+        run_tokenize(inp, sp_model, tmp_path / "o", TokenizeConfig(), show_progress=False)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [".lock"]

@@ -26,7 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world-size", type=int, help="number of tasks (default: SLURM_ARRAY_TASK_COUNT, else 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. quality.enabled=false"
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. 'quality.disabled=[min_length]' langid.min_confidence=0.7",
     )
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
+import os
+import signal
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -10,6 +13,24 @@ from megatron_mmed.common.io import DoneMarkers
 from megatron_mmed.common.progress import progress_bar
 
 T = TypeVar("T")
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """In a worker process: be killed when ``parent`` (the stage that started it) dies, even by kill -9
+    (Linux ``PR_SET_PDEATHSIG``), so that no orphaned worker still writes into the folder of the rerun."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: orphans end when their task queue closes
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _init_worker(parent: int, initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    die_with_parent(parent)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 def run_tasks(
@@ -38,7 +59,9 @@ def run_tasks(
     """
     pool = None
     if workers > 1 and len(pending) > 1:
-        pool = mp.get_context(start_method).Pool(min(workers, len(pending)), initializer, initargs)
+        pool = mp.get_context(start_method).Pool(
+            min(workers, len(pending)), _init_worker, (os.getpid(), initializer, initargs)
+        )
     try:
         with progress_bar(name, total=total, unit=unit, enabled=show_progress) as bar:
             bar.advance(total - len(pending))

@@ -35,6 +35,8 @@ class DedupConfig:
     max_bucket_pairs: int = 32  # buckets up to this size verify all pairs; larger: star + chain pairs
     work_dir: str = ""  # intermediate data (default OUT/.work)
     keep_work: bool = False  # keep signatures/buckets/edges after a successful run
+    #: ``--stage all`` over several ranks: how long a rank waits for a peer that is not running (no lock)
+    peer_timeout_s: float = 300.0
 
     def validate(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -53,5 +55,7 @@ class DedupConfig:
             raise ConfigError("fp_weight and fn_weight must be >= 0 and not both 0")
         if self.batch_chars < 1_000 or self.partition_docs < 1_000:
             raise ConfigError("batch_chars and partition_docs must be >= 1000")
+        if self.peer_timeout_s <= 0:
+            raise ConfigError(f"peer_timeout_s must be > 0, got {self.peer_timeout_s}")
         if self.max_bucket_pairs < 2:
             raise ConfigError(f"max_bucket_pairs must be >= 2, got {self.max_bucket_pairs}")

@@ -9,6 +9,7 @@ place atomically before its marker is written), so the result is byte-identical 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -18,11 +19,11 @@ from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from megatron_mmed.common.config import save_config, to_dict
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import ensure_writable_dir
+from megatron_mmed.common.io import DoneMarkers, ensure_writable_dir, output_errors, refuse_output_inside
+from megatron_mmed.common.lock import folder_lock, lock_is_held, rank_lock_path
+from megatron_mmed.common.tasks import die_with_parent
 from preprocessing.dedup.config import DedupConfig
 from preprocessing.dedup.lsh import Banding, choose_banding, fixed_banding
 from preprocessing.dedup.report import build_extra, write_markdown
@@ -36,7 +37,13 @@ from preprocessing.dedup.stages import (
     signatures_task,
 )
 from preprocessing.document import CJK_LANGS
-from preprocessing.layout import StageStats, kept_files, require_stage_output, write_stage_report
+from preprocessing.layout import (
+    StageStats,
+    input_digest,
+    kept_files,
+    require_stage_output,
+    write_stage_report,
+)
 
 #: settings that change the result (a work folder made with other values cannot be resumed)
 _RESULT_KEYS = ("threshold", "num_perm", "seed", "word_ngram", "cjk_ngram", "bands", "rows", "partition_docs")
@@ -92,6 +99,24 @@ def plan(stage: str, ctx: Ctx) -> list[Task]:
     raise UserError(f"unknown stage {stage!r} (choose from all, {', '.join(STAGES)})")
 
 
+#: the stage whose output each stage reads, and the flag that runs it
+_NEEDS = {"buckets": "signatures", "clusters": "buckets", "filter": "clusters"}
+
+
+def require_previous(ctx: Ctx, stage: str) -> None:
+    """Raise ``UserError`` unless every task of the stage that ``stage`` reads has its marker (all ranks'),
+    whatever order a slurm array ran them in: a filter before the clusters would remove nothing."""
+    prev = _NEEDS.get(stage)
+    if prev is None:
+        return
+    done = ctx.markers(prev)
+    missing = [t.id for t in plan(prev, ctx) if not done.is_done(t.id)]
+    if missing:
+        raise UserError(
+            f"{stage}: {len(missing)} {prev[:-1]} task(s) not done (e.g. {missing[0]}); run --stage {prev} first"
+        )
+
+
 def _call(ctx: Ctx, task: Task) -> dict[str, Any]:
     return task.fn(ctx, *task.args)
 
@@ -119,37 +144,48 @@ def _pool(workers: int) -> Executor | None:
     if workers <= 1:
         return None
     method = "fork" if "fork" in get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=get_context(method))
+    return ProcessPoolExecutor(
+        workers, mp_context=get_context(method), initializer=die_with_parent, initargs=(os.getpid(),)
+    )
 
 
-def _wait_for(ctx: Ctx, stage: str, tasks: list[Task], poll_s: float = 2.0) -> None:
-    """Block until every task of ``stage`` (all ranks) has its marker (``--stage all`` with world_size > 1)."""
+def _wait_for(ctx: Ctx, stage: str, tasks: list[Task], world_size: int) -> None:
+    """Block until every task of ``stage`` (all ranks) has its marker (``--stage all`` with world_size > 1).
+
+    A rank with tasks left whose lock has been free for ``peer_timeout_s`` (it died, or never started) ends
+    the wait with a ``UserError`` instead of a wait forever; its finished tasks are kept for the rerun.
+    """
     markers = ctx.markers(stage)
-    while any(not markers.is_done(t.id) for t in tasks):
-        time.sleep(poll_s)
+    timeout = ctx.cfg.peer_timeout_s
+    free_since: dict[int, float] = {}
+    while True:
+        missing = [k for k, t in enumerate(tasks) if not markers.is_done(t.id)]
+        if not missing:
+            return
+        now = time.monotonic()
+        for r in sorted({k % world_size for k in missing}):
+            if lock_is_held(rank_lock_path(ctx.out_dir, r)):
+                free_since.pop(r, None)
+            elif now - free_since.setdefault(r, now) > timeout:
+                left = sum(1 for k in missing if k % world_size == r)
+                raise UserError(
+                    f"dedup {stage}: rank {r}/{world_size} has {left} task(s) left and has not been running for "
+                    f"{timeout:g} s (it died or never started); rerun that rank (finished tasks are kept)"
+                )
+        time.sleep(min(2.0, timeout / 4))
 
 
-def _check_config(folder: Path, cfg: DedupConfig, create: bool) -> None:
-    """Refuse to resume (or skip) a folder made with different result-changing settings."""
-    mine = {k: v for k, v in to_dict(cfg).items() if k in _RESULT_KEYS}
-    path = folder / "config.yaml"
-    if path.is_file():
-        theirs = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        diff = sorted(k for k in _RESULT_KEYS if theirs.get(k) != mine.get(k))
-        if diff:
-            raise UserError(
-                f"{folder} was made with other settings ({', '.join(diff)}); "
-                "rerun with the same settings or use a new output folder"
-            )
-    elif create:
-        save_config(cfg, path)
+def _check_same_run(ctx: Ctx, cfg: DedupConfig, folder: str, what: str) -> None:
+    """Refuse to resume (or skip) a folder made with other result-changing settings or from another input."""
+    settings = {k: v for k, v in to_dict(cfg).items() if k in _RESULT_KEYS}
+    fingerprint = {"settings": settings, "input": input_digest(ctx.in_dir)}
+    DoneMarkers(folder, "dedup").check_same_run(fingerprint, what)
 
 
 def make_context(in_dir: str | Path, out_dir: str | Path, cfg: DedupConfig) -> tuple[Ctx, Banding]:
     in_dir = require_stage_output(in_dir).resolve()
+    refuse_output_inside(out_dir, [in_dir])
     out_dir = ensure_writable_dir(out_dir).resolve()
-    if in_dir == out_dir:
-        raise UserError("--output must differ from --input")
     work_dir = Path(cfg.work_dir).resolve() if cfg.work_dir else out_dir / ".work"
     banding = banding_for(cfg)
     files = tuple((lg, tuple(str(p) for p in fs)) for lg, fs in kept_files(in_dir).items())
@@ -191,6 +227,7 @@ def _run_stages(
 ) -> None:
     for st in stages:
         t0 = time.perf_counter()
+        require_previous(ctx, st)
         tasks = plan(st, ctx)
         markers = ctx.markers(st)
         mine = [t for k, t in enumerate(tasks) if k % world_size == rank]
@@ -199,7 +236,7 @@ def _run_stages(
         _run_tasks(ctx, st, pending, pool, show_progress)
         result.ran[st] = len(pending)
         if stage == "all" and world_size > 1:
-            _wait_for(ctx, st, tasks)
+            _wait_for(ctx, st, tasks, world_size)
         result.seconds[st] = time.perf_counter() - t0
 
 
@@ -223,26 +260,31 @@ def run_dedup(
     if stage != "all" and stage not in STAGES:
         raise UserError(f"unknown stage {stage!r} (choose from all, {', '.join(STAGES)})")
     ctx, banding = make_context(in_dir, out_dir, cfg)
-    result = DedupResult(Path(ctx.out_dir), banding)
-    log(f"dedup: threshold {cfg.threshold}, {cfg.num_perm} permutations -> {banding.describe()}")
-    filt = ctx.markers("filter")
-    if all(filt.is_done(t.id) for t in plan("filter", ctx)) and (Path(ctx.out_dir) / "report.json").is_file():
-        _check_config(Path(ctx.out_dir), cfg, create=False)
-        log("dedup: already complete (every filter task has its marker)")
-        result.complete = True
-        return result
-    _check_config(Path(ctx.work_dir), cfg, create=True)
-    pool = _pool(workers)
-    try:
-        _run_stages(ctx, stages, stage, rank, world_size, pool, show_progress, log, result)
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    if all(filt.is_done(t.id) for t in plan("filter", ctx)):
+    with folder_lock(ctx.out_dir, "mmed dedup", rank, world_size), output_errors(ctx.out_dir):
+        result = DedupResult(Path(ctx.out_dir), banding)
+        log(f"dedup: threshold {cfg.threshold}, {cfg.num_perm} permutations -> {banding.describe()}")
+        _check_same_run(ctx, cfg, ctx.out_dir, "dedup run")
+        filt = ctx.markers("filter")
+        if (
+            all(filt.is_done(t.id) for t in plan("filter", ctx))
+            and (Path(ctx.out_dir) / "report.json").is_file()
+        ):
+            log("dedup: already complete (every filter task has its marker)")
+            result.complete = True
+            return result
+        _check_same_run(ctx, cfg, ctx.work_dir, "dedup work folder")
+        save_config(cfg, Path(ctx.work_dir) / "config.yaml")
+        pool = _pool(workers)
         try:
-            result.stats, result.report = finalize(ctx, banding)
-        except FileNotFoundError:  # another array task finished at the same time, finalised, dropped WORK
-            if not (Path(ctx.out_dir) / "report.json").is_file():
-                raise
-        result.complete = True
-    return result
+            _run_stages(ctx, stages, stage, rank, world_size, pool, show_progress, log, result)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+        if all(filt.is_done(t.id) for t in plan("filter", ctx)):
+            try:
+                result.stats, result.report = finalize(ctx, banding)
+            except FileNotFoundError:  # another array task finished at the same time, finalised, dropped WORK
+                if not (Path(ctx.out_dir) / "report.json").is_file():
+                    raise
+            result.complete = True
+        return result

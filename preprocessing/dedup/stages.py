@@ -7,7 +7,7 @@ compared: every task works inside one language, so a text and its translation ar
 
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 import os
 import shutil
@@ -21,7 +21,14 @@ import numpy as np
 import zstandard
 
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import ZSTD_LEVEL, DoneMarkers, JsonlZstWriter, atomic_write_json, loads
+from megatron_mmed.common.io import (
+    ZSTD_LEVEL,
+    DoneMarkers,
+    JsonlZstWriter,
+    ZstdLines,
+    atomic_write_json,
+    loads,
+)
 from preprocessing.dedup.clusters import choose_kept, connected_components, size_histogram
 from preprocessing.dedup.config import DedupConfig
 from preprocessing.dedup.lsh import band_hashes, bucket_pairs, partition_bounds, verify_pairs
@@ -29,7 +36,7 @@ from preprocessing.dedup.minhash import agreement, signatures_datasketch, signat
 from preprocessing.dedup.shingles import hash_batch
 from preprocessing.dedup.work import ShardArrays, ShardIds, Work, pack, unpack
 from preprocessing.document import CJK_LANGS
-from preprocessing.layout import StageStats, kept_file, rejected_file
+from preprocessing.layout import StageStats, kept_file, rejected_file, unreadable_record
 
 STAGES: tuple[str, ...] = ("signatures", "buckets", "clusters", "filter")
 FILTER_MARKERS = "dedup-filter"  # under OUT/.done (the other stages mark under WORK/.done)
@@ -71,19 +78,18 @@ def _text(rec: dict[str, Any]) -> str:
     return text if isinstance(text, str) else ("" if text is None else str(text))
 
 
-def _raw_lines(path: str) -> Iterator[bytes]:
-    """The non-blank lines of a ``.jsonl.zst`` file as bytes (both stages number documents the same way)."""
-    try:
-        with open(path, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as raw:
-            for line in io.BufferedReader(raw, buffer_size=1 << 20):
-                if line.strip():
-                    yield line if line.endswith(b"\n") else line + b"\n"
-    except (zstandard.ZstdError, OSError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
+def _raw_lines(lines: ZstdLines) -> Iterator[bytes]:
+    """The non-blank lines of a ``.jsonl.zst`` file as bytes (both stages number documents the same way).
+
+    A cut or corrupt file ends where its readable part ends (``lines.unreadable`` then says where).
+    """
+    for line in lines:
+        if line.strip():
+            yield line if line.endswith(b"\n") else line + b"\n"
 
 
 def _records(path: str) -> Iterator[tuple[bytes, dict[str, Any]]]:
-    for j, line in enumerate(_raw_lines(path)):
+    for j, line in enumerate(_raw_lines(ZstdLines(path))):
         try:
             rec = loads(line)
         except ValueError as e:  # the input is not a valid prep output
@@ -111,16 +117,25 @@ class _RawZstWriter:
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
-        self._fh.close()
+        with contextlib.suppress(OSError):
+            self._fh.close()
         self.tmp.unlink(missing_ok=True)
 
 
-def _save(path: Path, arr: np.ndarray) -> None:
+def _save(path: Path, arr: np.ndarray | None = None, **arrays: np.ndarray) -> None:
+    """``np.save`` (or ``np.savez`` of ``arrays``) through a temp file, which a failed write deletes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, arr)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            if arr is not None:
+                np.save(fh, arr)
+            else:
+                np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------- signatures
@@ -233,12 +248,7 @@ def bucket_task(ctx: Ctx, lang: str, part: int, parts: int) -> dict[str, Any]:
     if len(a):  # a pair found in several bands is kept once
         _, first = np.unique(np.stack((a, b), axis=1), axis=0, return_index=True)
         a, b, j = a[first], b[first], j[first]
-    path = ctx.work.edges(lang, bucket_task_id(lang, part))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, a=a, b=b, jaccard=j)
-    os.replace(tmp, path)
+    _save(ctx.work.edges(lang, bucket_task_id(lang, part)), a=a, b=b, jaccard=j)
     info = {"candidates": int(candidates), "verified": int(len(a)), "seconds": time.perf_counter() - t0}
     ctx.markers("buckets").mark(bucket_task_id(lang, part), info)
     return info
@@ -309,8 +319,9 @@ def filter_task(ctx: Ctx, lang: str, i: int) -> dict[str, Any]:
     stats = StageStats()
     kept_w = _RawZstWriter(kept_file(ctx.out_dir, lang, name))
     rej_w = JsonlZstWriter(rejected_file(ctx.out_dir, f"{lang}-{name}"))
+    lines = ZstdLines(path)
     try:
-        for j, line in enumerate(_raw_lines(path)):
+        for j, line in enumerate(_raw_lines(lines)):
             stats.seen(lang, lengths[j])
             if j in removed:
                 rid = json.loads(line).get("id")
@@ -325,12 +336,16 @@ def filter_task(ctx: Ctx, lang: str, i: int) -> dict[str, Any]:
             else:
                 kept_w.write(line)
                 stats.kept(lang, lengths[j])
+        if lines.unreadable is not None:
+            stats.seen(lang, 0)
+            stats.dropped(lang, "unreadable")
+            rej_w.write(unreadable_record(lang, lines.unreadable))
+        kept_w.close()
+        rej_w.close()
     except BaseException:
         kept_w.abort()
         rej_w.abort()
         raise
-    kept_w.close()
-    rej_w.close()
     info = {"stats": stats.to_dict(), "seconds": time.perf_counter() - t0}
     ctx.markers("filter").mark(f"{lang}-{i:05d}", info)
     return info

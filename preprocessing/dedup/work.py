@@ -2,14 +2,14 @@
 
 ::
 
-    WORK/config.yaml                       the settings that made it (a rerun must match)
+    WORK/config.yaml                       the settings that made it
     WORK/sig/<lang>/<i>.sig.npy            (docs, num_perm) uint32 MinHash signatures of input file i
     WORK/sig/<lang>/<i>.band.npy|bdoc.npy  (bands, docs with shingles): band hashes sorted per band, doc index
     WORK/sig/<lang>/<i>.exact.npy          (docs, 2) uint64 exact-duplicate keys; .xkey/.xdoc: sorted first key
     WORK/sig/<lang>/<i>.len.npy, .ids.json document lengths (characters) and ids, for the kept-doc rule
     WORK/edges/<lang>/<task>.npz           verified pairs (a, b, estimated Jaccard) of one bucket task
     WORK/removed/<lang>/<i>.json           removed documents of input file i: local index -> kept id, reason
-    WORK/.done/<stage>/<task>.json         completion markers
+    WORK/.done/<stage>/<task>.json         completion markers; .done/dedup/_run.json: settings + input digest
 
 Documents are addressed by a packed uint64 ``file_index << 32 | line_index`` (input order, any world size).
 """
