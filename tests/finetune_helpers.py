@@ -1,0 +1,63 @@
+"""Shared pieces of the fine-tuning tests: a SentencePiece tokenizer trained on the dev QA files, QA folders."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from eval.data import LANGUAGES, iter_json_lines
+
+SP_VOCAB = 3000  # also the tiny models' vocabulary, so every id fits
+
+
+def qa_texts(qa_dir: Path) -> list[str]:
+    out = []
+    for lang in LANGUAGES:
+        for _, rec, _ in iter_json_lines(qa_dir / f"{lang}.jsonl"):
+            out.append(
+                rec["question"] + " " + " ".join(rec["options"].values()) + " " + rec.get("rationale", "")
+            )
+    return out
+
+
+def train_sp(qa_dir: Path, out: Path, vocab: int = SP_VOCAB) -> Path:
+    """A small SentencePiece BPE model (byte fallback, BOS 1 / EOS 2) trained on the real QA texts."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(
+            qa_texts(qa_dir)
+            + ["### Instruction: ### Input: ### Response: ###Rationale: ###Answer: OPTION IS CORRECT."] * 20
+        ),
+        model_writer=buf,
+        vocab_size=vocab,
+        model_type="bpe",
+        character_coverage=0.995,
+        byte_fallback=True,
+        num_threads=1,
+        max_sentence_length=50000,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        minloglevel=2,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(buf.getvalue())
+    return out
+
+
+def write_qa(folder: Path, language: str, records: list[dict]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{language}.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def qa_record(question: str = "Q?", answer="A", rationale: str = "because", options=None) -> dict:
+    return {
+        "question": question,
+        "options": options or {"A": "yes", "B": "no", "C": "maybe"},
+        "answer_idx": answer,
+        "rationale": rationale,
+    }
