@@ -67,7 +67,13 @@ def qa_record(question: str = "Q?", answer="A", rationale: str = "because", opti
 
 
 def mcore_sft(
-    mcore_dir: Path, lr: float = 1e-3, clip: float = 1.0, lora=None, seq_length: int = 1024, wrap: bool = True
+    mcore_dir: Path,
+    lr: float = 1e-3,
+    clip: float = 1.0,
+    lora=None,
+    seq_length: int = 1024,
+    wrap: bool = True,
+    sequence_parallel: bool = False,
 ):
     """``(gpt_model, ddp_model, optimizer)`` at TP from parallel_state, loaded from a converted checkpoint.
 
@@ -92,6 +98,7 @@ def mcore_sft(
         perform_initialization=False,
         calculate_per_token_loss=True,
         tensor_model_parallel_size=ps.get_tensor_model_parallel_world_size(),
+        sequence_parallel=sequence_parallel,
     )
     model = build_gpt_model(preset, core, doc["padded_vocab_size"], seq_length, spec="local")
     load_weights(mcore_dir, [model])

@@ -175,3 +175,59 @@ def test_one_lora_step_equals_peft(llama, mcore_dir, examples):
         torch.testing.assert_close(a, m.lora_A["default"].weight.detach(), atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(b, m.lora_B["default"].weight.detach(), atol=1e-4, rtol=1e-4)
         assert not torch.equal(a, init[(i, part)][0])  # A moved too (B was non-zero)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_tp2_lora_step_equals_tp1(mcore_dir, examples, tmp_path):
+    """The same LoRA step at TP=2 (adapters resharded from a TP=1 save), with and without sequence parallel:
+    same loss and the same updated adapters, read back as global tensors."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conversion.mcore_io import McoreCheckpoint
+    from megatron_mmed.finetune.adapters import save_adapters
+    from megatron_mmed.training.dist import _free_port
+
+    mbs = SFTBatches(examples, SEQ, len(examples), seed=0, pad_to_multiple_of=2).step(0).microbatches
+    torch.save(mbs, tmp_path / "batch.pt")
+    with mcore_session():
+        model, ddp, opt = mcore_sft(mcore_dir, lr=1e-2, lora=LORA)
+        _randomize_b(model)
+        save_adapters(tmp_path / "init", model, LORA, mcore_dir)
+        loss = mcore_step(ddp, opt, mbs, SEQ)
+        save_adapters(tmp_path / "tp1", model, LORA, mcore_dir)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    worker = Path(__file__).parent / "lora_tp_worker.py"
+    r = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node=2",
+            f"--master_port={_free_port()}",
+            str(worker),
+            str(mcore_dir),
+            str(tmp_path / "init"),
+            str(tmp_path / "batch.pt"),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    losses = json.loads((tmp_path / "losses.json").read_text())
+    assert losses["tp2"] == pytest.approx(loss, rel=1e-5) and losses["tp2sp"] == pytest.approx(loss, rel=1e-5)
+    ref = McoreCheckpoint.open(tmp_path / "tp1")
+    moved = 0
+    for name in ("tp2", "tp2sp"):
+        got = McoreCheckpoint.open(tmp_path / name)
+        assert set(got.shapes) == set(ref.shapes)
+        for key in ref.shapes:
+            for i in range(2):
+                layer_key = key.replace("decoder.layers.", f"decoder.layers.{i}.")
+                a, b = ref.get(layer_key), got.get(layer_key)
+                torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
+                moved += int(not torch.equal(a, McoreCheckpoint.open(tmp_path / "init").get(layer_key)))
+    assert moved > 0
