@@ -236,3 +236,28 @@ def test_packing_efficiency_on_the_dev_qa_files(qa_data):
     padded = packing_stats(SFTBatches(qa_data.examples, pack=False, micro_batch_size=4, **kw))
     assert packed["non_padding_share"] > 0.9 and packed["examples_per_row"] > 3
     assert padded["non_padding_share"] < packed["non_padding_share"]
+
+
+def test_tokenizer_that_does_not_match_the_checkpoint_is_refused(tmp_path, sp, qa_data):
+    """A 3,000-id tokenizer against a 300-id checkpoint, and the right size but another EOS id."""
+    from convert_helpers import save_llama, tiny_llama
+
+    from conversion import hf_to_mcore
+    from megatron_mmed.finetune.data import check_tokenizer
+
+    hf_to_mcore(save_llama(tiny_llama(), tmp_path / "small"), tmp_path / "small_mc", skip_validation=True)
+    with pytest.raises(
+        UserError, match=r"data.tokenizer has 3,000 ids but checkpoint.init_from .* vocabulary of 300"
+    ):
+        check_tokenizer(qa_data, tmp_path / "small_mc")
+    hf_to_mcore(
+        save_llama(tiny_llama(vocab_size=3072, eos_token_id=7), tmp_path / "eos"),
+        tmp_path / "eos_mc",
+        skip_validation=True,
+    )
+    with pytest.raises(UserError, match="EOS is 2 but .* converted with 7"):
+        check_tokenizer(qa_data, tmp_path / "eos_mc")
+    hf_to_mcore(
+        save_llama(tiny_llama(vocab_size=3072), tmp_path / "ok"), tmp_path / "ok_mc", skip_validation=True
+    )
+    check_tokenizer(qa_data, tmp_path / "ok_mc")  # BOS 1 / EOS 2 as converted

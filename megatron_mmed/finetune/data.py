@@ -237,10 +237,23 @@ def load_sft_data(cfg: SFTDataConfig, tokenizer=None) -> SFTData:
     return SFTData(examples, report, tokenizer.vocab_size, eos, bos, pad_id=eos)
 
 
-def check_vocab(data_vocab: int, model_vocab: int, where: str) -> None:
-    """Refuse a tokenizer whose ids do not fit the checkpoint's (unpadded) vocabulary."""
-    if data_vocab > model_vocab:
+def check_tokenizer(data: SFTData, init_from: str | Path) -> None:
+    """Refuse a tokenizer that is not the checkpoint's: ids beyond its vocabulary, or other EOS/BOS ids than
+    the ones its conversion recorded (``model_config.yaml`` token ids)."""
+    from conversion.mcore_io import checkpoint_arch
+    from megatron_mmed.training.checkpoint import resolve_init_dir
+
+    arch, name, _ = checkpoint_arch(resolve_init_dir(init_from))
+    where = f"checkpoint.init_from {init_from} (model {name!r})"
+    if data.vocab_size > arch.vocab_size:
         raise UserError(
-            f"data.tokenizer has {data_vocab:,} ids but {where} has a vocabulary of {model_vocab:,}: "
-            "a different tokenizer than the one the model was trained with"
+            f"data.tokenizer has {data.vocab_size:,} ids but {where} has a vocabulary of {arch.vocab_size:,}: "
+            "not the tokenizer the model was trained with"
         )
+    for key, ours in (("eos_token_id", data.eos_id), ("bos_token_id", data.bos_id)):
+        theirs = arch.token_ids.get(key)
+        if ours is not None and isinstance(theirs, int) and theirs != ours:
+            raise UserError(
+                f"data.tokenizer's {key.split('_')[0].upper()} is {ours} but {where} was converted with {theirs}: "
+                "not the tokenizer the model was trained with"
+            )
