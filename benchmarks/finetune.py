@@ -7,7 +7,8 @@
 Packing: the real length distribution of ``../shared/data/qa`` (rationale + direct examples, the paper's
 template) tokenized with ``--tokenizer`` (default: a SentencePiece model trained on those files, so token
 counts are only indicative of InternLM2's), packed into 2048-token rows with the global batch of 128
-examples, against padding. Steps: the same examples, one forward-backward + AdamW step, full and LoRA
+examples, against padding. Steps (rows of ``--pack-length``: a CPU attends densely over a whole row, so short
+rows suit it; on GPU the THD path attends per example whatever the row): the same examples, one forward-backward + AdamW step, full and LoRA
 (rank 16 on qkv/proj/fc1/fc2), megatron-core (packed rows) vs transformers + peft (the paper's collation:
 right-padded micro-batches); each case in its own process so its peak RSS is its own. Tokens/s counts
 non-padding tokens.
@@ -135,14 +136,14 @@ def _examples(work: Path):
     ]
 
 
-def run_case(case: str, work: Path, steps: int, mbs: int) -> dict:
+def run_case(case: str, work: Path, steps: int, mbs: int, pack_length: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
     ex = _examples(work)
     real = sum(len(e.tokens) - 1 for e in ex)
     step = (
-        _mcore_step(work, ex, "lora" in case)
+        _mcore_step(work, ex, "lora" in case, pack_length)
         if case.startswith("mcore")
         else _hf_step(work, ex, "lora" in case, mbs)
     )
@@ -167,7 +168,7 @@ def _lora():
     return LoraConfig(rank=16, alpha=32.0, dropout=0.0)
 
 
-def _mcore_step(work: Path, ex, lora: bool):
+def _mcore_step(work: Path, ex, lora: bool, pack_length: int):
     import contextlib
 
     import torch
@@ -202,7 +203,7 @@ def _mcore_step(work: Path, ex, lora: bool):
         OptimizerConfig(optimizer="adam", lr=1e-5, weight_decay=0.0, params_dtype=torch.float32), [ddp]
     )
     core.finalize_model_grads_func, core.no_sync_func = finalize_model_grads, ddp.no_sync
-    mbs = SFTBatches(ex, 2048, len(ex), seed=0).step(0).microbatches
+    mbs = SFTBatches(ex, pack_length, len(ex), seed=0).step(0).microbatches
     fb = get_forward_backward_func()
 
     def step():
@@ -275,11 +276,13 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=16)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--hf-micro-batch", type=int, default=4)
+    ap.add_argument("--pack-length", type=int, default=512, help="packed row length of the CPU steps")
+    ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     ap.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
-        print(json.dumps(run_case(args.case, args.work, args.steps, args.hf_micro_batch)))
+        print(json.dumps(run_case(args.case, args.work, args.steps, args.hf_micro_batch, args.pack_length)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -288,7 +291,7 @@ def main() -> None:
         if args.packing_only:
             return
         prepare(work, tok, args.examples)
-        for case in CASES:
+        for case in args.cases:
             cmd = [
                 sys.executable,
                 "-m",
@@ -301,6 +304,8 @@ def main() -> None:
                 str(args.steps),
                 "--hf-micro-batch",
                 str(args.hf_micro_batch),
+                "--pack-length",
+                str(args.pack_length),
             ]
             r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
             line = (
