@@ -261,3 +261,18 @@ def test_tokenizer_that_does_not_match_the_checkpoint_is_refused(tmp_path, sp, q
         save_llama(tiny_llama(vocab_size=3072), tmp_path / "ok"), tmp_path / "ok_mc", skip_validation=True
     )
     check_tokenizer(qa_data, tmp_path / "ok_mc")  # BOS 1 / EOS 2 as converted
+
+
+def test_packed_seq_params_for_the_gpu_thd_path():
+    """megatron-core's PackedSeqParams (THD): one sequence per example plus the padding tail, int32 offsets."""
+    from megatron_mmed.finetune.packing import packed_seq_params
+
+    b = SFTBatches(_toy([5, 4, 6]), seq_length=16, global_batch_size=3, seed=0, pad_to_multiple_of=16)
+    seg = b.step(0).microbatches[0]["segment_ids"]
+    p = packed_seq_params(seg)
+    assert p.qkv_format == "thd" and p.cu_seqlens_q.dtype == torch.int32
+    assert torch.equal(p.cu_seqlens_q, p.cu_seqlens_kv) and int(p.cu_seqlens_q[-1]) == 16
+    assert p.cu_seqlens_q.tolist()[:-1] == [0, *np.cumsum([int((seg == k).sum()) for k in range(3)]).tolist()]
+    assert p.max_seqlen_q == max(4, 3, 5, 16 - 12)
+    with pytest.raises(ValueError, match="micro_batch_size=1"):
+        packed_seq_params(torch.zeros(2, 8, dtype=torch.long))
