@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from conversion import hf_io, mcore_io, validate
+from conversion import hf_io, lora, mcore_io, validate
 from conversion.arch import Arch, hf_config
 from conversion.layouts import (
     FAMILIES,
@@ -179,6 +179,9 @@ def mcore_to_hf(
         raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(hf_io.DTYPES)}")
     family = FAMILIES[layout]
     path = mcore_io.resolve_checkpoint(ckpt, iteration)
+    adapters = None  # a LoRA checkpoint: adapters here, the frozen base at its adapter.yaml's base
+    if lora.read_adapter_meta(path) is not None:
+        adapters, meta, path = lora.lora_checkpoint(ckpt, iteration)
     arch, name, extras = mcore_io.checkpoint_arch(path, vocab_size)
     ck = mcore_io.McoreCheckpoint.open(path)
     ck.check_arch(arch, f"its config (model {name!r})")
@@ -192,12 +195,19 @@ def mcore_to_hf(
             "InternLM2 layout: load with InternLM2's remote code (trust_remote_code); validated through the "
             "numerically identical Llama mapping"
         )
+    get = lambda m: _unpadded(ck.get(m), m, arch)  # noqa: E731
+    if adapters is not None:
+        get = lora.merged_getter(get, lora.delta_getter(mcore_io.McoreCheckpoint.open(adapters), meta, arch))
+        report.notes.append(
+            f"LoRA adapters of {adapters} (rank {meta.lora.rank}, alpha {meta.lora.alpha:g}, "
+            f"{','.join(meta.lora.targets)}) folded into the base weights of {path}"
+        )
     with staged_output(out, force) as tmp:
         shapes = hf_shapes(family, arch)
         plan = [(n, shapes[n]) for n in hf_names_in_order(family, arch)]
         writer = hf_io.ShardedSafetensorsWriter(tmp, plan, hf_io.DTYPES[dtype], max_shard_bytes)
         try:
-            for n, t in mcore_to_hf_tensors(family, arch, lambda m: _unpadded(ck.get(m), m, arch)):
+            for n, t in mcore_to_hf_tensors(family, arch, get):
                 writer.write(n, t)
         finally:
             writer.close()
@@ -210,7 +220,10 @@ def mcore_to_hf(
             )
         if not skip_validation:
             ids, how = validate.prompt_ids(arch.vocab_size, tmp)
-            source_logits = validate.mcore_logits(arch, path, ck.padded_vocab, ids)
+            if adapters is None:
+                source_logits = validate.mcore_logits(arch, path, ck.padded_vocab, ids)
+            else:  # the unmerged model: base + adapters through their hooks
+                source_logits = lora.lora_mcore_logits(arch, path, adapters, meta, ck.padded_vocab, ids)
             out_src = hf_io.open_hf(tmp, layout)
             target = validate.hf_logits_from_family(family, arch, out_src.get, ids)
             out_src.close()

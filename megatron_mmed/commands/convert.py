@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "convert checkpoints: hf-to-mcore (HF -> torch_dist init_from) or mcore-to-hf (training ckpt -> HF)"
+HELP = (
+    "convert checkpoints: hf-to-mcore (HF -> torch_dist init_from), mcore-to-hf (training ckpt -> HF, LoRA "
+    "merged) or lora-to-peft (LoRA ckpt -> PEFT adapter)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--vocab-size", type=int, default=None, help="real vocabulary (default: from the run config)"
     )
-    for p in (a, b):
+    c = sub.add_parser("lora-to-peft", help="LoRA fine-tuning checkpoint -> Hugging Face PEFT adapter")
+    c.add_argument("--ckpt", required=True, help="LoRA run dir (uses latest) or one of its iter_* dirs")
+    c.add_argument("--base", required=True, help="the HF base model folder (mcore-to-hf of the base weights)")
+    c.add_argument("--out", required=True, help="adapter folder (must not exist unless --force)")
+    c.add_argument("--iteration", type=int, default=None, help="checkpoint iteration (default: latest)")
+    for p in (a, b, c):
         p.add_argument("--force", action="store_true", help="overwrite an existing --out")
         p.add_argument(
             "--skip-validation", action="store_true", help="do not compare logits of source and target"
@@ -59,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
             make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
             **common,
         )
+    elif args.direction == "lora-to-peft":
+        from conversion.lora import lora_to_peft
+
+        report = lora_to_peft(args.ckpt, args.base, iteration=args.iteration, **common)
     else:
         report = mcore_to_hf(
             args.ckpt,

@@ -1,0 +1,320 @@
+"""Fine-tuning: packing efficiency on the dev QA files, and tokens/s + peak memory of one SFT step.
+
+    .venv/bin/python -m benchmarks.finetune                      # packing + CPU steps (a few minutes)
+    .venv/bin/python -m benchmarks.finetune --packing-only
+    .venv/bin/python -m benchmarks.finetune --tokenizer internlm2/tokenizer.model
+
+Packing: the real length distribution of ``../shared/data/qa`` (rationale + direct examples, the paper's
+template) tokenized with ``--tokenizer`` (default: a SentencePiece model trained on those files, so token
+counts are only indicative of InternLM2's), packed into 2048-token rows with the global batch of 128
+examples, against padding. Steps (rows of ``--pack-length``: a CPU attends densely over a whole row, so short
+rows suit it; on GPU the THD path attends per example whatever the row): the same examples, one forward-backward + AdamW step, full and LoRA
+(rank 16 on qkv/proj/fc1/fc2), megatron-core (packed rows) vs transformers + peft (the paper's collation:
+right-padded micro-batches); each case in its own process so its peak RSS is its own. Tokens/s counts
+non-padding tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+QA = REPO.parent / "shared" / "data" / "qa"
+MODEL = dict(
+    vocab_size=4096,
+    hidden_size=256,
+    intermediate_size=688,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+CASES = ("mcore-full", "mcore-lora", "hf-full", "hf-lora")
+
+
+def train_tokenizer(out: Path, vocab: int = 4000) -> Path:
+    import io
+
+    import sentencepiece as spm
+
+    from eval.data import LANGUAGES, iter_json_lines
+
+    texts = [
+        " ".join([rec["question"], *rec["options"].values(), rec.get("rationale", "")])
+        for lang in LANGUAGES
+        for _, rec, _ in iter_json_lines(QA / f"{lang}.jsonl")
+    ]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=buf,
+        vocab_size=vocab,
+        model_type="bpe",
+        character_coverage=0.995,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        num_threads=1,
+        max_sentence_length=50000,
+        minloglevel=2,
+    )
+    out.write_bytes(buf.getvalue())
+    return out
+
+
+def packing(tokenizer: Path) -> dict:
+    from megatron_mmed.finetune.config import SFTDataConfig
+    from megatron_mmed.finetune.data import load_sft_data
+    from megatron_mmed.finetune.packing import SFTBatches, packing_stats
+
+    data = load_sft_data(SFTDataConfig(train=str(QA), tokenizer=str(tokenizer), max_length=2048))
+    lengths = [len(e.tokens) for e in data.examples]
+    kw = dict(seq_length=2048, global_batch_size=128, seed=42, pad_id=data.pad_id)
+    rows = {
+        "packed 2048, DP=1": packing_stats(SFTBatches(data.examples, **kw)),
+        "packed 2048, DP=8": packing_stats(SFTBatches(data.examples, dp_size=8, **kw)),
+        "padded to longest of 4": packing_stats(
+            SFTBatches(data.examples, pack=False, micro_batch_size=4, **kw)
+        ),
+        "padded to 2048": packing_stats(SFTBatches(data.examples, pack=False, fixed_length=True, **kw)),
+    }
+    return {
+        "examples": len(lengths),
+        "mean_tokens": statistics.mean(lengths),
+        "median_tokens": statistics.median(lengths),
+        "max_tokens": max(lengths),
+        "rows": {
+            k: {
+                "non_padding_share": v["non_padding_share"],
+                "examples_per_row": v["examples_per_row"],
+                "rows": v["rows"],
+            }
+            for k, v in rows.items()
+        },
+    }
+
+
+def prepare(work: Path, tokenizer: Path, n_examples: int) -> None:
+    """A random Llama of MODEL's shape (HF + converted), and ``n_examples`` short real examples."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from conversion import hf_to_mcore
+    from megatron_mmed.finetune.config import SFTDataConfig
+    from megatron_mmed.finetune.data import load_sft_data
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**MODEL)).save_pretrained(work / "hf")
+    hf_to_mcore(work / "hf", work / "mcore", skip_validation=True, force=True)
+    data = load_sft_data(SFTDataConfig(train=str(QA), tokenizer=str(tokenizer), max_length=512))
+    ex = [e for e in data.examples if len(e.tokens) <= 512][:n_examples]
+    torch.save([(e.tokens.tolist(), e.prompt_len) for e in ex], work / "examples.pt")
+
+
+def _examples(work: Path):
+    import numpy as np
+    import torch
+
+    from megatron_mmed.finetune.data import SFTTokens
+
+    return [
+        SFTTokens(np.asarray(t), p, "x", False)
+        for t, p in torch.load(work / "examples.pt", weights_only=True)
+    ]
+
+
+def run_case(case: str, work: Path, steps: int, mbs: int, pack_length: int) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    ex = _examples(work)
+    real = sum(len(e.tokens) - 1 for e in ex)
+    step = (
+        _mcore_step(work, ex, "lora" in case, pack_length)
+        if case.startswith("mcore")
+        else _hf_step(work, ex, "lora" in case, mbs)
+    )
+    step()  # warm-up
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    sec = statistics.median(times)
+    return {
+        "case": case,
+        "tokens_per_s": real / sec,
+        "step_s": sec,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _lora():
+    from megatron_mmed.finetune.config import LoraConfig
+
+    return LoraConfig(rank=16, alpha=32.0, dropout=0.0)
+
+
+def _mcore_step(work: Path, ex, lora: bool, pack_length: int):
+    import contextlib
+
+    import torch
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from conversion.mcore_io import mcore_session, read_model_config
+    from megatron_mmed.finetune.lora import apply_lora
+    from megatron_mmed.finetune.packing import SFTBatches
+    from megatron_mmed.finetune.step import make_forward_step
+    from megatron_mmed.models.builder import build_gpt_model, transformer_config
+    from megatron_mmed.training.checkpoint import load_weights
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(mcore_session())
+    preset, _, doc = read_model_config(work / "mcore" / "model_config.yaml")
+    core = transformer_config(
+        preset,
+        params_dtype=torch.float32,
+        use_cpu_initialization=True,
+        perform_initialization=False,
+        calculate_per_token_loss=True,
+    )
+    model = build_gpt_model(preset, core, doc["padded_vocab_size"], 2048, spec="local")
+    load_weights(work / "mcore", [model])
+    if lora:
+        apply_lora(model, _lora(), seed=0)
+    ddp = DistributedDataParallel(core, DistributedDataParallelConfig(grad_reduce_in_fp32=True), model)
+    opt = get_megatron_optimizer(
+        OptimizerConfig(optimizer="adam", lr=1e-5, weight_decay=0.0, params_dtype=torch.float32), [ddp]
+    )
+    core.finalize_model_grads_func, core.no_sync_func = finalize_model_grads, ddp.no_sync
+    mbs = SFTBatches(ex, pack_length, len(ex), seed=0).step(0).microbatches
+    fb = get_forward_backward_func()
+
+    def step():
+        ddp.zero_grad_buffer()
+        opt.zero_grad()
+        fb(
+            forward_step_func=make_forward_step("cpu"),
+            data_iterator=iter(mbs),
+            model=ddp,
+            num_microbatches=len(mbs),
+            seq_length=2048,
+            micro_batch_size=1,
+            forward_only=False,
+        )
+        opt.step()
+
+    step.stack = stack  # keep the session open
+    return step
+
+
+def _hf_step(work: Path, ex, lora: bool, mbs: int):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(work / "hf", dtype=torch.float32).train()
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        c = _lora()
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=c.rank,
+                lora_alpha=c.alpha,
+                lora_dropout=0.0,
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            ),
+        )
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+    batches = []
+    for k in range(0, len(ex), mbs):
+        chunk = ex[k : k + mbs]
+        n = max(len(e.tokens) for e in chunk)
+        ids = torch.zeros((len(chunk), n), dtype=torch.long)
+        labels = torch.full((len(chunk), n), -100)
+        att = torch.zeros((len(chunk), n), dtype=torch.long)
+        for j, e in enumerate(chunk):
+            t = torch.as_tensor(e.tokens)
+            ids[j, : len(t)], att[j, : len(t)] = t, 1
+            labels[j, e.prompt_len : len(t)] = t[e.prompt_len :]
+        batches.append((ids, labels, att))
+    total = sum(int((b[1] != -100).sum()) for b in batches)
+
+    def step():
+        opt.zero_grad()
+        for ids, labels, att in batches:
+            out = model(input_ids=ids, attention_mask=att, labels=labels)
+            (out.loss * int((labels[:, 1:] != -100).sum()) / total).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokenizer", type=Path, default=None)
+    ap.add_argument("--packing-only", action="store_true")
+    ap.add_argument("--examples", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--hf-micro-batch", type=int, default=4)
+    ap.add_argument("--pack-length", type=int, default=512, help="packed row length of the CPU steps")
+    ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    ap.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
+    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case, args.work, args.steps, args.hf_micro_batch, args.pack_length)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        tok = args.tokenizer or train_tokenizer(work / "qa.model")
+        print(json.dumps({"packing": packing(tok)}, indent=2))
+        if args.packing_only:
+            return
+        prepare(work, tok, args.examples)
+        for case in args.cases:
+            cmd = [
+                sys.executable,
+                "-m",
+                "benchmarks.finetune",
+                "--case",
+                case,
+                "--work",
+                str(work),
+                "--steps",
+                str(args.steps),
+                "--hf-micro-batch",
+                str(args.hf_micro_batch),
+                "--pack-length",
+                str(args.pack_length),
+            ]
+            r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+            line = (
+                r.stdout.strip().splitlines()[-1]
+                if r.returncode == 0
+                else f'{{"case": "{case}", "error": {json.dumps(r.stderr[-500:])}}}'
+            )
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
