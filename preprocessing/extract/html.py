@@ -217,7 +217,10 @@ class HtmlExtractor:
         n = -1
         try:
             with open_stream(unit) as fh:
-                for n, record in enumerate(ArchiveIterator(fh)):
+                records = ArchiveIterator(fh)
+                for n, record in enumerate(records):
+                    if record.format != "warc":
+                        raise ValueError(f"not a WARC record ({record.format} format)")
                     stats.add("warc", "records")
                     if record.rec_type != "response" or record.http_headers is None:
                         stats.add("warc_skipped", record.rec_type)
@@ -229,12 +232,10 @@ class HtmlExtractor:
                     mime = ctype.split(";")[0].strip().lower()
                     base = {"id": uid, "source": unit.name, "url": url}
                     if mime not in HTML_TYPES:
-                        record.content_stream().read()  # drain, so the iterator stays in step
                         yield "rejected", {**base, "reason": "not_html", "detail": mime or "no content type"}
                         continue
                     status = record.http_headers.get_statuscode() or ""
                     if not status.startswith("2"):
-                        record.content_stream().read()
                         yield "rejected", {**base, "reason": "http_status", "detail": f"HTTP {status}"}
                         continue
                     data = record.content_stream().read(max_bytes + 1)
@@ -249,6 +250,13 @@ class HtmlExtractor:
                     yield self.page(
                         data, uid, unit.name, "warc", stats, url, m.group(1) if m else None, extra
                     )
+                # warcio stops quietly at a cut gzip member: bytes left after the last whole record tell (an
+                # uncompressed file ends with the last record's 4-byte CRLF CRLF). Asked only now: asking for
+                # the offset while a record is being read empties its payload.
+                end = records.get_record_offset() + records.get_record_length() if n >= 0 else 0
+                if fh.tell() - end > 4:
+                    n += 1
+                    raise ValueError(f"{fh.tell() - end:,} bytes after the last complete record (truncated?)")
         except (
             ArchiveLoadFailed,
             OSError,

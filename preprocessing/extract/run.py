@@ -166,7 +166,7 @@ def dedup_urls(out: Path, shards: list[Shard], results: dict[str, dict[str, Any]
             continue
         path = docs_file(out, sid)
         kept, dropped = [], []
-        for rec in read_jsonl_zst(path):
+        for rec in read_jsonl_zst(path) if path.is_file() else ():
             (dropped if rec["id"] in ids else kept).append(rec)
         d = ExtractStats()
         dup_file = out / REJECTED / f"{sid}.urldup.jsonl.zst"
@@ -184,8 +184,10 @@ def dedup_urls(out: Path, shards: list[Shard], results: dict[str, dict[str, Any]
                 )
                 d.doc(meta["type"], meta.get("lang_hint"), len(rec["text"]), sign=-1)
                 d.add("drops", "duplicate_url")
-        if dropped:  # else an earlier, interrupted pass already rewrote this file
-            with JsonlZstWriter(path, create_empty=True) as w:
+        if not kept:
+            path.unlink(missing_ok=True)
+        elif dropped:  # else an earlier, interrupted pass already rewrote this file
+            with JsonlZstWriter(path) as w:
                 for rec in kept:
                     w.write(rec)
         markers.mark(sid, {"dropped": sorted(ids), "delta": d.to_dict()})
