@@ -382,6 +382,7 @@ def scan_pages(src: Path, dst: Path, pages: list[int], dpi: int = 300, vertical:
         out.image(buf, x=0, y=0, w=W, h=H)
         page.close()
     doc.close()
+    dst.parent.mkdir(parents=True, exist_ok=True)
     out.output(str(dst))
 
 
