@@ -309,6 +309,7 @@ class PdfExtractor:
         structure = sections[0].source
         stats.add("structure", structure)
         method = {p.number: p.method for p in pages}
+        pack = {p.number: p.detail for p in pages if p.method == "ocr"}
         for k, ch in enumerate(chapters, 1):
             uid = unit.name if len(chapters) == 1 and structure == "none" else f"{unit.name}#ch{k:02d}"
             ocr_pages = sum(1 for n in ch.pages if method.get(n) == "ocr")
@@ -322,6 +323,7 @@ class PdfExtractor:
                 "page_count": len(pages),
                 "method": how,
                 "ocr_pages": ocr_pages,
+                "ocr_packs": sorted({pack[n] for n in ch.pages if n in pack}),
                 "structure": structure,
                 "lang_hint": lang,
             }
