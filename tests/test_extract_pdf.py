@@ -48,6 +48,7 @@ def shelf(shared_data, tmp_path_factory):
     return base, books, result
 
 
+@pytest.mark.slow  # builds and extracts eight books (~30 s)
 def test_chapters_equal_known_text_in_six_languages(shelf):
     base, books, result = shelf
     docs = _docs(base / "out")
@@ -81,6 +82,7 @@ def test_chapters_equal_known_text_in_six_languages(shelf):
     )
 
 
+@pytest.mark.slow  # builds and extracts eight books (~30 s)
 def test_paragraphs_are_kept(shelf):
     base, books, _ = shelf
     docs = _docs(base / "out")

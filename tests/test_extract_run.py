@@ -77,6 +77,7 @@ def full(raw, tmp_path_factory):
     return out, run_extract([raw], out, cfg, show_progress=False)
 
 
+@pytest.mark.slow
 def test_cli_contract_and_prep_reads_docs_unchanged(raw, full, tmp_path: Path):
     out = tmp_path / "ext"
     res = subprocess.run(
@@ -135,6 +136,7 @@ def test_cli_contract_and_prep_reads_docs_unchanged(raw, full, tmp_path: Path):
     assert all(r["source"] == by_id[r["id"]]["source"] for r in kept)
 
 
+@pytest.mark.slow
 def test_workers_do_not_change_output(raw, full, tmp_path: Path):
     out, _ = full
     cfg = load_config(ExtractConfig, None, ["html_per_shard=5", "workers=2"])
@@ -152,6 +154,7 @@ def _n_done(out: Path) -> int:
     return sum(1 for p in (out / ".done" / "extract").glob("*.json") if p.name != "_run.json")
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_gives_identical_output(raw, full, tmp_path: Path):
     out, _ = full
     killed = tmp_path / "killed"
@@ -181,6 +184,7 @@ def test_resume_after_kill_9_gives_identical_output(raw, full, tmp_path: Path):
     assert not list(killed.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_array_tasks_equal_one_run(raw, full, tmp_path: Path, monkeypatch):
     out, _ = full
     arr = tmp_path / "arr"
@@ -207,6 +211,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*MMED, "extract", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(raw, full, tmp_path: Path, shared_data):
     out, _ = full
     f = tmp_path / "file"
@@ -244,6 +249,7 @@ def test_cli_errors_are_one_line(raw, full, tmp_path: Path, shared_data):
     assert not list((tmp_path / "o2").rglob("*.zst")) and not (tmp_path / "o2" / "report.json").exists()
 
 
+@pytest.mark.slow
 def test_pipeline_runs_extract_then_prep(raw, tmp_path: Path, shared_data):
     out = tmp_path / "pipe"
     raw_text = tmp_path / "text"

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 #: pdfium writes U+FFFE where it joined a line-end hyphen to the next line itself
 PDFIUM_HYPHEN = "\ufffe"
-_LINE_END_HYPHENS = ("-", "\u00ad", "\u2010", "\x02", PDFIUM_HYPHEN)
+_LINE_END_HYPHENS = "-\u00ad\u2010\x02" + PDFIUM_HYPHEN
 
 #: a line is in the header/footer band when it lies in the top or bottom 10 % of the page
 EDGE_BAND = 0.10
@@ -117,7 +117,6 @@ _ENTRY_RE = re.compile(r"(?:\.{2,}|…|·{2,}|\s|[,，])\s*\d{1,4}\s*$")
 _TERMINAL = frozenset('.!?。！？…:;»"”’)')
 _DIGITS_RE = re.compile(r"\d+")
 _NONWORD_RE = re.compile(r"[\W_]+")
-_HYPHENATED_RE = re.compile(r"[^\W\d_]+-[^\W\d_]+")
 _JOIN_RE = re.compile(rf"([^\W\d_]*){PDFIUM_HYPHEN}([^\W\d_]*)")
 
 
@@ -145,14 +144,12 @@ def _edge_lines(page: Page) -> list[int]:
     """Indices of the lines in the top/bottom band set in body-size type or smaller (a large chapter title
     near the top edge is not a running header)."""
     lines = page.lines
-    if not lines:
-        return []
-    limit = 1.25 * _median([ln.bottom - ln.top for ln in lines])
-    return [
-        i
-        for i, ln in enumerate(lines)
-        if (ln.top < EDGE_BAND or ln.bottom > 1.0 - EDGE_BAND) and ln.bottom - ln.top <= limit
-    ]
+    low = 1.0 - EDGE_BAND
+    idx = [i for i, ln in enumerate(lines) if ln.top < EDGE_BAND or ln.bottom > low]
+    if not idx:
+        return idx
+    limit = 1.25 * _median([ln.bottom - ln.top for ln in lines[:: max(1, len(lines) // 15)]])
+    return [i for i in idx if lines[i].bottom - lines[i].top <= limit]
 
 
 def remove_running_lines(pages: list[Page]) -> int:
@@ -167,6 +164,8 @@ def remove_running_lines(pages: list[Page]) -> int:
                 where[key].append(pi)
     running = set()
     for key, pis in where.items():
+        if len(pis) < 2:
+            continue
         near = sum(1 for a, b in zip(pis, pis[1:]) if b - a <= 2)
         # a chapter heading ("chapter #") opens pages far apart; a running header repeats page after page
         if near >= (2 if _CHAPTER_KEY_RE.match(key) else 1):
@@ -229,16 +228,20 @@ def _median(values: list[float]) -> float:
     return s[len(s) // 2] if s else 0.0
 
 
-def mark_paragraphs(page: Page) -> None:
+def mark_paragraphs(page: Page, sizes: bool = True) -> None:
     """Set ``Line.para`` from geometry: an extra vertical gap, a first-line indent, a short line ending a
-    sentence before it, a change of font size, or a jump back up the page (next column)."""
+    sentence before it, a change of font size (``sizes``: off for OCR, whose boxes hug the ink), or a jump
+    back up the page (next column)."""
     lines = page.lines
     if not lines:
         return
     heights = [ln.bottom - ln.top for ln in lines]
     mh = _median(heights) or 0.01
     left = _median([ln.left for ln in lines])
-    right = _median([ln.right for ln in lines])
+    rights = sorted(ln.right for ln in lines)
+    right = rights[
+        len(rights) * 9 // 10
+    ]  # the text block's right edge (lines of ragged text end short of it)
     width = max(right - left, 0.05)
     gaps = [b.top - a.bottom for a, b in zip(lines, lines[1:]) if b.top > a.bottom - 0.5 * mh]
     gap = _median(gaps)
@@ -252,14 +255,17 @@ def mark_paragraphs(page: Page) -> None:
             g = ln.top - prev.bottom
             prev_h = prev.bottom - prev.top
             prev_short = prev.right < right - 0.15 * width and prev.text[-1:] in _TERMINAL
-            prev_centered = prev.left > left + 0.05 * width and prev.right < right - 0.05 * width
+            prev_centered = (
+                prev.left > left + 0.1 * width
+                and abs((prev.left - left) - (right - prev.right)) < 0.05 * width
+            )
             ln.para = (
                 g > gap + 0.5 * mh
                 or g < -mh  # back up the page: the next column or a float
                 or (indented and prev.left <= left + indent)
                 or prev_short
                 or prev_centered
-                or abs(h - prev_h) > 0.2 * mh
+                or (sizes and abs(h - prev_h) > 0.2 * mh)
             )
         prev = ln
     last = lines[-1]
@@ -282,12 +288,19 @@ def _is_entry_page(page: Page) -> bool:
 def reading_order(lines: list[Line]) -> list[Line]:
     """Lines in the top band first and lines wholly in the bottom band last (each by position), the body in
     the PDF's own order between them: a running header drawn after the body must not split a sentence."""
-    head = [ln for ln in lines if ln.top < EDGE_BAND]
-    foot = [ln for ln in lines if ln.top >= 1.0 - EDGE_BAND]
+    head: list[Line] = []
+    body: list[Line] = []
+    foot: list[Line] = []
+    low = 1.0 - EDGE_BAND
+    for ln in lines:
+        (head if ln.top < EDGE_BAND else foot if ln.top >= low else body).append(ln)
     if not head and not foot:
         return lines
-    body = [ln for ln in lines if EDGE_BAND <= ln.top < 1.0 - EDGE_BAND]
-    return sorted(head, key=lambda ln: ln.top) + body + sorted(foot, key=lambda ln: ln.top)
+    if len(head) > 1:
+        head.sort(key=lambda ln: ln.top)
+    if len(foot) > 1:
+        foot.sort(key=lambda ln: ln.top)
+    return head + body + foot
 
 
 #: a page's first line at least this much taller than the page's median line is a chapter title
@@ -296,6 +309,11 @@ _TITLE_SIZE = 1.4
 
 def _big_title(page: Page, i: int) -> bool:
     line = page.lines[i]
+    if len(page.lines) < i + 4 or line.top >= 0.3:
+        return False
+    nxt = page.lines[i + 1]
+    if line.bottom - line.top < _TITLE_SIZE * (nxt.bottom - nxt.top) * 0.8:
+        return False  # the usual case, decided without a median
     rest = [ln.bottom - ln.top for ln in page.lines[i + 1 :]]
     return (
         len(rest) >= 3
@@ -386,10 +404,8 @@ def sections_from_headings(pages: list[Page]) -> list[Section]:
     """Sections opened by chapter/front/back titles at the top of pages (contents pages never open one)."""
     sections = []
     for pi, page in enumerate(pages):
-        if _is_entry_page(page) and not FRONT_TITLE_RE.match(_first_line(page)):
-            continue
         h = _heading(page)
-        if h is not None:
+        if h is not None and (h[0] == "front" or not _is_entry_page(page)):
             sections.append(Section(h[0], h[1], (pi, h[2]), "headings"))
     return sections
 
@@ -465,22 +481,34 @@ def plan_sections(
 
 
 def _hyphen_words(pages: list[Page]) -> set[str]:
-    """Words the book writes with a hyphen inside a line ("anti-inflammatory"), case-folded."""
+    """Words the book writes with a hyphen inside a line ("anti-inflammatory"), case-folded. Found from the
+    hyphens (a few per page) rather than by a regex over every word of the book."""
     found: set[str] = set()
     for page in pages:
         for ln in page.lines:
-            if "-" in ln.text:
-                found.update(w.casefold() for w in _HYPHENATED_RE.findall(ln.text))
+            text = ln.text
+            i = text.find("-", 1)
+            while 0 < i < len(text) - 1:
+                if text[i - 1].isalpha() and text[i + 1].isalpha():
+                    found.add(f"{_word_tail(text, i)}-{_HEAD_RE.match(text, i + 1).group(0)}".casefold())
+                i = text.find("-", i + 1)
     return found
 
 
-def _word_tail(text: str) -> str:
-    m = re.search(r"[^\W\d_]+$", text)
-    return m.group(0) if m else ""
+_HEAD_RE = re.compile(r"[^\W\d_]*")
+
+
+def _word_tail(text: str, end: int | None = None) -> str:
+    """The letters that end ``text[:end]`` (a scan back over a few characters, not a regex over the line)."""
+    end = len(text) if end is None else end
+    i = end
+    while i > 0 and text[i - 1].isalpha():
+        i -= 1
+    return text[i:end]
 
 
 def _word_head(text: str) -> str:
-    m = re.match(r"[^\W\d_]+", text)
+    m = _HEAD_RE.match(text)
     return m.group(0) if m else ""
 
 
@@ -507,35 +535,29 @@ class Joiner:
         return text
 
     def join(self, lines: list[Line]) -> str:
-        """Paragraphs separated by a newline."""
-        paras: list[list[str]] = []
-        cur: list[str] = []
+        """Paragraphs separated by a newline. (Runs once per line of a book: kept to plain string tests.)"""
+        out: list[str] = []
+        prev = ""
         for ln in lines:
-            text = self.line_text(ln.text)
+            text = ln.text
+            if PDFIUM_HYPHEN in text:
+                text = self.line_text(text)
             if not text:
                 continue
-            if ln.para and cur:
-                paras.append(cur)
-                cur = []
-            if cur:
-                prev = cur[-1]
-                if (
-                    prev[-1] in _LINE_END_HYPHENS
-                    and len(prev) > 1
-                    and prev[-2].isalpha()
-                    and text[0].islower()
-                ):
+            if prev:
+                last = prev[-1]
+                # a word broken at a line end is joined even across a paragraph mark (no paragraph ends so)
+                if last in _LINE_END_HYPHENS and text[0].islower() and len(prev) > 1 and prev[-2].isalpha():
                     left, right = _word_tail(prev[:-1]), _word_head(text)
                     keep = left and right and self._keeps_hyphen(left, right)
-                    cur[-1] = prev[:-1] + ("-" if keep else "")
-                    cur.append(text)
-                    continue
-                if not (is_cjk(prev[-1]) or is_cjk(text[0])):
-                    cur.append(" ")
-            cur.append(text)
-        if cur:
-            paras.append(cur)
-        return "\n".join("".join(p) for p in paras)
+                    out[-1] = prev[:-1] + ("-" if keep else "")
+                elif ln.para:
+                    out.append("\n")
+                elif not ((last >= "\u2e80" and is_cjk(last)) or (text[0] >= "\u2e80" and is_cjk(text[0]))):
+                    out.append(" ")
+            out.append(text)
+            prev = text
+        return "".join(out)
 
 
 def assemble(pages: list[Page], sections: list[Section], min_chars: int) -> list[Chapter]:

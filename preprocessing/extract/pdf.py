@@ -41,61 +41,84 @@ def _rejected(uid: str, reason: str, detail: str, unit: Unit, **extra: Any) -> I
     return "rejected", {"id": uid, "reason": reason, "detail": detail, "source": unit.name, **extra}
 
 
+#: what a broken font mapping leaves in a text layer: U+FFFD, control characters, private-use code points
+_GARBAGE_RE = re.compile("[\ufffd\x00\x01\x03-\x08\x0b\x0c\x0e-\x1f\ue000-\uf8ff]")
+
+
 def _garbage_share(text: str) -> float:
-    """Share of characters a broken font mapping leaves behind: U+FFFD, controls, private use."""
-    bad = sum(
-        1
-        for ch in text
-        if ch == "\ufffd" or (ch < " " and ch not in "\r\n\t\x02") or "\ue000" <= ch <= "\uf8ff"
-    )
-    return bad / max(len(text), 1)
+    if not _GARBAGE_RE.search(text):
+        return 0.0
+    return len(_GARBAGE_RE.findall(text)) / max(len(text), 1)
 
 
 def text_layer_lines(page, textpage) -> tuple[str, list[Line]]:
-    """The page's text and its lines with positions (from the loose boxes of each line's first/last character).
+    """The page's text and its lines with positions (loose boxes of each line's first and last character).
 
     pdfium joins a line that ends in a hyphen to the text that follows it in the content stream, marking the
     join with U+FFFE; that text may be the next line but also a running header drawn after the body. Such
     lines are split back at the mark (the first part keeps its hyphen), so headers come off cleanly and the
-    book-level joiner decides about the hyphen.
+    book-level joiner decides about the hyphen. This runs for every line of every page, so the boxes come from
+    PDFium's C call directly (one reused rectangle), and a line at least 80 % as long as the page's longest
+    takes that line's right edge (it is no paragraph's short last line) instead of asking for its own.
     """
+    import pypdfium2.raw as pdfium_c
+
     text = textpage.get_text_range()
     left, bottom, right, top = page.get_bbox()
-    w, h = (right - left) or 1.0, (top - bottom) or 1.0
-    geometry = len(text) == textpage.count_chars()
-    lines: list[Line] = []
-    raw_lines = text.split("\r\n")
+    sx, sy = 1.0 / ((right - left) or 1.0), 1.0 / ((top - bottom) or 1.0)
+    spans: list[tuple[str, int, int]] = []  # (text, index of its first and of its last character)
     off = 0
-    for n, raw in enumerate(raw_lines):
-        seg_off = off
-        for seg in raw.split(PDFIUM_HYPHEN) if PDFIUM_HYPHEN in raw else (raw,):
-            end = seg_off + len(seg)  # index of the U+FFFE after this segment (or of the line end)
-            stripped = seg.strip()
-            if end < off + len(raw):
-                stripped += "-"
-            if stripped:
-                box = None
-                if geometry:
-                    a = seg_off + (len(seg) - len(seg.lstrip()))
-                    b = seg_off + len(seg.rstrip()) - 1 if seg.strip() else a
-                    try:
-                        l0, b0, r0, t0 = textpage.get_charbox(a, loose=True)
-                        l1, b1, r1, t1 = textpage.get_charbox(b, loose=True)
-                        box = (
-                            (top - max(t0, t1)) / h,
-                            (top - min(b0, b1)) / h,
-                            (min(l0, l1) - left) / w,
-                            (max(r0, r1) - left) / w,
-                        )
-                    except Exception:  # pdfium refuses a box: fall back to the line's rank on the page
-                        geometry = False
-                if box is None:
-                    y = n / max(len(raw_lines), 1)
-                    box = (y, y, 0.0, 1.0)
-                lines.append(Line(stripped, *box))
-            seg_off = end + 1
+    for raw in text.split("\r\n"):
+        if PDFIUM_HYPHEN not in raw:
+            stripped = raw.strip()
+            if stripped is raw:  # nothing stripped (str.strip returns the same object)
+                spans.append((raw, off, off + len(raw) - 1))
+            elif stripped:
+                first = off + raw.index(stripped[0])
+                spans.append((stripped, first, first + len(stripped) - 1))
+        else:
+            seg_off = off
+            segments = raw.split(PDFIUM_HYPHEN)
+            for k, seg in enumerate(segments):
+                stripped = seg.strip()
+                if stripped:
+                    first = seg_off + seg.index(stripped[0])
+                    spans.append(
+                        (stripped + ("-" if k < len(segments) - 1 else ""), first, first + len(stripped) - 1)
+                    )
+                seg_off += len(seg) + 1
         off += len(raw) + 2
-    return text, reading_order(lines) if geometry else lines
+    if not spans:
+        return text, []
+    if len(text) != textpage.count_chars():  # no index match: ranks on the page stand in for positions
+        n = len(spans)
+        return text, [Line(t, i / n, i / n, 0.0, 1.0) for i, (t, _, _) in enumerate(spans)]
+    rect = pdfium_c.FS_RECTF()
+    raw_tp = textpage.raw
+    loose_box = pdfium_c.FPDFText_GetLooseCharBox
+    longest = max(spans, key=lambda sp: len(sp[0]))
+    if not loose_box(raw_tp, longest[1], rect):
+        n = len(spans)
+        return text, [Line(t, i / n, i / n, 0.0, 1.0) for i, (t, _, _) in enumerate(spans)]
+    loose_box(raw_tp, longest[2], rect)
+    full_right = rect.right
+    long_line = 0.8 * len(longest[0])
+    lines: list[Line] = []
+    for t, first, end in spans:
+        loose_box(raw_tp, first, rect)
+        l0, b0, t0 = rect.left, rect.bottom, rect.top
+        if len(t) >= long_line:  # not a paragraph's short last line, whatever its exact end
+            r0 = full_right
+        elif end != first and loose_box(raw_tp, end, rect):
+            r0 = rect.right
+            if rect.bottom < b0:
+                b0 = rect.bottom
+            if rect.top > t0:
+                t0 = rect.top
+        else:
+            r0 = rect.right
+        lines.append(Line(t, (top - t0) * sy, (top - b0) * sy, (l0 - left) * sx, (r0 - left) * sx))
+    return text, reading_order(lines)
 
 
 def _has_image(page) -> bool:
@@ -225,7 +248,9 @@ class PdfExtractor:
                         text, lines = text_layer_lines(page, textpage)
                     finally:
                         textpage.close()
-                chars = sum(len(ln.text) for ln in lines)
+                chars = (
+                    len(text) if len(text) > 4 * cfg.pdf.min_page_chars else sum(len(ln.text) for ln in lines)
+                )
                 scanned = cfg.ocr == "always" or (
                     (chars < cfg.pdf.min_page_chars and _has_image(page))
                     or (chars and _garbage_share(text) > cfg.pdf.max_garbage_share)
@@ -298,7 +323,7 @@ class PdfExtractor:
             removed += remove_title_lines(pages, [t for _, t, _ in outline] + [title or ""])
             stats.add("pdf", "running_lines_removed", removed)
         for p in pages:
-            mark_paragraphs(p)
+            mark_paragraphs(p, sizes=p.method == "text")
         sections = plan_sections(pages, outline, pcfg.cut_front_back, pcfg.split_chapters)
         kept = self._kept_pages(pages, sections)
         stats.add("pdf", "pages_cut", sum(1 for p in pages if p.lines and p.number not in kept))
