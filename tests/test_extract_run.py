@@ -227,10 +227,12 @@ def test_cli_errors_are_one_line(raw, full, tmp_path: Path, shared_data):
             "made with another config",
         ),
     ]
+    config_before = (out / "config.yaml").read_text()
     for args, msg in cases:
         res = _cli(*args)
         assert res.returncode == 2 and msg in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
         assert res.stderr.startswith("mmed extract: error:"), res.stderr
+    assert (out / "config.yaml").read_text() == config_before  # the refused run left the folder as it was
     # a scanned page and no Tesseract: one line saying what to install, nothing half-written
     make_book(tmp_path / "b.pdf", shared_data, "en", chapters=1, front_back=False, chars_per_chapter=300)
     scan_pages(tmp_path / "b.pdf", tmp_path / "scans" / "scan.pdf", [1], dpi=100)

@@ -224,12 +224,13 @@ def run_extract(
     t0 = time.time()
     units, skipped_files = discover(inputs)
     out = ensure_writable_dir(out_dir)
+    markers = DoneMarkers(out, STAGE)
+    settings = {k: v for k, v in to_dict(cfg).items() if k != "workers"}  # workers never change the output
+    # checked before config.yaml is written: a refused run must not leave its config in the folder
+    markers.check_same_run({"config": settings, "inputs": [u.name for u in units]}, "extract run")
     save_config(cfg, out / "config.yaml")
     local = ShardExtractor(cfg)  # built up front: a missing Tesseract (--ocr always) fails before any work
     shards = plan_shards(units, cfg.html_per_shard)
-    markers = DoneMarkers(out, STAGE)
-    settings = {k: v for k, v in to_dict(cfg).items() if k != "workers"}  # workers never change the output
-    markers.check_same_run({"config": settings, "inputs": [u.name for u in units]}, "extract run")
     mine = [s for i, s in enumerate(shards) if i % world_size == rank]
     pending, results = [], {}
     for s in mine:
