@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from html import escape
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -243,7 +244,7 @@ def _pages(data: Path, n: int) -> list[tuple[str, list[str]]]:
         lang = langs[i % 6]
         body = texts[lang][(3 * i) % len(texts[lang]) :][:3]
         html = PAGE.format(
-            lang=lang, title=f"Article {i}", nav=nav, i=i, body="".join(f"<p>{p}</p>" for p in body)
+            lang=lang, title=f"Article {i}", nav=nav, i=i, body="".join(f"<p>{escape(p)}</p>" for p in body)
         )
         pages.append((html, body))
     return pages
