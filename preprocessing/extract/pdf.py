@@ -23,15 +23,14 @@ from preprocessing.extract.book import (
     Page,
     assemble,
     mark_paragraphs,
-    plan_sections,
     reading_order,
     remove_running_lines,
-    remove_title_lines,
 )
 from preprocessing.extract.config import ExtractConfig
 from preprocessing.extract.ocr import PageReader, Tesseract
 from preprocessing.extract.sources import TooLarge, Unit, read_bytes
 from preprocessing.extract.stats import ExtractStats
+from preprocessing.extract.structure import plan_sections, remove_title_lines
 
 #: what one PDF yields: ("doc" | "rejected", record)
 Item = tuple[str, dict[str, Any]]
