@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The MMedC preprocessing pipeline as slurm jobs, one array per stage, chained with --dependency=afterok:
-#   prep (array) -> dedup signatures -> buckets -> clusters -> filter (arrays) -> decontam -> tokenize
+#   [extract (array) ->] prep (array) -> dedup signatures -> buckets -> clusters -> filter (arrays) -> decontam
+#   -> tokenize
 # Array tasks split the work with each stage's --rank/--world-size (read from SLURM_ARRAY_TASK_ID/COUNT);
 # every task resumes from its completion markers, so a failed or preempted array can simply be resubmitted.
 # decontam and tokenize are single tasks using WORKERS processes (their work is a small fraction).
@@ -9,7 +10,9 @@
 #     launch/prep_mmedc.sh
 #   DRY_RUN=1 ... launch/prep_mmedc.sh     # print the sbatch commands, submit nothing
 #
-# Knobs (environment): INPUTS (space-separated paths, required), OUT (required), BENCHMARK (required),
+# Knobs (environment): INPUTS (space-separated paths of raw text), EXTRACT_INPUTS (PDFs/HTML/WARC paths for an
+# extract array before prep, whose OUT/extract/docs prep then reads too; one of the two is required), EXTRACT_TASKS
+# (default PREP_TASKS), OUT (required), BENCHMARK (required),
 # TOKENIZER (empty: a SentencePiece model is trained on the data, for smoke tests only), RECIPE (pipeline recipe,
 # default configs/prep/mmedc.yaml), PREP_TASKS (default 64), DEDUP_TASKS (default 16), WORKERS (default 16),
 # CPUS_PER_TASK (default 4), TIME_LIMIT, PARTITION, ACCOUNT, QOS, PYTHON, WAIT (1: block until the last job ends),
@@ -23,18 +26,20 @@ PY=$(mmed_python "$REPO")
 [[ "${1:-}" == --dry-run ]] && DRY_RUN=1
 [[ "${1:-}" == -h || "${1:-}" == --help ]] && { sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0; }
 
-: "${INPUTS:?set INPUTS to the raw input paths}" "${OUT:?set OUT to the output root}"
+[[ -n "${INPUTS:-}${EXTRACT_INPUTS:-}" ]] || mmed_die "set INPUTS (raw text) and/or EXTRACT_INPUTS (PDF/HTML/WARC)"
+: "${OUT:?set OUT to the output root}"
 : "${BENCHMARK:?set BENCHMARK to the MMedBench QA folder}"
 RECIPE=${RECIPE:-$REPO/configs/prep/mmedc.yaml}
 [[ -f "$RECIPE" ]] || mmed_die "recipe not found: $RECIPE"
 PREP_TASKS=${PREP_TASKS:-64}
 DEDUP_TASKS=${DEDUP_TASKS:-16}
+EXTRACT_TASKS=${EXTRACT_TASKS:-$PREP_TASKS}
 WORKERS=${WORKERS:-16}
 CPUS_PER_TASK=${CPUS_PER_TASK:-4}
 DRY_RUN=${DRY_RUN:-0}
 
 # shellcheck disable=SC2206  # INPUTS is a whitespace-separated list by design
-INPUT_ARR=($INPUTS)
+INPUT_ARR=(${INPUTS:-})
 MMED=("$PY" -m megatron_mmed.cli)
 COMMON=(--chdir="$REPO" --parsable --kill-on-invalid-dep=yes "--export=ALL,MMED_REPO=$REPO"
   "--output=$OUT/logs/%x-%A_%a.out")
@@ -65,6 +70,13 @@ submit() {
 
 [[ "$DRY_RUN" == 1 ]] && echo "== megatron-mmed prep_mmedc (dry run): recipe $RECIPE -> $OUT"
 [[ "$DRY_RUN" == 1 ]] || mkdir -p "$OUT/logs"
+if [[ -n "${EXTRACT_INPUTS:-}" ]]; then
+  # shellcheck disable=SC2206
+  EXTRACT_ARR=($EXTRACT_INPUTS)
+  submit extract "$EXTRACT_TASKS" "$CPUS_PER_TASK" -- "${MMED[@]}" extract --input "${EXTRACT_ARR[@]}" \
+    --output "$OUT/extract" --workers "$CPUS_PER_TASK" --config "$RECIPE" --no-progress
+  INPUT_ARR+=("$OUT/extract/docs")
+fi
 submit prep "$PREP_TASKS" "$CPUS_PER_TASK" -- "${MMED[@]}" prep --input "${INPUT_ARR[@]}" --output "$OUT/prep" \
   --config "$RECIPE" --no-progress
 for stage in signatures buckets clusters filter; do

@@ -17,6 +17,7 @@ from megatron_mmed.common.errors import UserError
 
 #: subcommand -> module (in pipeline order).
 COMMANDS: dict[str, str] = {
+    "extract": "megatron_mmed.commands.extract",
     "prep": "megatron_mmed.commands.prep",
     "dedup": "megatron_mmed.commands.dedup",
     "decontam": "megatron_mmed.commands.decontam",

@@ -1,8 +1,9 @@
-"""``mmed pipeline``: prep -> dedup -> decontam -> tokenize in one command, one folder per stage.
+"""``mmed pipeline``: [extract ->] prep -> dedup -> decontam -> tokenize in one command, one folder per stage.
 
 ::
 
     OUT/config.yaml        the PipelineConfig (every stage's config inside)
+    OUT/extract/           PDFs/HTML/WARC of ``extract_inputs`` -> docs/ (read by prep with ``inputs``)
     OUT/prep/ OUT/dedup/ OUT/decontam/   stage folders (same layout, see preprocessing.layout)
     OUT/tokenizer/         a SentencePiece model trained on the data, only when no tokenizer is given
     OUT/tok/               <lang>_text_document.{bin,idx} + blend.json
@@ -30,11 +31,14 @@ from megatron_mmed.common.progress import console
 from preprocessing.decontam import DecontamConfig, run_decontam
 from preprocessing.dedup.config import DedupConfig
 from preprocessing.dedup.run import run_dedup
+from preprocessing.extract import ExtractConfig, run_extract
 from preprocessing.layout import iter_kept
 from preprocessing.prep import PrepConfig, run_prep
 from preprocessing.tokenization import TokenizeConfig, run_tokenize
 
-STAGES: tuple[str, ...] = ("prep", "dedup", "decontam", "tokenize")
+STAGES: tuple[str, ...] = ("extract", "prep", "dedup", "decontam", "tokenize")
+#: what a recipe runs unless it names ``stages``: extract only when asked for (it needs ``extract_inputs``)
+DEFAULT_STAGES: tuple[str, ...] = STAGES[1:]
 
 
 @dataclass(frozen=True)
@@ -56,14 +60,17 @@ class PipelineConfig:
     """The whole preprocessing chain; ``configs/prep/*.yaml`` are recipes of this."""
 
     inputs: tuple[str, ...] = ()
+    #: PDFs, HTML pages, WARC files (folders, zips) for the extract stage; its docs/ join ``inputs`` in prep
+    extract_inputs: tuple[str, ...] = ()
     output: str = ""
     #: MMedBench-schema QA folder for decontamination (``<Language>.jsonl`` or ``Test/<Language>.jsonl``)
     benchmark: str = ""
     #: SentencePiece ``.model`` or HF ``tokenizer.json``; empty: train a small SentencePiece model on the data
     tokenizer: str = ""
-    stages: tuple[str, ...] = STAGES
+    stages: tuple[str, ...] = DEFAULT_STAGES
     #: worker processes for every stage (overrides the stages' own ``workers`` when set)
     workers: int | None = None
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
     prep: PrepConfig = field(default_factory=PrepConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     decontam: DecontamConfig = field(default_factory=DecontamConfig)
@@ -79,8 +86,10 @@ class PipelineConfig:
             raise ConfigError(f"stages must be a subsequence of {list(STAGES)}, got {list(self.stages)}")
         if not self.output:
             raise ConfigError("output is required (the pipeline's root folder)")
-        if "prep" in self.stages and not self.inputs:
-            raise ConfigError("inputs is required when the prep stage runs")
+        if "extract" in self.stages and not self.extract_inputs:
+            raise ConfigError("extract_inputs is required when the extract stage runs")
+        if "prep" in self.stages and not self.inputs and not self.extract_inputs:
+            raise ConfigError("inputs (or extract_inputs) is required when the prep stage runs")
         if "decontam" in self.stages and not self.benchmark:
             raise ConfigError("benchmark (an MMedBench-schema QA folder) is required for the decontam stage")
         if self.workers is not None and self.workers < 1:
@@ -133,6 +142,7 @@ def _with_workers(cfg: PipelineConfig) -> PipelineConfig:
     w = cfg.workers
     return replace(
         cfg,
+        extract=replace(cfg.extract, workers=w),
         prep=replace(cfg.prep, workers=w),
         decontam=replace(cfg.decontam, workers=w),
         tokenize=replace(cfg.tokenize, workers=w),
@@ -161,7 +171,7 @@ def run_pipeline(cfg: PipelineConfig, show_progress: bool = True) -> dict[str, A
                 if (dirs[stage] / "report.json").is_file():
                     prev = dirs[stage]  # a later stage may start from an earlier run's output
                 continue
-            if stage != "prep" and prev is None:
+            if stage not in ("extract", "prep") and prev is None:
                 raise UserError(f"stage {stage} needs the output of the stage before it (run it first)")
             t0 = time.time()
             console.rule(f"[bold]{stage}")
@@ -199,8 +209,14 @@ def _run_stage(
     show_progress: bool,
 ) -> dict[str, Any]:
     """Run one stage into its folder; returns its totals."""
+    if stage == "extract":
+        res = run_extract(list(cfg.extract_inputs), dirs[stage], cfg.extract, show_progress=show_progress)
+        return res.report["totals"]
     if stage == "prep":
-        return run_prep(list(cfg.inputs), dirs[stage], cfg.prep, show_progress=show_progress).report["totals"]
+        inputs = list(cfg.inputs)
+        if cfg.extract_inputs and (dirs["extract"] / "report.json").is_file():
+            inputs.append(str(dirs["extract"] / "docs"))
+        return run_prep(inputs, dirs[stage], cfg.prep, show_progress=show_progress).report["totals"]
     assert prev is not None
     if stage == "dedup":
         run_dedup(
