@@ -132,3 +132,23 @@ def test_cli_config_error_is_one_line_exit_2(repo_root):
     )
     assert out.returncode == 2 and "must divide the attention heads" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_every_yaml_float_spelling_is_a_number_in_files_and_overrides(tmp_path):
+    """PyYAML reads YAML 1.1, where ``1e-4`` is a string; a user writes YAML 1.2 floats and means numbers."""
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "optimizer:\n  lr: 1e-4\n  min_lr: 1E-5\n  adam_eps: 1.e-8\n  clip_grad: 1e0\n"
+        "  weight_decay: .5e-1\nlogging:\n  peak_tflops: +9.89e2\n"
+    )
+    cfg = load_config(TrainConfig, path)
+    o = cfg.optimizer
+    assert (o.lr, o.min_lr, o.adam_eps, o.clip_grad, o.weight_decay) == (1e-4, 1e-5, 1e-8, 1.0, 0.05)
+    assert cfg.logging.peak_tflops == 989.0
+    cfg = load_config(
+        TrainConfig, path, ["optimizer.lr=5e-3", "optimizer.min_lr=5E-4", "optimizer.clip_grad=.inf"]
+    )
+    assert (cfg.optimizer.lr, cfg.optimizer.min_lr, cfg.optimizer.clip_grad) == (5e-3, 5e-4, float("inf"))
+    for bad in ("optimizer.lr=1e", "optimizer.lr=e-4", "optimizer.lr=abc", "optimizer.lr=1.2.3"):
+        with pytest.raises(ConfigError, match="optimizer.lr: expected a number"):
+            load_config(TrainConfig, path, [bad])
