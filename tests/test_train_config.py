@@ -78,6 +78,9 @@ def test_world_size_sources(repo_root, monkeypatch):
         (["data.split=90,10"], "three non-negative numbers"),
         (["train.exit_at_step=100"], "exit_at_step"),
         (["nonsense.key=1"], "unknown config key"),
+        (["train.steps=5"], r"schedule.warmup_steps \(5\) must be below the decay steps \(train.steps = 5\)"),
+        (["schedule.decay_steps=3"], r"schedule.warmup_steps \(5\) must be below .*schedule.decay_steps = 3"),
+        (["schedule.decay_style=WSD", "schedule.wsd_decay_steps=50"], "wsd_decay_steps 50 exceeds"),
     ],
 )
 def test_validate_rejects_bad_values(repo_root, overrides, message):

@@ -251,8 +251,18 @@ class TrainConfig:
             raise ConfigError("model.seq_length must be divisible by 2 x parallel.cp")
         if p.sequence_parallel and self.model.seq_length % p.tp:
             raise ConfigError("model.seq_length must be divisible by parallel.tp with sequence_parallel")
-        if self.schedule.warmup_steps > (self.schedule.decay_steps or self.train.steps):
-            raise ConfigError("schedule.warmup_steps exceeds the decay steps")
+        s = self.schedule
+        decay, named = (
+            (s.decay_steps, "schedule.decay_steps") if s.decay_steps else (self.train.steps, "train.steps")
+        )
+        if s.warmup_steps >= decay:  # megatron-core's scheduler asserts warmup < decay steps
+            raise ConfigError(
+                f"schedule.warmup_steps ({s.warmup_steps}) must be below the decay steps ({named} = {decay})"
+            )
+        if s.decay_style == "WSD" and s.wsd_decay_steps and s.wsd_decay_steps > decay:
+            raise ConfigError(
+                f"schedule.wsd_decay_steps {s.wsd_decay_steps} exceeds the decay steps ({named} = {decay})"
+            )
 
     def peak_tflops(self) -> float:
         """Per-GPU peak for MFU: the configured one or the H100 dense peak for this precision."""
