@@ -280,3 +280,18 @@ def test_throughput_benchmark_prints_the_fields_on_cpu(repo_root, tmp_path):
     assert rows[0]["tokens_per_s_per_gpu"] > 0 and rows[0]["tflops_per_gpu"] > 0 and 0 < rows[0]["mfu"] < 1
     assert "tokens/s/GPU" in out.stdout and "TFLOP/s/GPU" in out.stdout and "MFU" in out.stdout
     assert not list((tmp_path / "bench").glob("run0/iter_*"))  # checkpoint.save=false
+
+
+def test_resume_tolerates_and_truncates_a_partial_last_metrics_line(tmp_path, capsys):
+    """A kill mid-write leaves half a JSON line in metrics.jsonl: resume drops it (and records past the
+    checkpoint) with a warning instead of failing, and reading the metrics skips it too."""
+    from megatron_mmed.training.metrics import read_metrics, truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "loss": 5.0 - s / 10}) for s in range(1, 5)]
+    path.write_text("\n".join(lines) + '\n{"step": 5, "lo')
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4]
+    assert "partial" in capsys.readouterr().err
+    truncate_metrics(path, 3)
+    assert path.read_text() == "\n".join(lines[:3]) + "\n"
+    assert "dropped 1 unreadable" in capsys.readouterr().err

@@ -162,7 +162,7 @@ def _train(cfg: TrainConfig, env, blend, vocab: int, on_cpu: bool) -> RunResult:
     from megatron_mmed.training import checkpoint as ckpt
     from megatron_mmed.training.data import blend_eod, build_datasets
     from megatron_mmed.training.flops import flops_per_token
-    from megatron_mmed.training.metrics import MetricsLogger
+    from megatron_mmed.training.metrics import MetricsLogger, truncate_metrics
     from megatron_mmed.training.setup import build_model_and_optimizer
 
     layout = env.layout
@@ -188,7 +188,7 @@ def _train(cfg: TrainConfig, env, blend, vocab: int, on_cpu: bool) -> RunResult:
             m.broadcast_params()
         optimizer.reload_model_params()
     if env.is_last_rank and run_dir.joinpath("metrics.jsonl").exists():
-        _truncate_metrics(run_dir / "metrics.jsonl", state.step)
+        truncate_metrics(run_dir / "metrics.jsonl", state.step)
 
     evals = t.steps // log.eval_interval + 1
     train_ds, valid = build_datasets(
@@ -311,12 +311,3 @@ def _evaluate(stepper: _Stepper, valid: dict, iters: int) -> dict:
     if not per_lang:
         return {}
     return {"val_loss": sum(per_lang.values()) / len(per_lang), "val_loss_per_lang": per_lang}
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop records past the checkpoint so metrics.jsonl reads as one continuous run."""
-    import json
-
-    lines = path.read_text(encoding="utf-8").splitlines()
-    keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
