@@ -184,9 +184,12 @@ def mcore_to_hf(
     ck.check_arch(arch, f"its config (model {name!r})")
     if preset is not None and preset != name:
         _check_preset(arch, preset, f"checkpoint {path} (saved with model {name!r})")
+    config = hf_config(layout, arch, dtype)  # refuses a rope_scaling the layout cannot express, up front
     report = ConversionReport("mcore-to-hf", layout, Path(out), arch, dtype)
     if arch.rope_scaling:
-        report.notes.append(f"rope_scaling {arch.rope_scaling} carried unchanged into config.json")
+        report.notes.append(
+            f"rope_scaling {arch.rope_scaling} written as {config['rope_scaling']} ({layout})"
+        )
     if layout == "internlm2":
         report.notes.append(
             "InternLM2 layout: load with InternLM2's remote code (trust_remote_code); validated through the "
@@ -201,7 +204,7 @@ def mcore_to_hf(
                 writer.write(n, t)
         finally:
             writer.close()
-        hf_io.write_json(tmp / "config.json", hf_config(layout, arch, dtype))
+        hf_io.write_json(tmp / "config.json", config)
         hf_io.write_json(tmp / "generation_config.json", hf_io.generation_config(arch))
         tok_src = _tokenizer_source(tokenizer, extras)
         if tok_src is not None:
