@@ -9,7 +9,6 @@ writer never holds more than the tensor in hand.
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,15 +23,6 @@ from megatron_mmed.common.errors import UserError
 
 MAX_SHARD_BYTES = 5 * 1024**3
 INDEX = "model.safetensors.index.json"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-)
 #: buffers some old ``.bin`` checkpoints carry that are not weights (recomputed from the config).
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 _ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
@@ -223,21 +213,6 @@ def open_hf(path: str | Path, layout: str = "auto") -> HFSource:
     first = family.hf_names(arch.num_layers)[0]
     src.dtype = src.get(first).dtype
     return src
-
-
-def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
-    """Copy the tokenizer files found in ``src`` (a folder, or one tokenizer file) into ``dst``."""
-    dst.mkdir(parents=True, exist_ok=True)
-    if src.is_file():  # a lone tokenizer file gets the name transformers looks for
-        name = {".model": "tokenizer.model", ".json": "tokenizer.json"}.get(src.suffix, src.name)
-        shutil.copy2(src, dst / name)
-        return [name]
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
-            copied.append(name)
-    return copied
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

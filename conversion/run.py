@@ -7,6 +7,7 @@ only after the weights are written and (by default) the logits validated.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import time
@@ -27,9 +28,11 @@ from conversion.layouts import (
     hf_to_mcore_tensors,
     mcore_to_hf_tensors,
 )
+from conversion.tokenizer import copy_tokenizer
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.models.internlm2 import get_preset, padded_vocab_size
 
+REPORT = "conversion_report.json"
 _DTYPE_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -45,6 +48,7 @@ class ConversionReport:
     seconds: float = 0.0
     validation: validate.ValidationResult | None = None
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         a = self.arch
@@ -55,9 +59,26 @@ class ConversionReport:
             f"  rope_theta {a.rope_theta:g}; rope_scaling {a.rope_scaling if a.rope_scaling else 'none'}",
         ]
         lines += [f"  note: {n}" for n in self.notes]
+        lines += [f"  warning: {w}" for w in self.warnings]
         lines.append("  " + (self.validation.describe() if self.validation else "validation skipped"))
         lines.append(f"  took {self.seconds:.1f} s")
         return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as ``conversion_report.json`` holds it (written into every converted folder)."""
+        v = self.validation
+        return {
+            "direction": self.direction,
+            "layout": self.layout,
+            "dtype": self.dtype,
+            "arch": dataclasses.asdict(self.arch),
+            "validation": dataclasses.asdict(v) | {"ok": v.ok} if v else None,
+            "notes": list(self.notes),
+            "warnings": list(self.warnings),
+        }
+
+    def write(self, folder: Path) -> None:
+        hf_io.write_json(folder / REPORT, self.to_dict())
 
 
 @contextlib.contextmanager
@@ -128,11 +149,12 @@ def hf_to_mcore(
         name = preset or f"hf:{Path(hf).resolve().name}"
         mcore_io.write_model_config(tmp, arch, name, padded, source)
         hf_io.write_json(tmp / "hf_config.json", src.config)
-        copied = hf_io.copy_tokenizer_files(src.path, tmp / "tokenizer")
+        copied = copy_tokenizer(src.path, tmp / "tokenizer").copied
         if not copied:
             shutil.rmtree(tmp / "tokenizer")
         if not skip_validation:
-            ids, how = validate.prompt_ids(arch.vocab_size, src.path)
+            ids, how, warning = validate.prompt_ids(arch.vocab_size, src.path)
+            report.warnings += [warning] if warning else []
             target = validate.mcore_logits(arch, tmp, padded, ids)
             source_logits = validate.hf_logits_from_family(src.family, arch, src.get, ids)
             tol = (
@@ -144,6 +166,7 @@ def hf_to_mcore(
             if not report.validation.ok:
                 raise UserError(_failed(report))
         src.close()
+        report.write(tmp)
     report.seconds = time.time() - start
     return report
 
@@ -208,11 +231,13 @@ def mcore_to_hf(
         hf_io.write_json(tmp / "generation_config.json", hf_io.generation_config(arch))
         tok_src = _tokenizer_source(tokenizer, extras)
         if tok_src is not None:
-            report.notes.append(
-                f"tokenizer files from {tok_src}: {', '.join(hf_io.copy_tokenizer_files(tok_src, tmp)) or 'none'}"
-            )
+            files = copy_tokenizer(tok_src, tmp, layout)
+            report.notes.append(f"tokenizer files from {tok_src}: {', '.join(files.copied) or 'none'}")
+            report.notes += files.notes
+            report.warnings += files.warnings
         if not skip_validation:
-            ids, how = validate.prompt_ids(arch.vocab_size, tmp)
+            ids, how, warning = validate.prompt_ids(arch.vocab_size, tmp)
+            report.warnings += [warning] if warning else []
             source_logits = validate.mcore_logits(arch, path, ck.padded_vocab, ids)
             out_src = hf_io.open_hf(tmp, layout)
             target = validate.hf_logits_from_family(family, arch, out_src.get, ids)
@@ -222,6 +247,7 @@ def mcore_to_hf(
             report.validation = validate.compare(source_logits, target, how, tol)
             if not report.validation.ok:
                 raise UserError(_failed(report))
+        report.write(tmp)
     report.seconds = time.time() - start
     return report
 
