@@ -24,6 +24,7 @@ import torch
 
 from megatron_mmed.common.config import save_config
 from megatron_mmed.common.errors import UserError
+from megatron_mmed.models.saved import SavedModel, write_model_config
 
 LATEST = "latest"
 
@@ -99,9 +100,17 @@ def _layout() -> dict[str, int]:
 
 
 def save_checkpoint(
-    run_dir: str | Path, step: int, models: list, optimizer, scheduler, state: TrainState, cfg
+    run_dir: str | Path,
+    step: int,
+    models: list,
+    optimizer,
+    scheduler,
+    state: TrainState,
+    cfg,
+    model: SavedModel | None = None,
 ) -> Path:
-    """Write ``RUN/iter_<step>`` on all ranks, then (rank 0) the config and the ``latest`` pointer."""
+    """Write ``RUN/iter_<step>`` on all ranks, then (rank 0) the config, ``model_config.yaml`` (the
+    architecture, see :mod:`megatron_mmed.models.saved`) and the ``latest`` pointer."""
     from megatron.core import dist_checkpointing
 
     run_dir = Path(run_dir)
@@ -130,6 +139,8 @@ def save_checkpoint(
     torch.distributed.barrier()
     if rank == 0:
         save_config(cfg, tmp / "config.yaml")
+        if model is not None:
+            write_model_config(tmp, model)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

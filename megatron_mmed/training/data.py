@@ -165,6 +165,13 @@ def blend_vocab_size(path: str | Path) -> int | None:
     return None
 
 
+def blend_tokenizer_path(path: str | Path) -> str | None:
+    """The tokenizer ``blend.json`` names (``tokenizer.path``), if any: carried to the exported model."""
+    tok = _read_blend_json(path).get("tokenizer")
+    p = tok.get("path") if isinstance(tok, dict) else None
+    return p if isinstance(p, str) else None
+
+
 def max_token_id(prefix: str, limit: int | None = 1 << 24) -> int:
     """Largest token id among the first ``limit`` tokens of ``prefix.bin`` (all when None).
 

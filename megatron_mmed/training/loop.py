@@ -143,21 +143,30 @@ def train(cfg: TrainConfig) -> RunResult:
         )
     if not cfg.data.blend:
         raise UserError("data.blend is required (the blend.json written by `mmed tokenize`)")
-    from megatron_mmed.training.data import load_blend, resolve_vocab
+    import dataclasses
+
+    from megatron_mmed.training import checkpoint as ckpt
+    from megatron_mmed.training.architecture import run_model
+    from megatron_mmed.training.config import resolve_layout, world_size_from_env
+    from megatron_mmed.training.data import blend_tokenizer_path, load_blend, resolve_vocab
 
     blend = load_blend(cfg.data.blend)
-    vocab = resolve_vocab(cfg.model.vocab_size, cfg.data.blend, blend, cfg.model.architecture().vocab_size)
+    arch = cfg.architecture()
+    vocab = resolve_vocab(cfg.model.vocab_size, cfg.data.blend, blend, arch.vocab_size)
+    arch = dataclasses.replace(arch, vocab_size=vocab)
+    padded = resolve_layout(cfg, world_size_from_env(cfg), vocab).padded_vocab_size
+    # checked on every rank before anything is written: the weights it resumes or starts from are this model
+    resume_from = ckpt.latest_checkpoint(cfg.checkpoint.dir)
+    model = run_model(cfg, arch, padded, resume_from, blend_tokenizer_path(cfg.data.blend))
     with cpu_shim() as on_cpu:
         env = init_distributed(cfg, vocab)
         try:
-            return _train(cfg, env, blend, vocab, on_cpu)
+            return _train(cfg, env, blend, model, on_cpu)
         finally:
             destroy_distributed()
 
 
-def _train(cfg: TrainConfig, env, blend, vocab: int, on_cpu: bool) -> RunResult:
-    import dataclasses
-
+def _train(cfg: TrainConfig, env, blend, model, on_cpu: bool) -> RunResult:
     from megatron_mmed.common.config import save_config, to_dict
     from megatron_mmed.training import checkpoint as ckpt
     from megatron_mmed.training.data import blend_eod, build_datasets
@@ -166,7 +175,7 @@ def _train(cfg: TrainConfig, env, blend, vocab: int, on_cpu: bool) -> RunResult:
     from megatron_mmed.training.setup import build_model_and_optimizer
 
     layout = env.layout
-    arch = dataclasses.replace(cfg.model.architecture(), vocab_size=vocab)
+    arch, vocab = model.preset, model.preset.vocab_size
     run_dir = Path(cfg.checkpoint.dir)
     if env.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -278,7 +287,7 @@ def _train(cfg: TrainConfig, env, blend, vocab: int, on_cpu: bool) -> RunResult:
             if cfg.checkpoint.save and due:
                 save_start = time.time()
                 result.checkpoint = ckpt.save_checkpoint(
-                    run_dir, state.step, gpt_models, optimizer, scheduler, state, cfg
+                    run_dir, state.step, gpt_models, optimizer, scheduler, state, cfg, model
                 )
                 window_start += time.time() - save_start  # throughput excludes checkpoint time
             if reason:
