@@ -31,6 +31,7 @@ from conversion.layouts import (
 from conversion.tokenizer import copy_tokenizer
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.models.internlm2 import get_preset, padded_vocab_size
+from megatron_mmed.training import integrity
 
 REPORT = "conversion_report.json"
 _DTYPE_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -167,6 +168,7 @@ def hf_to_mcore(
                 raise UserError(_failed(report))
         src.close()
         report.write(tmp)
+        integrity.write_manifest(tmp, integrity.file_digests(tmp, integrity.checkpoint_files(tmp)))
     report.seconds = time.time() - start
     return report
 
@@ -202,6 +204,7 @@ def mcore_to_hf(
         raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(hf_io.DTYPES)}")
     family = FAMILIES[layout]
     path = mcore_io.resolve_checkpoint(ckpt, iteration)
+    unverified = integrity.check_checkpoint(path, "--ckpt")  # manifest checksums and a safe .metadata
     arch, name, extras = mcore_io.checkpoint_arch(path, vocab_size)
     ck = mcore_io.McoreCheckpoint.open(path)
     ck.check_arch(arch, f"its config (model {name!r})")
@@ -209,6 +212,7 @@ def mcore_to_hf(
         _check_preset(arch, preset, f"checkpoint {path} (saved with model {name!r})")
     config = hf_config(layout, arch, dtype)  # refuses a rope_scaling the layout cannot express, up front
     report = ConversionReport("mcore-to-hf", layout, Path(out), arch, dtype)
+    report.warnings += [unverified] if unverified else []
     if arch.rope_scaling:
         report.notes.append(
             f"rope_scaling {arch.rope_scaling} written as {config['rope_scaling']} ({layout})"

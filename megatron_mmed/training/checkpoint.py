@@ -3,8 +3,11 @@
 A checkpoint holds the model (megatron-core ``sharded_state_dict``, so it reloads at another TP/PP), the
 optimizer (model-shaped, so also any TP/PP; the distributed optimizer's state: see ``_optim_sharding``), the
 LR scheduler, the step, consumed samples and per-rank RNG states (restored when TP/PP are unchanged). It is
-written to ``iter_XXXXXXX.tmp`` and renamed, then ``latest`` is replaced atomically: a crash mid-save
-leaves the previous checkpoint as ``latest``.
+written to ``iter_XXXXXXX.tmp`` with its ``config.yaml``, ``model_config.yaml`` and a ``manifest.json`` of
+every file's size and checksum (see ``training/integrity.py``), renamed, then ``latest`` is replaced
+atomically: a crash mid-save leaves the previous checkpoint as ``latest``. A resume verifies the checkpoint
+against its manifest and falls back to the newest intact ``iter_*`` (with a warning) when ``latest`` or the
+checkpoint it names is damaged.
 
 ``checkpoint.init_from`` format (what ``mmed convert hf-to-mcore`` writes): a torch_dist directory saved by
 ``dist_checkpointing.save({"model": gpt_model.sharded_state_dict()}, DIR)``, no optimizer, where
@@ -15,7 +18,9 @@ or one of its ``iter_*`` directories is accepted too; only the model weights are
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,7 @@ import torch
 from megatron_mmed.common.config import save_config
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.models.saved import SavedModel, write_model_config
+from megatron_mmed.training import integrity
 
 LATEST = "latest"
 
@@ -43,15 +49,104 @@ def iter_dir_name(step: int) -> str:
     return f"iter_{step:07d}"
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint ``RUN/latest`` points at, or None when the run has none yet."""
-    pointer = Path(run_dir) / LATEST
+_ITER = re.compile(r"iter_\d{7}")
+
+
+def _pointer_target(run_dir: Path) -> tuple[Path | None, str | None]:
+    """``(checkpoint, None)`` from ``RUN/latest``, or ``(None, what is wrong with it)``; ``(None, None)``
+    when there is no pointer. A pointer that is empty, binary or names anything but an ``iter_*`` folder
+    of this run (a file cut short by a full disk, a hand edit) is reported, never followed."""
+    pointer = run_dir / LATEST
     if not pointer.is_file():
-        return None
-    path = Path(run_dir) / pointer.read_text(encoding="utf-8").strip()
-    if not path.is_dir():
-        raise UserError(f"{pointer} points at {path}, which does not exist")
+        return None, None
+    raw = pointer.read_bytes()[:256]
+    try:
+        name = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None, f"{pointer} is not text"
+    if not _ITER.fullmatch(name):
+        return None, f"{pointer} holds {name!r}, not an iter_XXXXXXX name"
+    if not (run_dir / name).is_dir():
+        return None, f"{pointer} points at {run_dir / name}, which does not exist"
+    return run_dir / name, None
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint ``RUN/latest`` points at, or None when the run has none yet (``UserError`` when the
+    pointer is damaged: see :func:`find_resume_checkpoint` for the fallback a resume uses)."""
+    path, problem = _pointer_target(Path(run_dir))
+    if problem:
+        intact = [d.name for d in iter_dirs(Path(run_dir))]
+        raise UserError(f"{problem} (checkpoints there: {', '.join(intact) or 'none'})")
     return path
+
+
+def iter_dirs(run_dir: Path) -> list[Path]:
+    """The run's ``iter_*`` checkpoint folders, newest first (``.tmp`` leftovers excluded)."""
+    found = [d for d in run_dir.glob("iter_*") if d.is_dir() and _ITER.fullmatch(d.name)]
+    return sorted(found, key=lambda d: d.name, reverse=True)
+
+
+def _verify_on_all_ranks(path: Path) -> tuple[list[str], bool]:
+    """``(problems, has_manifest)`` of ``path``, each rank checksumming its share; the same on every rank."""
+    dist = torch.distributed
+    rank, world = dist.get_rank(), dist.get_world_size()
+    box: list[Any] = [None]
+    if rank == 0:
+        try:
+            box = [("ok", integrity.read_manifest(path) if (path / "metadata.json").is_file() else "missing")]
+        except UserError as e:
+            box = [("error", str(e))]
+    dist.broadcast_object_list(box, src=0)
+    kind, manifest = box[0]
+    if kind == "error":
+        return [manifest], True
+    if manifest == "missing":
+        return [f"{path} is not a torch_dist checkpoint (no metadata.json)"], False
+    if manifest is None:
+        return [], False
+    problems = integrity.size_problems(path, manifest) if rank == 0 else []
+    problems += integrity.checksum_problems(path, manifest, sorted(manifest)[rank::world])
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, problems)
+    return [p for g in gathered for p in g], True
+
+
+def _warn(message: str) -> None:
+    if torch.distributed.get_rank() == 0:
+        print(f"mmed train: warning: {message}", file=sys.stderr, flush=True)
+
+
+def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint a run resumes from: ``latest`` when it verifies against its manifest, else the newest
+    ``iter_*`` that does (with a warning naming what was wrong). Collective: every rank calls it.
+
+    ``UserError`` when the run has checkpoints but none is intact (rather than silently starting over).
+    """
+    run_dir = Path(run_dir)
+    target, problem = _pointer_target(run_dir)
+    if problem:
+        _warn(problem)
+    candidates = ([target] if target else []) + [d for d in iter_dirs(run_dir) if d != target]
+    damaged = []
+    for path in candidates:
+        problems, has_manifest = _verify_on_all_ranks(path)
+        if problems:
+            damaged.append(f"{path.name}: {'; '.join(problems[:3])}")
+            _warn(f"{path} is damaged ({'; '.join(problems[:3])}); trying an older checkpoint")
+            continue
+        integrity.check_metadata_pickle(path)
+        if not has_manifest:
+            _warn(f"{path} has no {integrity.MANIFEST} (an older checkpoint): loading it unverified")
+        if damaged or problem:
+            _warn(f"resuming from {path.name}, the newest intact checkpoint; {LATEST} now points at it")
+            if torch.distributed.get_rank() == 0:
+                _point_latest_at(run_dir, path)
+            torch.distributed.barrier()
+        return path
+    if candidates:
+        raise UserError(f"{run_dir}: no intact checkpoint to resume from ({' | '.join(damaged)})")
+    return None
 
 
 @dataclass
@@ -141,21 +236,57 @@ def save_checkpoint(
         save_config(cfg, tmp / "config.yaml")
         if model is not None:
             write_model_config(tmp, model)
+    _write_manifest_on_all_ranks(tmp)
+    if rank == 0:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        _fsync_dir(run_dir)
         save_config(cfg, run_dir / "config.yaml")
-        pointer_tmp = run_dir / (LATEST + ".tmp")
-        pointer_tmp.write_text(final.name + "\n", encoding="utf-8")
-        os.replace(pointer_tmp, run_dir / LATEST)
+        _point_latest_at(run_dir, final)
     torch.distributed.barrier()
     return final
+
+
+def _point_latest_at(run_dir: Path, checkpoint: Path) -> None:
+    """Replace ``RUN/latest`` atomically (temp file, fsync, rename, fsync of the folder)."""
+    pointer_tmp = run_dir / (LATEST + ".tmp")
+    with open(pointer_tmp, "w", encoding="utf-8") as fh:
+        fh.write(checkpoint.name + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(pointer_tmp, run_dir / LATEST)
+    _fsync_dir(run_dir)
+
+
+def _write_manifest_on_all_ranks(folder: Path) -> None:
+    """Every rank checksums its share of ``folder``'s files; rank 0 writes ``manifest.json``."""
+    dist = torch.distributed
+    rank, world = dist.get_rank(), dist.get_world_size()
+    names: list[Any] = [integrity.checkpoint_files(folder) if rank == 0 else None]
+    dist.broadcast_object_list(names, src=0)
+    mine = integrity.file_digests(folder, names[0][rank::world])
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, mine)
+    if rank == 0:
+        integrity.write_manifest(folder, {k: v for part in gathered for k, v in part.items()})
+    dist.barrier()
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (a crash after it cannot resurrect the old entry)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, models: list, optimizer, scheduler) -> TrainState:
     """Restore model, optimizer, scheduler (and RNG when the TP/PP layout is unchanged) from ``path``."""
     from megatron.core import dist_checkpointing
 
+    integrity.check_metadata_pickle(Path(path))
     path = str(path)
     _materialize_optimizer_state(optimizer)
     common = dist_checkpointing.load_common_state_dict(path)
@@ -226,11 +357,22 @@ def resolve_init_dir(path: str | Path) -> Path:
 
 
 def load_weights(path: str | Path, models: list) -> None:
-    """Load only model weights (continued pretraining from converted HF weights); optimizer stays fresh."""
+    """Load only model weights (continued pretraining from converted HF weights); optimizer stays fresh.
+
+    The folder is verified against its manifest first (every rank its share) and its ``.metadata`` read
+    with the restricted unpickler; a damaged one is a ``UserError``.
+    """
     from megatron.core import dist_checkpointing
 
+    folder = resolve_init_dir(path)
+    problems, has_manifest = _verify_on_all_ranks(folder)
+    if problems:
+        raise UserError(f"checkpoint.init_from {folder} is damaged: {'; '.join(problems[:5])}")
+    integrity.check_metadata_pickle(folder)
+    if not has_manifest:
+        _warn(f"checkpoint.init_from {folder} has no {integrity.MANIFEST}: loading it unverified")
     model_sd = _model_sharded(models)
-    loaded = dist_checkpointing.load(model_sd, str(resolve_init_dir(path)))
+    loaded = dist_checkpointing.load(model_sd, str(folder))
     for i, m in enumerate(models):
         m.load_state_dict(loaded[_model_key(i, len(models))])
 
@@ -244,4 +386,6 @@ def save_weights(path: str | Path, models: list) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     torch.distributed.barrier()
     dist_checkpointing.save(_model_sharded(models), str(path))
+    torch.distributed.barrier()
+    _write_manifest_on_all_ranks(path)
     return path

@@ -145,38 +145,36 @@ def train(cfg: TrainConfig) -> RunResult:
         raise UserError("data.blend is required (the blend.json written by `mmed tokenize`)")
     import dataclasses
 
-    from megatron_mmed.training import checkpoint as ckpt
-    from megatron_mmed.training.architecture import run_model
-    from megatron_mmed.training.config import resolve_layout, world_size_from_env
-    from megatron_mmed.training.data import blend_tokenizer_path, load_blend, resolve_vocab
+    from megatron_mmed.training.data import load_blend, resolve_vocab
 
     blend = load_blend(cfg.data.blend)
     arch = cfg.architecture()
     vocab = resolve_vocab(cfg.model.vocab_size, cfg.data.blend, blend, arch.vocab_size)
     arch = dataclasses.replace(arch, vocab_size=vocab)
-    padded = resolve_layout(cfg, world_size_from_env(cfg), vocab).padded_vocab_size
-    # checked on every rank before anything is written: the weights it resumes or starts from are this model
-    resume_from = ckpt.latest_checkpoint(cfg.checkpoint.dir)
-    model = run_model(cfg, arch, padded, resume_from, blend_tokenizer_path(cfg.data.blend))
     with cpu_shim() as on_cpu:
         env = init_distributed(cfg, vocab)
         try:
-            return _train(cfg, env, blend, model, on_cpu)
+            return _train(cfg, env, blend, arch, on_cpu)
         finally:
             destroy_distributed()
 
 
-def _train(cfg: TrainConfig, env, blend, model, on_cpu: bool) -> RunResult:
+def _train(cfg: TrainConfig, env, blend, arch, on_cpu: bool) -> RunResult:
     from megatron_mmed.common.config import save_config, to_dict
     from megatron_mmed.training import checkpoint as ckpt
-    from megatron_mmed.training.data import blend_eod, build_datasets
+    from megatron_mmed.training.architecture import run_model
+    from megatron_mmed.training.data import blend_eod, blend_tokenizer_path, build_datasets
     from megatron_mmed.training.flops import flops_per_token
     from megatron_mmed.training.metrics import MetricsLogger, truncate_metrics
     from megatron_mmed.training.setup import build_model_and_optimizer
 
     layout = env.layout
-    arch, vocab = model.preset, model.preset.vocab_size
+    vocab = arch.vocab_size
     run_dir = Path(cfg.checkpoint.dir)
+    # before anything is written: the newest intact checkpoint (verified against its manifest), and the
+    # weights it resumes or starts from checked to be this run's model
+    resume_from = ckpt.find_resume_checkpoint(run_dir) if run_dir.is_dir() else None
+    model = run_model(cfg, arch, layout.padded_vocab_size, resume_from, blend_tokenizer_path(cfg.data.blend))
     if env.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -188,7 +186,6 @@ def _train(cfg: TrainConfig, env, blend, model, on_cpu: bool) -> RunResult:
     )
     t, log = cfg.train, cfg.logging
     state = ckpt.TrainState()
-    resume_from = ckpt.latest_checkpoint(run_dir)
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from, gpt_models, optimizer, scheduler)
     elif cfg.checkpoint.init_from:
@@ -254,7 +251,7 @@ def _train(cfg: TrainConfig, env, blend, model, on_cpu: bool) -> RunResult:
                 ]
             )
             if diverged:
-                last = ckpt.latest_checkpoint(run_dir)
+                last = result.checkpoint
                 raise TrainingDiverged(
                     f"loss is {'not finite' if loss is None else loss} at step {state.step}; stopping. Last good checkpoint: {last or 'none'} "
                     "(lower optimizer.lr, raise schedule.warmup_steps or check the data)"
