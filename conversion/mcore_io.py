@@ -89,6 +89,8 @@ def write_mcore(
     """
     from megatron.core import dist_checkpointing
 
+    from megatron_mmed.training.checkpoint import writer_processes_safe
+
     with mcore_session():
         model = build_model(arch, padded_vocab, dtype)
         params = dict(model.named_parameters())
@@ -109,7 +111,8 @@ def write_mcore(
         sharded = {"model": model.sharded_state_dict()}
         _own_storage_for_views(sharded, params)
         del params
-        dist_checkpointing.save(sharded, str(out))
+        with writer_processes_safe():
+            dist_checkpointing.save(sharded, str(out))
         del model, sharded
 
 

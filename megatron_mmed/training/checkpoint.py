@@ -17,10 +17,13 @@ or one of its ``iter_*`` directories is accepted too; only the model weights are
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,58 @@ from megatron_mmed.models.saved import SavedModel, write_model_config
 from megatron_mmed.training import integrity
 
 LATEST = "latest"
+
+
+# --- megatron-core's checkpoint writer processes ------------------------------------------------------------
+
+_saving = False  # read by the at-fork hook in children forked while a save is in progress
+_hook_installed = False
+
+
+def _writer_child_after_fork() -> None:
+    """In a process forked by a save (megatron-core's per-file writers): ignore the stop signals the parent
+    handles (slurm sends them to the whole process group), and die with the parent (Linux
+    ``PR_SET_PDEATHSIG``), so a kill -9 of the trainer leaves no writer holding its stdout."""
+    if not _saving:
+        return
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+@contextlib.contextmanager
+def writer_processes_safe() -> Iterator[None]:
+    """Around ``dist_checkpointing.save``: no helper process a signal or a kill can break or orphan.
+
+    megatron-core 0.16's synchronous save collects its writers' results through a ``multiprocessing``
+    Manager: a server process (started once, kept for the life of the job) that a SIGTERM to the process
+    group kills, failing every later save with ``BrokenPipeError``, and that survives a kill -9 of the
+    trainer holding its stdout. A synchronous save writes from this process, so an in-process queue does
+    the same job (set as the module's queue once; megatron-core is pinned). Its forked per-file writers
+    get the at-fork hook above.
+    """
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    global _saving, _hook_installed
+    if not isinstance(filesystem_async._results_queue, queue.Queue):
+        filesystem_async._results_queue = queue.Queue()
+    if not _hook_installed and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_writer_child_after_fork)
+        _hook_installed = True
+    _saving = True
+    try:
+        yield
+    finally:
+        _saving = False
 
 
 def _optim_sharding() -> str:
@@ -230,7 +285,8 @@ def save_checkpoint(
         "layout": _layout(),
         "optim_sharding": sharding,
     }
-    dist_checkpointing.save(sharded, str(tmp))
+    with writer_processes_safe():
+        dist_checkpointing.save(sharded, str(tmp))
     torch.distributed.barrier()
     if rank == 0:
         save_config(cfg, tmp / "config.yaml")
@@ -385,7 +441,8 @@ def save_weights(path: str | Path, models: list) -> Path:
     if torch.distributed.get_rank() == 0:
         path.mkdir(parents=True, exist_ok=True)
     torch.distributed.barrier()
-    dist_checkpointing.save(_model_sharded(models), str(path))
+    with writer_processes_safe():
+        dist_checkpointing.save(_model_sharded(models), str(path))
     torch.distributed.barrier()
     _write_manifest_on_all_ranks(path)
     return path
