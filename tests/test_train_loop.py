@@ -295,3 +295,26 @@ def test_resume_tolerates_and_truncates_a_partial_last_metrics_line(tmp_path, ca
     truncate_metrics(path, 3)
     assert path.read_text() == "\n".join(lines[:3]) + "\n"
     assert "dropped 1 unreadable" in capsys.readouterr().err
+
+
+def test_a_changed_learning_rate_on_resume_is_applied_and_named(repo_root, tok, tmp_path, capsys):
+    """Resuming with another optimizer.lr follows the new schedule from the next step (as a run with that lr
+    from the start would), instead of silently keeping the checkpoint's."""
+    from megatron_mmed.training.loop import train
+
+    common = [
+        "train.steps=6",
+        "schedule.warmup_steps=2",
+        "logging.eval_iters=0",
+        "checkpoint.save_interval=3",
+    ]
+    train(_cfg(repo_root, tok, tmp_path / "split", *common, "train.exit_at_step=3"))
+    capsys.readouterr()
+    train(_cfg(repo_root, tok, tmp_path / "split", *common, "optimizer.lr=1e-3"))
+    assert "optimizer.lr 0.003 -> 0.001" in capsys.readouterr().out
+    fresh = train(_cfg(repo_root, tok, tmp_path / "fresh", *common, "optimizer.lr=1e-3"))
+    assert fresh.end_step == 6
+    split = {r["step"]: r["lr"] for r in _records(tmp_path / "split")}
+    ref = {r["step"]: r["lr"] for r in _records(tmp_path / "fresh")}
+    assert [split[s] for s in (4, 5, 6)] == pytest.approx([ref[s] for s in (4, 5, 6)], rel=1e-12)
+    assert split[3] == pytest.approx(3 * ref[3], rel=1e-6)  # steps 1-3 ran on the old lr (3e-3 vs 1e-3)

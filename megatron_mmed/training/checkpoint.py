@@ -356,10 +356,15 @@ def load_checkpoint(path: str | Path, models: list, optimizer, scheduler) -> Tra
     if same_layout:
         sharded["rng_state"] = _rng_object(is_loading=True)
     loaded = dist_checkpointing.load(sharded, path)
+    configured = [{k: g[k] for k in _CONFIGURED_GROUP_KEYS if k in g} for g in optimizer.param_groups]
     with torch.no_grad():  # the optimizer copies into views of leaf parameters
         for i, m in enumerate(models):
             m.load_state_dict(loaded[_model_key(i, len(models))])
         optimizer.load_state_dict(loaded["optimizer"])
+    for group, values in zip(optimizer.param_groups, configured, strict=True):
+        group.update(
+            values
+        )  # this run's settings, not the checkpoint's (the Adam moments are the checkpoint's)
     _untie_adam_steps(optimizer, int(loaded["step"]))
     scheduler.load_state_dict(loaded["scheduler"])
     if same_layout:
@@ -371,6 +376,34 @@ def load_checkpoint(path: str | Path, models: list, optimizer, scheduler) -> Tra
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
     return TrainState(step=int(loaded["step"]), consumed_samples=int(loaded["consumed_samples"]))
+
+
+#: per-group optimizer settings that come from the config: a resume with a changed ``optimizer.lr`` (or
+#: betas, eps) applies it. megatron-core's scheduler reads ``max_lr``/``min_lr`` from the groups, which
+#: ``load_state_dict`` would otherwise take from the checkpoint.
+_CONFIGURED_GROUP_KEYS = ("max_lr", "min_lr", "betas", "eps")
+
+
+def changed_settings(checkpoint: Path, cfg) -> list[str]:
+    """``"optimizer.lr 0.003 -> 0.001"`` for each optimizer/schedule/train.steps value that differs from the
+    config the checkpoint was saved with (a resume applies them; this names them)."""
+    import yaml
+
+    from megatron_mmed.common.config import to_dict
+
+    path = checkpoint / "config.yaml"
+    try:
+        old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    new = to_dict(cfg)
+    out = []
+    for section, keys in (("optimizer", None), ("schedule", None), ("train", ("steps",))):
+        before, after = old.get(section) or {}, new.get(section) or {}
+        for key in keys or sorted(set(before) | set(after)):
+            if key in before and before.get(key) != after.get(key):
+                out.append(f"{section}.{key} {before.get(key)} -> {after.get(key)}")
+    return out
 
 
 def _materialize_optimizer_state(optimizer) -> None:

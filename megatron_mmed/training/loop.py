@@ -188,6 +188,9 @@ def _train(cfg: TrainConfig, env, blend, arch, on_cpu: bool) -> RunResult:
     state = ckpt.TrainState()
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from, gpt_models, optimizer, scheduler)
+        changed = ckpt.changed_settings(resume_from, cfg)
+        if changed and env.rank == 0:
+            print(f"mmed train: resuming with changed settings (applied): {'; '.join(changed)}", flush=True)
     elif cfg.checkpoint.init_from:
         ckpt.load_weights(cfg.checkpoint.init_from, gpt_models)
         for m in ddp_models:  # the optimizer's fp32 main params must follow the loaded weights
