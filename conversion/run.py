@@ -32,6 +32,7 @@ from conversion.tokenizer import copy_tokenizer
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.models.internlm2 import get_preset, padded_vocab_size
 from megatron_mmed.training import integrity
+from megatron_mmed.training.checkpoint import storage_failure
 
 REPORT = "conversion_report.json"
 _DTYPE_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -94,8 +95,11 @@ def staged_output(out: str | Path, force: bool) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        reason = None if isinstance(e, KeyboardInterrupt | SystemExit) else storage_failure(e, out.parent)
+        if reason is not None:  # a full disk: one line, not megatron-core's worker traceback
+            raise UserError(f"writing {out} failed: {reason}; nothing was written") from None
         raise
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()

@@ -18,6 +18,7 @@ or one of its ``iter_*`` directories is accepted too; only the model weights are
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -249,6 +250,59 @@ def _layout() -> dict[str, int]:
     }
 
 
+#: errors that mean the storage, not the program, failed: reported in one line, never as a traceback.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+
+
+def storage_failure(exc: BaseException, path: str | Path | None = None) -> str | None:
+    """``"No space left on device"`` when ``exc`` is a storage failure, else None.
+
+    megatron-core's writers fail in forked processes and their exceptions reach the trainer pickled inside
+    torch's ``CheckpointException`` (the errno often only in the text, or lost: torch's zip writer reports a
+    full disk as "unexpected pos"); so the exception chain, its per-rank failures and their text are
+    searched, and when ``path`` is given a filesystem left (nearly) full by the failed write counts too.
+    """
+    seen: set[int] = set()
+    stack: list[Any] = [exc]
+    texts = []
+    while stack:
+        e = stack.pop()
+        if isinstance(e, tuple):  # torch's WRAPPED_EXCEPTION: (exception, traceback)
+            stack.extend(x for x in e if isinstance(x, BaseException))
+            continue
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+            return os.strerror(e.errno)
+        texts.append(str(e))
+        failures = getattr(e, "failures", None)
+        if isinstance(failures, dict):
+            stack.extend(failures.values())
+        stack.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    for code in _STORAGE_ERRNOS:
+        if any(f"[Errno {code}]" in t or os.strerror(code) in t for t in texts):
+            return os.strerror(code)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            usage = shutil.disk_usage(path)
+            if usage.free < max(16 * 1024**2, usage.total // 1000):
+                return f"{os.strerror(errno.ENOSPC)} ({usage.free} bytes free on the filesystem of {path})"
+    if type(exc).__name__ == "CheckpointException":  # raised on every rank; the details only on rank 0
+        return f"the checkpoint write failed on another rank ({exc})"
+    return None
+
+
+def _agree(error: BaseException | None) -> None:
+    """Raise on every rank when any rank failed (a rank-0-only write must not leave the others waiting)."""
+    flag = torch.tensor([int(error is not None)], dtype=torch.int32)
+    if torch.cuda.is_available():
+        flag = flag.cuda()
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    if flag.item():
+        raise error or OSError(errno.EIO, "the checkpoint write failed on rank 0")
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -260,17 +314,42 @@ def save_checkpoint(
     model: SavedModel | None = None,
 ) -> Path:
     """Write ``RUN/iter_<step>`` on all ranks, then (rank 0) the config, ``model_config.yaml`` (the
-    architecture, see :mod:`megatron_mmed.models.saved`) and the ``latest`` pointer."""
+    architecture, see :mod:`megatron_mmed.models.saved`), the manifest and the ``latest`` pointer.
+
+    A storage failure (a full disk) is a ``UserError`` on every rank; the partial ``iter_<step>.tmp`` is
+    removed and ``latest`` keeps naming the previous checkpoint.
+    """
+    run_dir = Path(run_dir)
+    tmp = run_dir / (iter_dir_name(step) + ".tmp")
+    try:
+        return _save(run_dir, step, models, optimizer, scheduler, state, cfg, model)
+    except BaseException as e:  # torch's CheckpointException derives from BaseException
+        reason = None if isinstance(e, KeyboardInterrupt | SystemExit) else storage_failure(e, run_dir)
+        if reason is None:
+            raise
+        if torch.distributed.get_rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        previous, _ = _pointer_target(run_dir)
+        raise UserError(
+            f"checkpoint save of step {step} to {run_dir} failed: {reason}; {LATEST} still points at "
+            f"{previous.name if previous else 'no checkpoint'} (the partial {tmp.name} was removed)"
+        ) from None
+
+
+def _save(run_dir: Path, step: int, models: list, optimizer, scheduler, state, cfg, model) -> Path:
     from megatron.core import dist_checkpointing
 
-    run_dir = Path(run_dir)
     final = run_dir / iter_dir_name(step)
     tmp = run_dir / (iter_dir_name(step) + ".tmp")
     rank = torch.distributed.get_rank()
+    error = None
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    torch.distributed.barrier()
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        except OSError as e:
+            error = e
+    _agree(error)
     model_sd = _model_sharded(models)
     sharding = _optim_sharding()
     sharded = {
@@ -289,18 +368,25 @@ def save_checkpoint(
         dist_checkpointing.save(sharded, str(tmp))
     torch.distributed.barrier()
     if rank == 0:
-        save_config(cfg, tmp / "config.yaml")
-        if model is not None:
-            write_model_config(tmp, model)
+        try:
+            save_config(cfg, tmp / "config.yaml")
+            if model is not None:
+                write_model_config(tmp, model)
+        except OSError as e:
+            error = e
+    _agree(error)
     _write_manifest_on_all_ranks(tmp)
     if rank == 0:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(run_dir)
-        save_config(cfg, run_dir / "config.yaml")
-        _point_latest_at(run_dir, final)
-    torch.distributed.barrier()
+        try:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(run_dir)
+            save_config(cfg, run_dir / "config.yaml")
+            _point_latest_at(run_dir, final)
+        except OSError as e:  # the checkpoint is whole; at worst latest still names the previous one
+            error = e
+    _agree(error)
     return final
 
 
@@ -324,9 +410,13 @@ def _write_manifest_on_all_ranks(folder: Path) -> None:
     mine = integrity.file_digests(folder, names[0][rank::world])
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, mine)
+    error = None
     if rank == 0:
-        integrity.write_manifest(folder, {k: v for part in gathered for k, v in part.items()})
-    dist.barrier()
+        try:
+            integrity.write_manifest(folder, {k: v for part in gathered for k, v in part.items()})
+        except OSError as e:
+            error = e
+    _agree(error)
 
 
 def _fsync_dir(path: Path) -> None:
