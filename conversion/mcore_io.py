@@ -89,7 +89,7 @@ def write_mcore(
     """
     from megatron.core import dist_checkpointing
 
-    from megatron_mmed.training.checkpoint import writer_processes_safe
+    from megatron_mmed.training.writers import writer_processes_safe
 
     with mcore_session():
         model = build_model(arch, padded_vocab, dtype)

@@ -32,7 +32,7 @@ from conversion.tokenizer import copy_tokenizer
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.models.internlm2 import get_preset, padded_vocab_size
 from megatron_mmed.training import integrity
-from megatron_mmed.training.checkpoint import storage_failure
+from megatron_mmed.training.writers import storage_failure
 
 REPORT = "conversion_report.json"
 _DTYPE_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
