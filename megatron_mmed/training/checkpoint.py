@@ -126,6 +126,9 @@ def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
     ``UserError`` when the run has checkpoints but none is intact (rather than silently starting over).
     """
     run_dir = Path(run_dir)
+    if torch.distributed.get_rank() == 0:  # saves a kill interrupted: never a checkpoint, only disk space
+        for partial in run_dir.glob("iter_*.tmp"):
+            shutil.rmtree(partial, ignore_errors=True)
     target, problem = _pointer_target(run_dir)
     if problem:
         _warn(problem)
