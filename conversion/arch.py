@@ -7,6 +7,7 @@ anything else is refused with the reason, never converted into a different model
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,10 +178,41 @@ def arch_from_hf_config(cfg: dict[str, Any], where: str = "config.json") -> Arch
 
 
 _DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+#: the scalings InternLM2's own ``configuration_internlm2.py`` accepts (as ``{"type": ..., "factor": ...}``).
+INTERNLM2_ROPE_TYPES = ("linear", "dynamic")
+
+
+def rope_scaling_for(family_name: str, scaling: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``rope_scaling`` in the keys ``family_name``'s code reads, as a new dict (the input is never changed).
+
+    Llama (transformers): ``rope_type`` plus the other fields. InternLM2's code checks for exactly ``type``
+    (linear or dynamic) and a float ``factor`` >= 1; any other scaling is refused, shown as written.
+    """
+    if not scaling:
+        return None
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "default":
+        return None
+    rest = {k: v for k, v in scaling.items() if k not in ("type", "rope_type")}
+    if family_name == "llama":
+        return {"rope_type": kind, **rest} if kind is not None else dict(rest)
+    factor = rest.get("factor")
+    if (
+        kind not in INTERNLM2_ROPE_TYPES
+        or set(rest) != {"factor"}
+        or isinstance(factor, bool)
+        or not isinstance(factor, int | float)
+        or factor < 1
+    ):
+        raise UserError(
+            f"rope_scaling {json.dumps(scaling)} cannot be expressed in the InternLM2 layout (its code reads "
+            'exactly {"type": "linear" or "dynamic", "factor": float >= 1}); export with --layout llama'
+        )
+    return {"type": kind, "factor": float(factor)}
 
 
 def hf_config(family_name: str, arch: Arch, dtype: str) -> dict[str, Any]:
-    """The ``config.json`` of ``arch`` in the Llama or InternLM2 layout (rope_scaling carried unchanged)."""
+    """The ``config.json`` of ``arch`` in the Llama or InternLM2 layout (rope_scaling in that family's keys)."""
     theta: float | int = int(arch.rope_theta) if float(arch.rope_theta).is_integer() else arch.rope_theta
     common = {
         "hidden_act": "silu",
@@ -192,7 +224,7 @@ def hf_config(family_name: str, arch: Arch, dtype: str) -> dict[str, Any]:
         "num_hidden_layers": arch.num_layers,
         "num_key_value_heads": arch.num_kv_heads,
         "rms_norm_eps": arch.norm_eps,
-        "rope_scaling": arch.rope_scaling,
+        "rope_scaling": rope_scaling_for(family_name, arch.rope_scaling),
         "rope_theta": theta,
         "tie_word_embeddings": False,
         "torch_dtype": _DTYPE_NAMES[dtype],

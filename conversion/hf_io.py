@@ -9,7 +9,6 @@ writer never holds more than the tensor in hand.
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,15 +23,6 @@ from megatron_mmed.common.errors import UserError
 
 MAX_SHARD_BYTES = 5 * 1024**3
 INDEX = "model.safetensors.index.json"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-)
 #: buffers some old ``.bin`` checkpoints carry that are not weights (recomputed from the config).
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 _ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
@@ -86,11 +76,55 @@ class HFSource:
 _FROM_ST = {v: k for k, v in _ST_DTYPES.items()}
 
 
+#: a safetensors header is a small JSON table; anything larger is a garbled length field.
+_MAX_HEADER_BYTES = 100 * 1024**2
+
+
+def _bad_safetensors(path: Path, reason: str) -> UserError:
+    return UserError(f"{path}: not a valid safetensors file ({reason}); is it truncated or corrupt?")
+
+
 def safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
-    """The JSON header of a ``.safetensors`` file and the byte offset where its data starts."""
+    """The JSON header of a ``.safetensors`` file and the byte offset where its data starts.
+
+    Every field is checked against the file's size, so a file cut short or garbled is a ``UserError``
+    naming it, not a ``struct``/JSON traceback or a huge allocation.
+    """
+    size = path.stat().st_size
     with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        return json.loads(fh.read(n)), 8 + n
+        head = fh.read(8)
+        if len(head) < 8:
+            raise _bad_safetensors(path, f"{size} bytes, shorter than the 8-byte header length")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, _MAX_HEADER_BYTES):
+            raise _bad_safetensors(path, f"header length {n} exceeds the file's {size} bytes")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _bad_safetensors(path, f"header is not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise _bad_safetensors(path, "header is not a JSON object")
+    data_bytes = size - 8 - n
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+            or not isinstance(shape, list)
+            or not all(isinstance(d, int) and d >= 0 for d in shape)
+            or not isinstance(info.get("dtype"), str)
+        ):
+            raise _bad_safetensors(path, f"bad header entry for {name!r}")
+        if not 0 <= offsets[0] <= offsets[1] <= data_bytes:
+            raise _bad_safetensors(
+                path, f"{name} lies at bytes {offsets} of a {data_bytes}-byte data section (truncated)"
+            )
+    return header, 8 + n
 
 
 def read_safetensor(path: Path, name: str) -> torch.Tensor:
@@ -101,6 +135,8 @@ def read_safetensor(path: Path, name: str) -> torch.Tensor:
         raise UserError(f"{path}: {name} has dtype {info['dtype']} (supported: F32, BF16, F16)")
     begin, end = info["data_offsets"]
     out = torch.empty(info["shape"], dtype=_FROM_ST[info["dtype"]])
+    if end - begin != out.numel() * out.element_size():
+        raise _bad_safetensors(path, f"{name}: {end - begin} bytes for shape {info['shape']} {info['dtype']}")
     with open(path, "rb") as fh:
         fh.seek(base + begin)
         got = fh.readinto(memoryview(out.reshape(-1).view(torch.uint8).numpy()))
@@ -177,21 +213,6 @@ def open_hf(path: str | Path, layout: str = "auto") -> HFSource:
     first = family.hf_names(arch.num_layers)[0]
     src.dtype = src.get(first).dtype
     return src
-
-
-def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
-    """Copy the tokenizer files found in ``src`` (a folder, or one tokenizer file) into ``dst``."""
-    dst.mkdir(parents=True, exist_ok=True)
-    if src.is_file():  # a lone tokenizer file gets the name transformers looks for
-        name = {".model": "tokenizer.model", ".json": "tokenizer.json"}.get(src.suffix, src.name)
-        shutil.copy2(src, dst / name)
-        return [name]
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
-            copied.append(name)
-    return copied
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

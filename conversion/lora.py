@@ -232,7 +232,7 @@ def lora_to_peft(
                 "InternLM2 layout: not validated (its modeling code is remote code); use --layout llama to validate"
             )
         else:
-            ids, how = validate.prompt_ids(arch.vocab_size, Path(base))
+            ids, how, _ = validate.prompt_ids(arch.vocab_size, Path(base))
             padded = mcore_io.McoreCheckpoint.open(base_ckpt).padded_vocab
             ours = lora_mcore_logits(arch, base_ckpt, path, meta, padded, ids)
             theirs = peft_logits(Path(base), tmp, ids)

@@ -16,16 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from conversion.arch import Arch
 from conversion.layouts import checkpoint_key
-from megatron_mmed.common.config import to_dict
 from megatron_mmed.common.errors import UserError
+from megatron_mmed.models import saved as saved_io
 from megatron_mmed.models.internlm2 import ModelPreset
+from megatron_mmed.models.saved import MODEL_CONFIG, SavedModel, find_model_config
 
-MODEL_CONFIG = "model_config.yaml"
-MODEL_CONFIG_FORMAT = "megatron-mmed.converted-model/1"
 EMBEDDING = "embedding.word_embeddings.weight"
 OUTPUT = "output_layer.weight"
 
@@ -91,6 +89,8 @@ def write_mcore(
     """
     from megatron.core import dist_checkpointing
 
+    from megatron_mmed.training.writers import writer_processes_safe
+
     with mcore_session():
         model = build_model(arch, padded_vocab, dtype)
         params = dict(model.named_parameters())
@@ -111,7 +111,8 @@ def write_mcore(
         sharded = {"model": model.sharded_state_dict()}
         _own_storage_for_views(sharded, params)
         del params
-        dist_checkpointing.save(sharded, str(out))
+        with writer_processes_safe():
+            dist_checkpointing.save(sharded, str(out))
         del model, sharded
 
 
@@ -142,30 +143,17 @@ def _own_storage_for_views(sharded: dict, params: dict[str, torch.Tensor]) -> No
 
 def write_model_config(out: Path, arch: Arch, name: str, padded_vocab: int, source: dict[str, Any]) -> Path:
     """``DIR/model_config.yaml``: the ``ModelPreset`` a converted checkpoint implies, for ``mmed train``."""
-    doc = {
-        "format": MODEL_CONFIG_FORMAT,
-        "preset": to_dict(arch.to_preset(name, f"converted from {source.get('hf', '?')}")),
-        "padded_vocab_size": padded_vocab,
-        "rope_scaling": arch.rope_scaling,
-        "token_ids": dict(arch.token_ids),
-        "source": source,
-    }
-    path = out / MODEL_CONFIG
-    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return path
+    preset = arch.to_preset(name, f"converted from {source.get('hf', '?')}")
+    saved = SavedModel(preset, padded_vocab, arch.rope_scaling, dict(arch.token_ids), source)
+    return saved_io.write_model_config(out, saved)
 
 
 def read_model_config(path: str | Path) -> tuple[ModelPreset, Arch, dict[str, Any]]:
-    """``(preset, arch, document)`` of a ``model_config.yaml`` written by ``mmed convert hf-to-mcore``."""
-    path = Path(path)
-    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if doc.get("format") != MODEL_CONFIG_FORMAT:
-        raise UserError(f"{path}: not a {MODEL_CONFIG_FORMAT} file")
-    preset = ModelPreset(**doc["preset"])
-    arch = Arch.from_preset(
-        preset, rope_scaling=doc.get("rope_scaling"), token_ids=doc.get("token_ids") or {}
-    )
-    return preset, arch, doc
+    """``(preset, arch, document)`` of a ``model_config.yaml`` (hf-to-mcore's, or one in a training checkpoint)."""
+    saved = saved_io.read_model_config(path)
+    arch = Arch.from_preset(saved.preset, rope_scaling=saved.rope_scaling, token_ids=saved.token_ids)
+    doc = {"padded_vocab_size": saved.padded_vocab_size, "source": saved.source}
+    return saved.preset, arch, doc
 
 
 # --- reading ------------------------------------------------------------------------------------------------
@@ -303,15 +291,25 @@ class McoreCheckpoint:
 
 
 def checkpoint_arch(ckpt: Path, vocab_size: int | None = None) -> tuple[Arch, str, dict[str, Any]]:
-    """The architecture of a checkpoint: its ``model_config.yaml`` (converted) or the run's ``config.yaml``.
+    """The architecture of a checkpoint: the ``model_config.yaml`` in it or beside it (hf-to-mcore writes
+    one beside its weights, ``mmed train`` one into every checkpoint), else an older run's ``config.yaml``.
 
-    Returns ``(arch, name, extras)``; ``extras`` may hold ``init_from`` (where the run started, whose
-    ``model_config.yaml`` carries rope_scaling and token ids) and the blend's tokenizer.
+    Returns ``(arch, name, extras)``; ``extras`` may hold ``init_from`` (a converted folder, whose
+    ``tokenizer/`` is the model's tokenizer) and ``tokenizer`` (the training blend's).
     """
-    for d in (ckpt, ckpt.parent):
-        if (d / MODEL_CONFIG).is_file():
-            preset, arch, doc = read_model_config(d / MODEL_CONFIG)
-            return arch, preset.name, {"source": doc.get("source", {}), "init_from": str(d)}
+    found = find_model_config(ckpt)
+    if found is not None:
+        preset, arch, doc = read_model_config(found)
+        source = doc["source"]
+        trained = "run" in source  # written by mmed train: the source names where the run started
+        extras = {
+            "source": source,
+            "init_from": source.get("init_from") if trained else str(found.parent),
+            "tokenizer": source.get("tokenizer"),
+        }
+        if vocab_size is not None:
+            arch = arch.replace(vocab_size=vocab_size)
+        return arch, preset.name, extras
     for d in (ckpt, ckpt.parent):
         if (d / "config.yaml").is_file():
             return _arch_from_train_config(d / "config.yaml", vocab_size)
@@ -341,7 +339,7 @@ def _arch_from_train_config(path: Path, vocab_size: int | None) -> tuple[Arch, s
         _, base, doc = read_model_config(Path(cfg.checkpoint.init_from) / MODEL_CONFIG)
         extras["init_from"] = cfg.checkpoint.init_from
         extras["source"] = doc.get("source", {})
-    preset = cfg.model.architecture()
+    preset = cfg.architecture()
     if vocab:
         preset = dataclasses.replace(preset, vocab_size=vocab)
     carried = {"rope_scaling": base.rope_scaling, "token_ids": base.token_ids} if base else {}

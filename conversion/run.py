@@ -7,6 +7,7 @@ only after the weights are written and (by default) the logits validated.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import time
@@ -27,9 +28,13 @@ from conversion.layouts import (
     hf_to_mcore_tensors,
     mcore_to_hf_tensors,
 )
+from conversion.tokenizer import copy_tokenizer
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.models.internlm2 import get_preset, padded_vocab_size
+from megatron_mmed.training import integrity
+from megatron_mmed.training.writers import storage_failure
 
+REPORT = "conversion_report.json"
 _DTYPE_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -45,6 +50,7 @@ class ConversionReport:
     seconds: float = 0.0
     validation: validate.ValidationResult | None = None
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         a = self.arch
@@ -55,9 +61,26 @@ class ConversionReport:
             f"  rope_theta {a.rope_theta:g}; rope_scaling {a.rope_scaling if a.rope_scaling else 'none'}",
         ]
         lines += [f"  note: {n}" for n in self.notes]
+        lines += [f"  warning: {w}" for w in self.warnings]
         lines.append("  " + (self.validation.describe() if self.validation else "validation skipped"))
         lines.append(f"  took {self.seconds:.1f} s")
         return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as ``conversion_report.json`` holds it (written into every converted folder)."""
+        v = self.validation
+        return {
+            "direction": self.direction,
+            "layout": self.layout,
+            "dtype": self.dtype,
+            "arch": dataclasses.asdict(self.arch),
+            "validation": dataclasses.asdict(v) | {"ok": v.ok} if v else None,
+            "notes": list(self.notes),
+            "warnings": list(self.warnings),
+        }
+
+    def write(self, folder: Path) -> None:
+        hf_io.write_json(folder / REPORT, self.to_dict())
 
 
 @contextlib.contextmanager
@@ -72,8 +95,11 @@ def staged_output(out: str | Path, force: bool) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        reason = None if isinstance(e, KeyboardInterrupt | SystemExit) else storage_failure(e, out.parent)
+        if reason is not None:  # a full disk: one line, not megatron-core's worker traceback
+            raise UserError(f"writing {out} failed: {reason}; nothing was written") from None
         raise
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -128,11 +154,12 @@ def hf_to_mcore(
         name = preset or f"hf:{Path(hf).resolve().name}"
         mcore_io.write_model_config(tmp, arch, name, padded, source)
         hf_io.write_json(tmp / "hf_config.json", src.config)
-        copied = hf_io.copy_tokenizer_files(src.path, tmp / "tokenizer")
+        copied = copy_tokenizer(src.path, tmp / "tokenizer").copied
         if not copied:
             shutil.rmtree(tmp / "tokenizer")
         if not skip_validation:
-            ids, how = validate.prompt_ids(arch.vocab_size, src.path)
+            ids, how, warning = validate.prompt_ids(arch.vocab_size, src.path)
+            report.warnings += [warning] if warning else []
             target = validate.mcore_logits(arch, tmp, padded, ids)
             source_logits = validate.hf_logits_from_family(src.family, arch, src.get, ids)
             tol = (
@@ -144,6 +171,8 @@ def hf_to_mcore(
             if not report.validation.ok:
                 raise UserError(_failed(report))
         src.close()
+        report.write(tmp)
+        integrity.write_manifest(tmp, integrity.file_digests(tmp, integrity.checkpoint_files(tmp)))
     report.seconds = time.time() - start
     return report
 
@@ -179,17 +208,23 @@ def mcore_to_hf(
         raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(hf_io.DTYPES)}")
     family = FAMILIES[layout]
     path = mcore_io.resolve_checkpoint(ckpt, iteration)
+    unverified = integrity.check_checkpoint(path, "--ckpt")  # manifest checksums and a safe .metadata
     adapters = None  # a LoRA checkpoint: adapters here, the frozen base at its adapter.yaml's base
     if lora.read_adapter_meta(path) is not None:
         adapters, meta, path = lora.lora_checkpoint(ckpt, iteration)
+        unverified = unverified or integrity.check_checkpoint(path, "the LoRA run's base")
     arch, name, extras = mcore_io.checkpoint_arch(path, vocab_size)
     ck = mcore_io.McoreCheckpoint.open(path)
     ck.check_arch(arch, f"its config (model {name!r})")
     if preset is not None and preset != name:
         _check_preset(arch, preset, f"checkpoint {path} (saved with model {name!r})")
+    config = hf_config(layout, arch, dtype)  # refuses a rope_scaling the layout cannot express, up front
     report = ConversionReport("mcore-to-hf", layout, Path(out), arch, dtype)
+    report.warnings += [unverified] if unverified else []
     if arch.rope_scaling:
-        report.notes.append(f"rope_scaling {arch.rope_scaling} carried unchanged into config.json")
+        report.notes.append(
+            f"rope_scaling {arch.rope_scaling} written as {config['rope_scaling']} ({layout})"
+        )
     if layout == "internlm2":
         report.notes.append(
             "InternLM2 layout: load with InternLM2's remote code (trust_remote_code); validated through the "
@@ -211,15 +246,17 @@ def mcore_to_hf(
                 writer.write(n, t)
         finally:
             writer.close()
-        hf_io.write_json(tmp / "config.json", hf_config(layout, arch, dtype))
+        hf_io.write_json(tmp / "config.json", config)
         hf_io.write_json(tmp / "generation_config.json", hf_io.generation_config(arch))
         tok_src = _tokenizer_source(tokenizer, extras)
         if tok_src is not None:
-            report.notes.append(
-                f"tokenizer files from {tok_src}: {', '.join(hf_io.copy_tokenizer_files(tok_src, tmp)) or 'none'}"
-            )
+            files = copy_tokenizer(tok_src, tmp, layout)
+            report.notes.append(f"tokenizer files from {tok_src}: {', '.join(files.copied) or 'none'}")
+            report.notes += files.notes
+            report.warnings += files.warnings
         if not skip_validation:
-            ids, how = validate.prompt_ids(arch.vocab_size, tmp)
+            ids, how, warning = validate.prompt_ids(arch.vocab_size, tmp)
+            report.warnings += [warning] if warning else []
             if adapters is None:
                 source_logits = validate.mcore_logits(arch, path, ck.padded_vocab, ids)
             else:  # the unmerged model: base + adapters through their hooks
@@ -232,6 +269,7 @@ def mcore_to_hf(
             report.validation = validate.compare(source_logits, target, how, tol)
             if not report.validation.ok:
                 raise UserError(_failed(report))
+        report.write(tmp)
     report.seconds = time.time() - start
     return report
 

@@ -4,7 +4,8 @@ Both models run in fp32 on the weights as stored (so a bf16 output is compared o
 HF side is ``transformers.LlamaForCausalLM``; InternLM2-layout weights are fed to it through our mapping
 (numerically the same model), because InternLM2's remote modeling code is not part of ``transformers``.
 The megatron-core side is the TP=1 ``GPTModel``. Token ids come from the tokenizer files when present and
-loadable without remote code, else from a fixed id sequence.
+usable without remote code (transformers, or SentencePiece on ``tokenizer.model``), else from a fixed id
+sequence, which the report then carries as a warning.
 """
 
 from __future__ import annotations
@@ -57,19 +58,12 @@ def fixed_token_ids(vocab_size: int, n: int = NUM_FIXED_IDS) -> list[int]:
     return [(7919 * i + 13) % vocab_size for i in range(n)]
 
 
-def prompt_ids(vocab_size: int, tokenizer_dir: Path | None) -> tuple[list[int], str]:
-    """The prompt's ids with the tokenizer in ``tokenizer_dir`` if it loads (no remote code), else fixed ids."""
-    if tokenizer_dir is not None and any(tokenizer_dir.glob("tokenizer*")):
-        try:
-            from transformers import AutoTokenizer
+def prompt_ids(vocab_size: int, tokenizer_dir: Path | None) -> tuple[list[int], str, str | None]:
+    """``(ids, how, warning)``: the prompt through the folder's tokenizer when it can be used without remote
+    code (see :func:`conversion.tokenizer.prompt_ids`), else fixed ids (with a warning if one was there)."""
+    from conversion.tokenizer import prompt_ids as tokenizer_prompt_ids
 
-            tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
-            ids = tok(PROMPT)["input_ids"]
-            if ids and max(ids) < vocab_size:
-                return list(ids), "tokenizer"
-        except Exception:  # noqa: BLE001 - any tokenizer we cannot load falls back to fixed ids
-            pass
-    return fixed_token_ids(vocab_size), "fixed ids"
+    return tokenizer_prompt_ids(vocab_size, tokenizer_dir, PROMPT, fixed_token_ids(vocab_size))
 
 
 def hf_llama_logits(arch: Arch, tensors: Callable[[], object], ids: list[int]) -> torch.Tensor:

@@ -77,7 +77,7 @@ def save_internlm2(model, path: Path, rope_scaling: dict | None = None) -> Path:
     from safetensors.torch import save_file
 
     path.mkdir(parents=True)
-    cfg = {**TINY}
+    cfg = {**TINY, "vocab_size": model.config.vocab_size}
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     save_file(to_internlm2_state(sd, cfg), str(path / "model.safetensors"), metadata={"format": "pt"})
     config = {

@@ -188,3 +188,45 @@ def test_cli_both_ways(llama_dir, tmp_path):
     assert "validation OK" in b.stdout
     _, info = LlamaForCausalLM.from_pretrained(tmp_path / "hf", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def _cut(data: bytes, how: str) -> bytes:
+    n = int.from_bytes(data[:8], "little")
+    return {
+        "8 bytes short of the length": data[:5],
+        "inside the header": data[: 8 + n // 2],
+        "garbled header": data[:8] + b"\xff\xfe" * (n // 2) + data[8 + n :],
+        "huge header length": (2**62).to_bytes(8, "little") + data[8:],
+        "header not an object": len(b"[1, 2]").to_bytes(8, "little") + b"[1, 2]" + data[8 + n :],
+        "data cut short": data[: len(data) // 2],
+    }[how]
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "8 bytes short of the length",
+        "inside the header",
+        "garbled header",
+        "huge header length",
+        "header not an object",
+        "data cut short",
+    ],
+)
+def test_truncated_or_garbled_safetensors_is_one_line_error(llama_dir, tmp_path, how):
+    bad = _copy(llama_dir, tmp_path / "bad")
+    st = bad / "model.safetensors"
+    st.write_bytes(_cut(st.read_bytes(), how))
+    with pytest.raises(UserError, match=r"model\.safetensors: (not a valid safetensors file|truncated)"):
+        hf_to_mcore(bad, tmp_path / "out", skip_validation=True)
+    assert _nothing_left(tmp_path, "out")
+
+
+def test_cli_truncated_safetensors_exits_2_without_traceback(llama_dir, tmp_path):
+    bad = _copy(llama_dir, tmp_path / "bad")
+    (bad / "model.safetensors").write_bytes((bad / "model.safetensors").read_bytes()[:100])
+    cmd = [sys.executable, "-m", "megatron_mmed.cli", "convert", "hf-to-mcore", "--hf", str(bad)]
+    res = subprocess.run([*cmd, "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1].startswith("mmed convert: error: ")
+    assert _nothing_left(tmp_path, "o")

@@ -94,7 +94,10 @@ def test_internlm2_layout_to_llama_is_identical(llama, llama_dir, tmp_path):
     a, b = read_tensors(llama_dir), read_tensors(tmp_path / "llama")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     cfg = json.loads((tmp_path / "llama" / "config.json").read_text())
-    assert cfg["rope_scaling"] == {"type": "dynamic", "factor": 2.0} and cfg["rope_theta"] == 1_000_000
+    # Llama's code reads rope_type (InternLM2's `type` is renamed); the report shows the scaling as written
+    assert cfg["rope_scaling"] == {"rope_type": "dynamic", "factor": 2.0} and cfg["rope_theta"] == 1_000_000
+    assert r1.arch.rope_scaling == {"type": "dynamic", "factor": 2.0}
+    assert "rope_scaling {'type': 'dynamic', 'factor': 2.0}" in r1.summary()
 
 
 def test_round_trip_internlm2_exact_and_config(llama, tmp_path):
@@ -167,3 +170,52 @@ def test_checkpoint_key_contract(mcore_dir):
         "common.pt",
         "model_config.yaml",
     }
+
+
+def _with_rope_scaling(llama_dir, dst, scaling):
+    import shutil
+
+    shutil.copytree(llama_dir, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.pop("rope_parameters", None)
+    cfg.update(rope_scaling=scaling, rope_theta=1_000_000.0)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_internlm2_layout_writes_the_rope_scaling_keys_internlm2_reads(llama_dir, tmp_path):
+    """A dynamic-NTK Llama source (``rope_type``) exports to InternLM2 as exactly ``{type, factor}`` (float),
+    which InternLM2's configuration code requires; the Llama layout keeps ``rope_type``."""
+    src = _with_rope_scaling(llama_dir, tmp_path / "src", {"rope_type": "dynamic", "factor": 2})
+    hf_to_mcore(src, tmp_path / "mcore", skip_validation=True)
+    mcore_to_hf(tmp_path / "mcore", tmp_path / "i2", layout="internlm2", dtype="fp32", skip_validation=True)
+    scaling = json.loads((tmp_path / "i2" / "config.json").read_text())["rope_scaling"]
+    assert scaling == {"type": "dynamic", "factor": 2.0} and isinstance(scaling["factor"], float)
+    mcore_to_hf(tmp_path / "mcore", tmp_path / "ll", layout="llama", dtype="fp32", skip_validation=True)
+    assert json.loads((tmp_path / "ll" / "config.json").read_text())["rope_scaling"] == {
+        "rope_type": "dynamic",
+        "factor": 2,
+    }
+
+
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+         "original_max_position_embeddings": 8192},
+        {"rope_type": "yarn", "factor": 4.0},
+        {"type": "linear", "factor": 0.5},
+    ],
+    ids=["llama3", "yarn", "factor-below-1"],
+)  # fmt: skip
+def test_internlm2_layout_refuses_a_scaling_it_cannot_express_showing_it_as_written(
+    llama_dir, tmp_path, scaling
+):
+    from megatron_mmed.common.errors import UserError
+
+    src = _with_rope_scaling(llama_dir, tmp_path / "src", dict(scaling))
+    hf_to_mcore(src, tmp_path / "mcore", skip_validation=True)
+    with pytest.raises(UserError, match="cannot be expressed in the InternLM2 layout") as e:
+        mcore_to_hf(tmp_path / "mcore", tmp_path / "i2", layout="internlm2")
+    assert json.dumps(scaling) in str(e.value)  # the config as written: no rope_theta/rope_type added
+    assert not (tmp_path / "i2").exists() and not list(tmp_path.glob(".i2.tmp-*"))

@@ -84,3 +84,52 @@ def test_built_model_parameter_count_matches_formula():
     assert n == parameter_count(arch, 384)
     assert "output_layer.weight" in names and "embedding.word_embeddings.weight" in names  # untied
     assert not any(k.endswith(".bias") for k in names)
+
+
+def test_padded_vocab_rows_are_masked_in_loss_gradient_and_logits(tmp_path):
+    """Vocab 1000 padded to 1024: the loss equals transformers' (the 24 padding logits take no part in the
+    softmax), the padding rows of the output layer get no gradient, and generation never sees them."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+    from convert_helpers import save_llama, tiny_llama
+
+    from conversion import hf_to_mcore
+    from conversion.mcore_io import build_model, mcore_session, read_model_config
+    from megatron_mmed.training.checkpoint import load_weights
+
+    hf = tiny_llama(vocab_size=1000)
+    hf_to_mcore(save_llama(hf, tmp_path / "hf"), tmp_path / "mc", skip_validation=True)
+    _, arch, doc = read_model_config(tmp_path / "mc" / "model_config.yaml")
+    assert doc["padded_vocab_size"] == 1024
+    ids = torch.tensor([[(7919 * i + 13) % 1000 for i in range(33)]])
+    tokens, labels = ids[:, :-1], ids[:, 1:]
+    hf.zero_grad()
+    out = hf(tokens)
+    true_loss = F.cross_entropy(out.logits[0].float(), labels[0])
+    true_loss.backward()
+    padded_logits = torch.cat(
+        [out.logits[0].detach(), torch.zeros(32, 24)], dim=-1
+    )  # what Megatron-LM trains on
+    unmasked = F.cross_entropy(padded_logits, labels[0]).item()
+    assert 1e-3 < unmasked / true_loss.item() - 1 < 1e-2  # the effect the mask removes (~2.4e-3 here)
+    with mcore_session():
+        model = build_model(arch, 1024, torch.float32)
+        load_weights(tmp_path / "mc", [model])
+        positions = torch.arange(32)[None]
+        mask = torch.triu(torch.ones(32, 32, dtype=torch.bool), diagonal=1)[None, None]
+        loss = model(tokens, positions, mask, labels=labels).mean()
+        assert math.isclose(loss.item(), true_loss.item(), rel_tol=1e-5), (
+            loss.item(),
+            true_loss.item(),
+            unmasked,
+        )
+        loss.backward()
+        grad = model.output_layer.weight.grad
+        assert torch.count_nonzero(grad[1000:]) == 0
+        torch.testing.assert_close(grad[:1000], hf.lm_head.weight.grad, atol=1e-5, rtol=1e-4)
+        with torch.no_grad():
+            logits = model(tokens, positions, mask)
+        assert logits.shape[-1] == 1024 and logits[..., 1000:].max() < -1e30
+        assert logits.argmax(-1).max() < 1000

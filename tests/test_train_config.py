@@ -83,6 +83,9 @@ def test_world_size_sources(repo_root, monkeypatch):
         (["launch.tasks_per_node=0"], "launch.tasks_per_node must be >= 1"),
         (["launch.device=tpu"], "not one of"),
         (["launch.nodes=2", "launch.tasks_per_node=4", "parallel.world_size=16"], "contradicts"),
+        (["train.steps=5"], r"schedule.warmup_steps \(5\) must be below the decay steps \(train.steps = 5\)"),
+        (["schedule.decay_steps=3"], r"schedule.warmup_steps \(5\) must be below .*schedule.decay_steps = 3"),
+        (["schedule.decay_style=WSD", "schedule.wsd_decay_steps=50"], "wsd_decay_steps 50 exceeds"),
     ],
 )
 def test_validate_rejects_bad_values(repo_root, overrides, message):
@@ -196,3 +199,23 @@ def test_cli_dry_run_names_the_source_of_each_value(repo_root, monkeypatch):
     assert lines["parallel.tp=2"] == "override" and lines["model.preset=tiny"] == "yaml"
     assert lines["train.exit_at_step=null"] == "default" and lines["data.blend=null"] == "yaml"
     assert lines["launch=null"] == "default"
+
+
+def test_every_yaml_float_spelling_is_a_number_in_files_and_overrides(tmp_path):
+    """PyYAML reads YAML 1.1, where ``1e-4`` is a string; a user writes YAML 1.2 floats and means numbers."""
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "optimizer:\n  lr: 1e-4\n  min_lr: 1E-5\n  adam_eps: 1.e-8\n  clip_grad: 1e0\n"
+        "  weight_decay: .5e-1\nlogging:\n  peak_tflops: +9.89e2\n"
+    )
+    cfg = load_config(TrainConfig, path)
+    o = cfg.optimizer
+    assert (o.lr, o.min_lr, o.adam_eps, o.clip_grad, o.weight_decay) == (1e-4, 1e-5, 1e-8, 1.0, 0.05)
+    assert cfg.logging.peak_tflops == 989.0
+    cfg = load_config(
+        TrainConfig, path, ["optimizer.lr=5e-3", "optimizer.min_lr=5E-4", "optimizer.clip_grad=.inf"]
+    )
+    assert (cfg.optimizer.lr, cfg.optimizer.min_lr, cfg.optimizer.clip_grad) == (5e-3, 5e-4, float("inf"))
+    for bad in ("optimizer.lr=1e", "optimizer.lr=e-4", "optimizer.lr=abc", "optimizer.lr=1.2.3"):
+        with pytest.raises(ConfigError, match="optimizer.lr: expected a number"):
+            load_config(TrainConfig, path, [bad])

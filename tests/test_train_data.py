@@ -59,6 +59,50 @@ def test_load_blend_errors_are_user_errors(tok, content, message):
         load_blend(bad)
 
 
+def _damage(path, how):
+    data = bytearray(path.read_bytes())
+    if how == "dtype code 0":
+        data[17] = 0
+    elif how == "dtype code 9":
+        data[17] = 9
+    elif how == "float dtype":
+        data[17] = 7
+    elif how == "bad magic":
+        data[:4] = b"JUNK"
+    elif how == "version 2":
+        data[9] = 2
+    elif how in ("idx cut short", "bin cut short"):
+        data = data[: len(data) // 2]
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("dtype code 0", "dtype code 0 is not one of"),
+        ("dtype code 9", "dtype code 9 is not one of"),
+        ("float dtype", "holds float32 values, not token ids"),
+        ("bad magic", "not a megatron-core index"),
+        ("version 2", "index version 2"),
+        ("idx cut short", "truncated"),
+        ("bin cut short", "truncated"),
+    ],
+)
+def test_damaged_index_or_bin_is_a_user_error(tok, tmp_path, how, message):
+    """A `.idx` with a wrong dtype byte (or a cut `.bin`) is a one-line error naming the file, not a
+    KeyError from megatron-core's reader deep inside the dataset builder."""
+    import shutil
+
+    from megatron_mmed.training.data import resolve_vocab
+
+    copy = tmp_path / "tok"
+    shutil.copytree(tok.parent, copy)
+    _damage(copy / ("ru_text_document.bin" if how == "bin cut short" else "ru_text_document.idx"), how)
+    with pytest.raises(UserError, match=message) as e:
+        resolve_vocab(None, copy / tok.name, load_blend(copy / tok.name), 92544)
+    assert "ru_text_document" in str(e.value)
+
+
 def test_missing_blend_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_blend(tmp_path / "blend.json")

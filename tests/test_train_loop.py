@@ -280,3 +280,41 @@ def test_throughput_benchmark_prints_the_fields_on_cpu(repo_root, tmp_path):
     assert rows[0]["tokens_per_s_per_gpu"] > 0 and rows[0]["tflops_per_gpu"] > 0 and 0 < rows[0]["mfu"] < 1
     assert "tokens/s/GPU" in out.stdout and "TFLOP/s/GPU" in out.stdout and "MFU" in out.stdout
     assert not list((tmp_path / "bench").glob("run0/iter_*"))  # checkpoint.save=false
+
+
+def test_resume_tolerates_and_truncates_a_partial_last_metrics_line(tmp_path, capsys):
+    """A kill mid-write leaves half a JSON line in metrics.jsonl: resume drops it (and records past the
+    checkpoint) with a warning instead of failing, and reading the metrics skips it too."""
+    from megatron_mmed.training.metrics import read_metrics, truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "loss": 5.0 - s / 10}) for s in range(1, 5)]
+    path.write_text("\n".join(lines) + '\n{"step": 5, "lo')
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4]
+    assert "partial" in capsys.readouterr().err
+    truncate_metrics(path, 3)
+    assert path.read_text() == "\n".join(lines[:3]) + "\n"
+    assert "dropped 1 unreadable" in capsys.readouterr().err
+
+
+def test_a_changed_learning_rate_on_resume_is_applied_and_named(repo_root, tok, tmp_path, capsys):
+    """Resuming with another optimizer.lr follows the new schedule from the next step (as a run with that lr
+    from the start would), instead of silently keeping the checkpoint's."""
+    from megatron_mmed.training.loop import train
+
+    common = [
+        "train.steps=6",
+        "schedule.warmup_steps=2",
+        "logging.eval_iters=0",
+        "checkpoint.save_interval=3",
+    ]
+    train(_cfg(repo_root, tok, tmp_path / "split", *common, "train.exit_at_step=3"))
+    capsys.readouterr()
+    train(_cfg(repo_root, tok, tmp_path / "split", *common, "optimizer.lr=1e-3"))
+    assert "optimizer.lr 0.003 -> 0.001" in capsys.readouterr().out
+    fresh = train(_cfg(repo_root, tok, tmp_path / "fresh", *common, "optimizer.lr=1e-3"))
+    assert fresh.end_step == 6
+    split = {r["step"]: r["lr"] for r in _records(tmp_path / "split")}
+    ref = {r["step"]: r["lr"] for r in _records(tmp_path / "fresh")}
+    assert [split[s] for s in (4, 5, 6)] == pytest.approx([ref[s] for s in (4, 5, 6)], rel=1e-12)
+    assert split[3] == pytest.approx(3 * ref[3], rel=1e-6)  # steps 1-3 ran on the old lr (3e-3 vs 1e-3)

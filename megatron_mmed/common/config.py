@@ -8,6 +8,7 @@ overrides (values parsed as YAML scalars), builds the dataclasses with type chec
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Iterable
@@ -17,6 +18,22 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+#: A YAML 1.2 (core schema) float. PyYAML implements YAML 1.1, which needs a dot and a signed exponent, so
+#: ``1e-4`` or ``1.0e4`` reach a config as strings; a ``float`` field accepts them as the numbers they are.
+_YAML12_FLOAT = re.compile(
+    r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)"
+)
+
+
+def _yaml12_float(value: str) -> float | None:
+    """``value`` as a YAML 1.2 float, or None when it is not spelled as one."""
+    text = value.strip()
+    if not _YAML12_FLOAT.fullmatch(text):
+        return None
+    if text.lstrip("+-").lower() in (".inf", ".nan"):
+        text = text.replace(".", "", 1)  # Python spells them inf / nan
+    return float(text)
 
 
 class ConfigError(ValueError):
@@ -67,6 +84,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         vt = args[1] if len(args) == 2 else Any
         return {k: _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str) and (number := _yaml12_float(value)) is not None:
+            return number
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

@@ -70,7 +70,9 @@ class FinetuneScheduleConfig(ScheduleConfig):
         if self.warmup_ratio is not None:
             warmup = round(self.warmup_ratio * total_steps)
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(ScheduleConfig)}
-        return ScheduleConfig(**{**fields, "warmup_steps": min(warmup, total_steps)})
+        # megatron-core's scheduler needs warmup < decay steps; a ratio rounding up to the whole run stops short
+        warmup = min(warmup, total_steps - 1) if self.warmup_ratio is not None else warmup
+        return ScheduleConfig(**{**fields, "warmup_steps": max(warmup, 0)})
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,8 @@ class FinetuneConfig:
         if self.peft == "lora" and self.precision.fp8 is not None:
             raise ConfigError("peft=lora with precision.fp8 is not supported (the adapters run in bf16/fp32)")
         # the parallel checks of mmed train (heads, ffn and layers divisible by TP/PP, seq for SP/CP)
-        self.train_config(total_steps=1).validate()
+        # (the step count is known once the data is loaded; a run with train.steps is checked with it)
+        self.train_config(total_steps=self.train.steps or self.schedule.warmup_steps + 1).validate()
 
     def train_config(self, total_steps: int, world_size: int | None = None) -> TrainConfig:
         """The ``TrainConfig`` the training stack builds model, optimizer and scheduler from.

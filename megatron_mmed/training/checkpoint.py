@@ -3,8 +3,11 @@
 A checkpoint holds the model (megatron-core ``sharded_state_dict``, so it reloads at another TP/PP), the
 optimizer (model-shaped, so also any TP/PP; the distributed optimizer's state: see ``_optim_sharding``), the
 LR scheduler, the step, consumed samples and per-rank RNG states (restored when TP/PP are unchanged). It is
-written to ``iter_XXXXXXX.tmp`` and renamed, then ``latest`` is replaced atomically: a crash mid-save
-leaves the previous checkpoint as ``latest``.
+written to ``iter_XXXXXXX.tmp`` with its ``config.yaml``, ``model_config.yaml`` and a ``manifest.json`` of
+every file's size and checksum (see ``training/integrity.py``), renamed, then ``latest`` is replaced
+atomically: a crash mid-save leaves the previous checkpoint as ``latest``. A resume verifies the checkpoint
+against its manifest and falls back to the newest intact ``iter_*`` (with a warning) when ``latest`` or the
+checkpoint it names is damaged.
 
 ``checkpoint.init_from`` format (what ``mmed convert hf-to-mcore`` writes): a torch_dist directory saved by
 ``dist_checkpointing.save({"model": gpt_model.sharded_state_dict()}, DIR)``, no optimizer, where
@@ -14,8 +17,11 @@ or one of its ``iter_*`` directories is accepted too; only the model weights are
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,9 @@ import torch
 
 from megatron_mmed.common.config import save_config
 from megatron_mmed.common.errors import UserError
+from megatron_mmed.models.saved import SavedModel, write_model_config
+from megatron_mmed.training import integrity
+from megatron_mmed.training.writers import storage_failure, writer_processes_safe
 
 LATEST = "latest"
 
@@ -42,15 +51,107 @@ def iter_dir_name(step: int) -> str:
     return f"iter_{step:07d}"
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint ``RUN/latest`` points at, or None when the run has none yet."""
-    pointer = Path(run_dir) / LATEST
+_ITER = re.compile(r"iter_\d{7}")
+
+
+def _pointer_target(run_dir: Path) -> tuple[Path | None, str | None]:
+    """``(checkpoint, None)`` from ``RUN/latest``, or ``(None, what is wrong with it)``; ``(None, None)``
+    when there is no pointer. A pointer that is empty, binary or names anything but an ``iter_*`` folder
+    of this run (a file cut short by a full disk, a hand edit) is reported, never followed."""
+    pointer = run_dir / LATEST
     if not pointer.is_file():
-        return None
-    path = Path(run_dir) / pointer.read_text(encoding="utf-8").strip()
-    if not path.is_dir():
-        raise UserError(f"{pointer} points at {path}, which does not exist")
+        return None, None
+    raw = pointer.read_bytes()[:256]
+    try:
+        name = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None, f"{pointer} is not text"
+    if not _ITER.fullmatch(name):
+        return None, f"{pointer} holds {name!r}, not an iter_XXXXXXX name"
+    if not (run_dir / name).is_dir():
+        return None, f"{pointer} points at {run_dir / name}, which does not exist"
+    return run_dir / name, None
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint ``RUN/latest`` points at, or None when the run has none yet (``UserError`` when the
+    pointer is damaged: see :func:`find_resume_checkpoint` for the fallback a resume uses)."""
+    path, problem = _pointer_target(Path(run_dir))
+    if problem:
+        intact = [d.name for d in iter_dirs(Path(run_dir))]
+        raise UserError(f"{problem} (checkpoints there: {', '.join(intact) or 'none'})")
     return path
+
+
+def iter_dirs(run_dir: Path) -> list[Path]:
+    """The run's ``iter_*`` checkpoint folders, newest first (``.tmp`` leftovers excluded)."""
+    found = [d for d in run_dir.glob("iter_*") if d.is_dir() and _ITER.fullmatch(d.name)]
+    return sorted(found, key=lambda d: d.name, reverse=True)
+
+
+def _verify_on_all_ranks(path: Path) -> tuple[list[str], bool]:
+    """``(problems, has_manifest)`` of ``path``, each rank checksumming its share; the same on every rank."""
+    dist = torch.distributed
+    rank, world = dist.get_rank(), dist.get_world_size()
+    box: list[Any] = [None]
+    if rank == 0:
+        try:
+            box = [("ok", integrity.read_manifest(path) if (path / "metadata.json").is_file() else "missing")]
+        except UserError as e:
+            box = [("error", str(e))]
+    dist.broadcast_object_list(box, src=0)
+    kind, manifest = box[0]
+    if kind == "error":
+        return [manifest], True
+    if manifest == "missing":
+        return [f"{path} is not a torch_dist checkpoint (no metadata.json)"], False
+    if manifest is None:
+        return [], False
+    problems = integrity.size_problems(path, manifest) if rank == 0 else []
+    problems += integrity.checksum_problems(path, manifest, sorted(manifest)[rank::world])
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, problems)
+    return [p for g in gathered for p in g], True
+
+
+def _warn(message: str) -> None:
+    if torch.distributed.get_rank() == 0:
+        print(f"mmed train: warning: {message}", file=sys.stderr, flush=True)
+
+
+def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint a run resumes from: ``latest`` when it verifies against its manifest, else the newest
+    ``iter_*`` that does (with a warning naming what was wrong). Collective: every rank calls it.
+
+    ``UserError`` when the run has checkpoints but none is intact (rather than silently starting over).
+    """
+    run_dir = Path(run_dir)
+    if torch.distributed.get_rank() == 0:  # saves a kill interrupted: never a checkpoint, only disk space
+        for partial in run_dir.glob("iter_*.tmp"):
+            shutil.rmtree(partial, ignore_errors=True)
+    target, problem = _pointer_target(run_dir)
+    if problem:
+        _warn(problem)
+    candidates = ([target] if target else []) + [d for d in iter_dirs(run_dir) if d != target]
+    damaged = []
+    for path in candidates:
+        problems, has_manifest = _verify_on_all_ranks(path)
+        if problems:
+            damaged.append(f"{path.name}: {'; '.join(problems[:3])}")
+            _warn(f"{path} is damaged ({'; '.join(problems[:3])}); trying an older checkpoint")
+            continue
+        integrity.check_metadata_pickle(path)
+        if not has_manifest:
+            _warn(f"{path} has no {integrity.MANIFEST} (an older checkpoint): loading it unverified")
+        if damaged or problem:
+            _warn(f"resuming from {path.name}, the newest intact checkpoint; {LATEST} now points at it")
+            if torch.distributed.get_rank() == 0:
+                _point_latest_at(run_dir, path)
+            torch.distributed.barrier()
+        return path
+    if candidates:
+        raise UserError(f"{run_dir}: no intact checkpoint to resume from ({' | '.join(damaged)})")
+    return None
 
 
 @dataclass
@@ -98,20 +199,63 @@ def _layout() -> dict[str, int]:
     }
 
 
+def _agree(error: BaseException | None) -> None:
+    """Raise on every rank when any rank failed (a rank-0-only write must not leave the others waiting)."""
+    flag = torch.tensor([int(error is not None)], dtype=torch.int32)
+    if torch.cuda.is_available():
+        flag = flag.cuda()
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    if flag.item():
+        raise error or OSError(errno.EIO, "the checkpoint write failed on rank 0")
+
+
 def save_checkpoint(
-    run_dir: str | Path, step: int, models: list, optimizer, scheduler, state: TrainState, cfg
+    run_dir: str | Path,
+    step: int,
+    models: list,
+    optimizer,
+    scheduler,
+    state: TrainState,
+    cfg,
+    model: SavedModel | None = None,
 ) -> Path:
-    """Write ``RUN/iter_<step>`` on all ranks, then (rank 0) the config and the ``latest`` pointer."""
+    """Write ``RUN/iter_<step>`` on all ranks, then (rank 0) the config, ``model_config.yaml`` (the
+    architecture, see :mod:`megatron_mmed.models.saved`), the manifest and the ``latest`` pointer.
+
+    A storage failure (a full disk) is a ``UserError`` on every rank; the partial ``iter_<step>.tmp`` is
+    removed and ``latest`` keeps naming the previous checkpoint.
+    """
+    run_dir = Path(run_dir)
+    tmp = run_dir / (iter_dir_name(step) + ".tmp")
+    try:
+        return _save(run_dir, step, models, optimizer, scheduler, state, cfg, model)
+    except BaseException as e:  # torch's CheckpointException derives from BaseException
+        reason = None if isinstance(e, KeyboardInterrupt | SystemExit) else storage_failure(e, run_dir)
+        if reason is None:
+            raise
+        if torch.distributed.get_rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        previous, _ = _pointer_target(run_dir)
+        raise UserError(
+            f"checkpoint save of step {step} to {run_dir} failed: {reason}; {LATEST} still points at "
+            f"{previous.name if previous else 'no checkpoint'} (the partial {tmp.name} was removed)"
+        ) from None
+
+
+def _save(run_dir: Path, step: int, models: list, optimizer, scheduler, state, cfg, model) -> Path:
     from megatron.core import dist_checkpointing
 
-    run_dir = Path(run_dir)
     final = run_dir / iter_dir_name(step)
     tmp = run_dir / (iter_dir_name(step) + ".tmp")
     rank = torch.distributed.get_rank()
+    error = None
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    torch.distributed.barrier()
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        except OSError as e:
+            error = e
+    _agree(error)
     model_sd = _model_sharded(models)
     sharding = _optim_sharding()
     sharded = {
@@ -126,25 +270,75 @@ def save_checkpoint(
         "layout": _layout(),
         "optim_sharding": sharding,
     }
-    dist_checkpointing.save(sharded, str(tmp))
+    with writer_processes_safe():
+        dist_checkpointing.save(sharded, str(tmp))
     torch.distributed.barrier()
     if rank == 0:
-        save_config(cfg, tmp / "config.yaml")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        save_config(cfg, run_dir / "config.yaml")
-        pointer_tmp = run_dir / (LATEST + ".tmp")
-        pointer_tmp.write_text(final.name + "\n", encoding="utf-8")
-        os.replace(pointer_tmp, run_dir / LATEST)
-    torch.distributed.barrier()
+        try:
+            save_config(cfg, tmp / "config.yaml")
+            if model is not None:
+                write_model_config(tmp, model)
+        except OSError as e:
+            error = e
+    _agree(error)
+    _write_manifest_on_all_ranks(tmp)
+    if rank == 0:
+        try:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(run_dir)
+            save_config(cfg, run_dir / "config.yaml")
+            _point_latest_at(run_dir, final)
+        except OSError as e:  # the checkpoint is whole; at worst latest still names the previous one
+            error = e
+    _agree(error)
     return final
+
+
+def _point_latest_at(run_dir: Path, checkpoint: Path) -> None:
+    """Replace ``RUN/latest`` atomically (temp file, fsync, rename, fsync of the folder)."""
+    pointer_tmp = run_dir / (LATEST + ".tmp")
+    with open(pointer_tmp, "w", encoding="utf-8") as fh:
+        fh.write(checkpoint.name + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(pointer_tmp, run_dir / LATEST)
+    _fsync_dir(run_dir)
+
+
+def _write_manifest_on_all_ranks(folder: Path) -> None:
+    """Every rank checksums its share of ``folder``'s files; rank 0 writes ``manifest.json``."""
+    dist = torch.distributed
+    rank, world = dist.get_rank(), dist.get_world_size()
+    names: list[Any] = [integrity.checkpoint_files(folder) if rank == 0 else None]
+    dist.broadcast_object_list(names, src=0)
+    mine = integrity.file_digests(folder, names[0][rank::world])
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, mine)
+    error = None
+    if rank == 0:
+        try:
+            integrity.write_manifest(folder, {k: v for part in gathered for k, v in part.items()})
+        except OSError as e:
+            error = e
+    _agree(error)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (a crash after it cannot resurrect the old entry)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, models: list, optimizer, scheduler) -> TrainState:
     """Restore model, optimizer, scheduler (and RNG when the TP/PP layout is unchanged) from ``path``."""
     from megatron.core import dist_checkpointing
 
+    integrity.check_metadata_pickle(Path(path))
     path = str(path)
     _materialize_optimizer_state(optimizer)
     common = dist_checkpointing.load_common_state_dict(path)
@@ -158,10 +352,15 @@ def load_checkpoint(path: str | Path, models: list, optimizer, scheduler) -> Tra
     if same_layout:
         sharded["rng_state"] = _rng_object(is_loading=True)
     loaded = dist_checkpointing.load(sharded, path)
+    configured = [{k: g[k] for k in _CONFIGURED_GROUP_KEYS if k in g} for g in optimizer.param_groups]
     with torch.no_grad():  # the optimizer copies into views of leaf parameters
         for i, m in enumerate(models):
             m.load_state_dict(loaded[_model_key(i, len(models))])
         optimizer.load_state_dict(loaded["optimizer"])
+    for group, values in zip(optimizer.param_groups, configured, strict=True):
+        group.update(
+            values
+        )  # this run's settings, not the checkpoint's (the Adam moments are the checkpoint's)
     _untie_adam_steps(optimizer, int(loaded["step"]))
     scheduler.load_state_dict(loaded["scheduler"])
     if same_layout:
@@ -173,6 +372,34 @@ def load_checkpoint(path: str | Path, models: list, optimizer, scheduler) -> Tra
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
     return TrainState(step=int(loaded["step"]), consumed_samples=int(loaded["consumed_samples"]))
+
+
+#: per-group optimizer settings that come from the config: a resume with a changed ``optimizer.lr`` (or
+#: betas, eps) applies it. megatron-core's scheduler reads ``max_lr``/``min_lr`` from the groups, which
+#: ``load_state_dict`` would otherwise take from the checkpoint.
+_CONFIGURED_GROUP_KEYS = ("max_lr", "min_lr", "betas", "eps")
+
+
+def changed_settings(checkpoint: Path, cfg) -> list[str]:
+    """``"optimizer.lr 0.003 -> 0.001"`` for each optimizer/schedule/train.steps value that differs from the
+    config the checkpoint was saved with (a resume applies them; this names them)."""
+    import yaml
+
+    from megatron_mmed.common.config import to_dict
+
+    path = checkpoint / "config.yaml"
+    try:
+        old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    new = to_dict(cfg)
+    out = []
+    for section, keys in (("optimizer", None), ("schedule", None), ("train", ("steps",))):
+        before, after = old.get(section) or {}, new.get(section) or {}
+        for key in keys or sorted(set(before) | set(after)):
+            if key in before and before.get(key) != after.get(key):
+                out.append(f"{section}.{key} {before.get(key)} -> {after.get(key)}")
+    return out
 
 
 def _materialize_optimizer_state(optimizer) -> None:
@@ -215,11 +442,22 @@ def resolve_init_dir(path: str | Path) -> Path:
 
 
 def load_weights(path: str | Path, models: list) -> None:
-    """Load only model weights (continued pretraining from converted HF weights); optimizer stays fresh."""
+    """Load only model weights (continued pretraining from converted HF weights); optimizer stays fresh.
+
+    The folder is verified against its manifest first (every rank its share) and its ``.metadata`` read
+    with the restricted unpickler; a damaged one is a ``UserError``.
+    """
     from megatron.core import dist_checkpointing
 
+    folder = resolve_init_dir(path)
+    problems, has_manifest = _verify_on_all_ranks(folder)
+    if problems:
+        raise UserError(f"checkpoint.init_from {folder} is damaged: {'; '.join(problems[:5])}")
+    integrity.check_metadata_pickle(folder)
+    if not has_manifest:
+        _warn(f"checkpoint.init_from {folder} has no {integrity.MANIFEST}: loading it unverified")
     model_sd = _model_sharded(models)
-    loaded = dist_checkpointing.load(model_sd, str(resolve_init_dir(path)))
+    loaded = dist_checkpointing.load(model_sd, str(folder))
     for i, m in enumerate(models):
         m.load_state_dict(loaded[_model_key(i, len(models))])
 
@@ -232,5 +470,8 @@ def save_weights(path: str | Path, models: list) -> Path:
     if torch.distributed.get_rank() == 0:
         path.mkdir(parents=True, exist_ok=True)
     torch.distributed.barrier()
-    dist_checkpointing.save(_model_sharded(models), str(path))
+    with writer_processes_safe():
+        dist_checkpointing.save(_model_sharded(models), str(path))
+    torch.distributed.barrier()
+    _write_manifest_on_all_ranks(path)
     return path

@@ -18,9 +18,17 @@ from megatron_mmed.models.internlm2 import ModelPreset, get_preset, padded_vocab
 H100_PEAK_TFLOPS = {"bf16": 989.0, "fp32": 989.0, "fp8": 1979.0}
 
 
+#: ``model.preset`` value that takes the architecture from ``checkpoint.init_from``'s ``model_config.yaml``.
+FROM_INIT = "from_init"
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which preset, plus the few knobs a run may change (depth for benchmarks, sequence length)."""
+    """Which preset, plus the few knobs a run may change (depth for benchmarks, sequence length).
+
+    ``preset: from_init`` trains the model ``checkpoint.init_from`` holds, as it is (RoPE base, norm eps,
+    sizes and vocabulary from its ``model_config.yaml``).
+    """
 
     preset: str = "tiny"
     num_layers: int | None = None  # None: the preset's depth
@@ -33,22 +41,38 @@ class ModelConfig:
     )
 
     def validate(self) -> None:
-        get_preset(self.preset)
+        if self.preset != FROM_INIT:
+            get_preset(self.preset)
         if self.num_layers is not None and self.num_layers < 1:
             raise ConfigError("model.num_layers must be >= 1")
         if self.vocab_size is not None and self.vocab_size < 2:
             raise ConfigError("model.vocab_size must be >= 2")
         if self.seq_length < 2:
             raise ConfigError("model.seq_length must be >= 2")
-        if self.seq_length > get_preset(self.preset).max_position_embeddings:
-            raise ConfigError(
-                f"model.seq_length {self.seq_length} exceeds the preset's max positions "
-                f"{get_preset(self.preset).max_position_embeddings}"
-            )
 
-    def architecture(self) -> ModelPreset:
-        """The preset with this run's overrides applied."""
-        preset = get_preset(self.preset)
+    def architecture(self, init_from: str | None = None) -> ModelPreset:
+        """The preset (or with ``from_init``, the architecture of ``init_from``) with this run's overrides."""
+        if self.preset == FROM_INIT:
+            if not init_from:
+                raise ConfigError(
+                    "model.preset=from_init needs checkpoint.init_from (the hf-to-mcore output or run whose "
+                    "model_config.yaml gives the architecture)"
+                )
+            from megatron_mmed.training.architecture import init_saved_model
+
+            preset = init_saved_model(init_from).preset
+            if self.num_layers is not None and self.num_layers != preset.num_layers:
+                raise ConfigError(
+                    f"model.num_layers={self.num_layers} differs from the {preset.num_layers} layers of "
+                    f"checkpoint.init_from ({init_from}); leave it unset with model.preset=from_init"
+                )
+        else:
+            preset = get_preset(self.preset)
+        if self.seq_length > preset.max_position_embeddings:
+            raise ConfigError(
+                f"model.seq_length {self.seq_length} exceeds the max positions {preset.max_position_embeddings} "
+                f"of {preset.name}"
+            )
         if self.num_layers is not None:
             preset = dataclasses.replace(preset, num_layers=self.num_layers)
         if self.vocab_size is not None:
@@ -252,8 +276,12 @@ class TrainConfig:
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     launch: LaunchConfig | None = None  # recipes for launch/pretrain.sh say how many nodes they need
 
+    def architecture(self) -> ModelPreset:
+        """The model this run trains: ``model`` resolved (``from_init`` reads ``checkpoint.init_from``)."""
+        return self.model.architecture(self.checkpoint.init_from)
+
     def validate(self) -> None:
-        arch = self.model.architecture()
+        arch = self.architecture()
         p = self.parallel
         if self.launch is not None and p.world_size is not None:
             launched = self.launch.nodes * self.launch.tasks_per_node
@@ -276,8 +304,18 @@ class TrainConfig:
             raise ConfigError("model.seq_length must be divisible by 2 x parallel.cp")
         if p.sequence_parallel and self.model.seq_length % p.tp:
             raise ConfigError("model.seq_length must be divisible by parallel.tp with sequence_parallel")
-        if self.schedule.warmup_steps > (self.schedule.decay_steps or self.train.steps):
-            raise ConfigError("schedule.warmup_steps exceeds the decay steps")
+        s = self.schedule
+        decay, named = (
+            (s.decay_steps, "schedule.decay_steps") if s.decay_steps else (self.train.steps, "train.steps")
+        )
+        if s.warmup_steps >= decay:  # megatron-core's scheduler asserts warmup < decay steps
+            raise ConfigError(
+                f"schedule.warmup_steps ({s.warmup_steps}) must be below the decay steps ({named} = {decay})"
+            )
+        if s.decay_style == "WSD" and s.wsd_decay_steps and s.wsd_decay_steps > decay:
+            raise ConfigError(
+                f"schedule.wsd_decay_steps {s.wsd_decay_steps} exceeds the decay steps ({named} = {decay})"
+            )
 
     def peak_tflops(self) -> float:
         """Per-GPU peak for MFU: the configured one or the H100 dense peak for this precision."""
@@ -339,7 +377,7 @@ def resolve_layout(cfg: TrainConfig, world_size: int, vocab_size: int | None = N
         raise ConfigError(
             "the interleaved schedule needs the micro-batch count to be a multiple of parallel.pp"
         )
-    vocab = vocab_size or cfg.model.architecture().vocab_size
+    vocab = vocab_size or cfg.architecture().vocab_size
     return Layout(
         world_size=world_size,
         tp=p.tp,

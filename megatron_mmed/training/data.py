@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,57 @@ def _read_blend_json(path: str | Path) -> dict[str, Any]:
     return data
 
 
+#: megatron-core's ``.idx`` header: magic, version (u64 = 1), dtype code (u8), sequence and document counts.
+_IDX_MAGIC = b"MMIDIDX\x00\x00"
+_IDX_HEADER = 34
+#: dtype codes of megatron-core's ``DType`` that hold token ids (6 and 7 are float64/float32).
+_TOKEN_DTYPES = {
+    1: ("uint8", 1),
+    2: ("int8", 1),
+    3: ("int16", 2),
+    4: ("int32", 4),
+    5: ("int64", 8),
+    8: ("uint16", 2),
+}
+_FLOAT_DTYPES = {6: "float64", 7: "float32"}
+
+
+def check_indexed_dataset(prefix: str | Path) -> None:
+    """Check ``prefix.idx``'s header and both files' sizes before megatron-core maps them.
+
+    megatron-core asserts or raises ``KeyError``/``ValueError`` deep inside the dataset builder on a bad
+    magic, version or dtype byte, and maps a cut ``.bin`` without noticing; here each is a ``UserError``.
+    """
+    idx, bin_ = Path(f"{prefix}.idx"), Path(f"{prefix}.bin")
+    size = idx.stat().st_size
+    with open(idx, "rb") as fh:
+        head = fh.read(_IDX_HEADER)
+        if len(head) < _IDX_HEADER or head[:9] != _IDX_MAGIC:
+            raise UserError(f"{idx}: not a megatron-core index (bad magic or truncated header)")
+        (version,) = struct.unpack("<Q", head[9:17])
+        code = head[17]
+        seqs, docs = struct.unpack("<QQ", head[18:34])
+        if version != 1:
+            raise UserError(f"{idx}: index version {version} (megatron-core reads version 1)")
+        if code in _FLOAT_DTYPES:
+            raise UserError(f"{idx}: holds {_FLOAT_DTYPES[code]} values, not token ids")
+        if code not in _TOKEN_DTYPES:
+            valid = ", ".join(f"{c} ({n})" for c, (n, _) in sorted(_TOKEN_DTYPES.items()))
+            raise UserError(f"{idx}: dtype code {code} is not one of {valid}; the file is corrupt")
+        need = _IDX_HEADER + seqs * (4 + 8) + docs * 8
+        if size < need or seqs > size:
+            raise UserError(f"{idx}: truncated ({size} bytes, its counts need {need})")
+        if seqs == 0:
+            return
+        fh.seek(_IDX_HEADER + (seqs - 1) * 4)
+        (last_len,) = struct.unpack("<i", fh.read(4))
+        fh.seek(_IDX_HEADER + seqs * 4 + (seqs - 1) * 8)
+        (last_ptr,) = struct.unpack("<q", fh.read(8))
+    end = last_ptr + last_len * _TOKEN_DTYPES[code][1]
+    if bin_.stat().st_size < end:
+        raise UserError(f"{bin_}: truncated ({bin_.stat().st_size} bytes, its index points up to byte {end})")
+
+
 def load_blend(path: str | Path) -> list[BlendEntry]:
     """The blend as ``[(lang, absolute prefix, weight), ...]``; ``UserError`` on a missing or bad file."""
     p = Path(path)
@@ -70,6 +122,7 @@ def load_blend(path: str | Path) -> list[BlendEntry]:
         for ext in (".bin", ".idx"):
             if not prefix.with_name(prefix.name + ext).is_file():
                 raise UserError(f"data.blend: {p}: entry {i}: {prefix}{ext} not found")
+        check_indexed_dataset(prefix)
         lang = e.get("lang")
         if not lang:
             m = _LANG_FROM_PREFIX.match(prefix.name)
@@ -110,6 +163,13 @@ def blend_vocab_size(path: str | Path) -> int | None:
         if isinstance(v, int) and v > 0:
             return v
     return None
+
+
+def blend_tokenizer_path(path: str | Path) -> str | None:
+    """The tokenizer ``blend.json`` names (``tokenizer.path``), if any: carried to the exported model."""
+    tok = _read_blend_json(path).get("tokenizer")
+    p = tok.get("path") if isinstance(tok, dict) else None
+    return p if isinstance(p, str) else None
 
 
 def max_token_id(prefix: str, limit: int | None = 1 << 24) -> int:

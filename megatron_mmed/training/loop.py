@@ -143,31 +143,38 @@ def train(cfg: TrainConfig) -> RunResult:
         )
     if not cfg.data.blend:
         raise UserError("data.blend is required (the blend.json written by `mmed tokenize`)")
+    import dataclasses
+
     from megatron_mmed.training.data import load_blend, resolve_vocab
 
     blend = load_blend(cfg.data.blend)
-    vocab = resolve_vocab(cfg.model.vocab_size, cfg.data.blend, blend, cfg.model.architecture().vocab_size)
+    arch = cfg.architecture()
+    vocab = resolve_vocab(cfg.model.vocab_size, cfg.data.blend, blend, arch.vocab_size)
+    arch = dataclasses.replace(arch, vocab_size=vocab)
     with cpu_shim() as on_cpu:
         env = init_distributed(cfg, vocab)
         try:
-            return _train(cfg, env, blend, vocab, on_cpu)
+            return _train(cfg, env, blend, arch, on_cpu)
         finally:
             destroy_distributed()
 
 
-def _train(cfg: TrainConfig, env, blend, vocab: int, on_cpu: bool) -> RunResult:
-    import dataclasses
-
+def _train(cfg: TrainConfig, env, blend, arch, on_cpu: bool) -> RunResult:
     from megatron_mmed.common.config import save_config, to_dict
     from megatron_mmed.training import checkpoint as ckpt
-    from megatron_mmed.training.data import blend_eod, build_datasets
+    from megatron_mmed.training.architecture import run_model
+    from megatron_mmed.training.data import blend_eod, blend_tokenizer_path, build_datasets
     from megatron_mmed.training.flops import flops_per_token
-    from megatron_mmed.training.metrics import MetricsLogger
+    from megatron_mmed.training.metrics import MetricsLogger, truncate_metrics
     from megatron_mmed.training.setup import build_model_and_optimizer
 
     layout = env.layout
-    arch = dataclasses.replace(cfg.model.architecture(), vocab_size=vocab)
+    vocab = arch.vocab_size
     run_dir = Path(cfg.checkpoint.dir)
+    # before anything is written: the newest intact checkpoint (verified against its manifest), and the
+    # weights it resumes or starts from checked to be this run's model
+    resume_from = ckpt.find_resume_checkpoint(run_dir) if run_dir.is_dir() else None
+    model = run_model(cfg, arch, layout.padded_vocab_size, resume_from, blend_tokenizer_path(cfg.data.blend))
     if env.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -179,16 +186,18 @@ def _train(cfg: TrainConfig, env, blend, vocab: int, on_cpu: bool) -> RunResult:
     )
     t, log = cfg.train, cfg.logging
     state = ckpt.TrainState()
-    resume_from = ckpt.latest_checkpoint(run_dir)
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from, gpt_models, optimizer, scheduler)
+        changed = ckpt.changed_settings(resume_from, cfg)
+        if changed and env.rank == 0:
+            print(f"mmed train: resuming with changed settings (applied): {'; '.join(changed)}", flush=True)
     elif cfg.checkpoint.init_from:
         ckpt.load_weights(cfg.checkpoint.init_from, gpt_models)
         for m in ddp_models:  # the optimizer's fp32 main params must follow the loaded weights
             m.broadcast_params()
         optimizer.reload_model_params()
     if env.is_last_rank and run_dir.joinpath("metrics.jsonl").exists():
-        _truncate_metrics(run_dir / "metrics.jsonl", state.step)
+        truncate_metrics(run_dir / "metrics.jsonl", state.step)
 
     evals = t.steps // log.eval_interval + 1
     train_ds, valid = build_datasets(
@@ -245,7 +254,7 @@ def _train(cfg: TrainConfig, env, blend, vocab: int, on_cpu: bool) -> RunResult:
                 ]
             )
             if diverged:
-                last = ckpt.latest_checkpoint(run_dir)
+                last = result.checkpoint
                 raise TrainingDiverged(
                     f"loss is {'not finite' if loss is None else loss} at step {state.step}; stopping. Last good checkpoint: {last or 'none'} "
                     "(lower optimizer.lr, raise schedule.warmup_steps or check the data)"
@@ -278,7 +287,7 @@ def _train(cfg: TrainConfig, env, blend, vocab: int, on_cpu: bool) -> RunResult:
             if cfg.checkpoint.save and due:
                 save_start = time.time()
                 result.checkpoint = ckpt.save_checkpoint(
-                    run_dir, state.step, gpt_models, optimizer, scheduler, state, cfg
+                    run_dir, state.step, gpt_models, optimizer, scheduler, state, cfg, model
                 )
                 window_start += time.time() - save_start  # throughput excludes checkpoint time
             if reason:
@@ -311,12 +320,3 @@ def _evaluate(stepper: _Stepper, valid: dict, iters: int) -> dict:
     if not per_lang:
         return {}
     return {"val_loss": sum(per_lang.values()) / len(per_lang), "val_loss_per_lang": per_lang}
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop records past the checkpoint so metrics.jsonl reads as one continuous run."""
-    import json
-
-    lines = path.read_text(encoding="utf-8").splitlines()
-    keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +72,47 @@ def _fmt(key: str, value: Any) -> str:
     return f"{key}={value}"
 
 
+def _parse_records(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The JSON records of a metrics file and how many lines were not one (a line cut short by a kill)."""
+    records, bad = [], 0
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+        else:
+            bad += 1
+    return records, bad
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of ``RUN/metrics.jsonl`` in order."""
+    """The records of ``RUN/metrics.jsonl`` in order (a partial line left by a kill is skipped, with a warning)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"{path} not found (no logged steps yet)")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records, bad = _parse_records(path)
+    if bad:
+        print(f"warning: {path}: skipped {bad} partial or unreadable line(s)", file=sys.stderr)
+    return records
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, keep only the records up to the checkpoint's ``step`` so metrics.jsonl reads as one run.
+
+    A line cut short by a kill mid-write cannot be parsed: it is dropped (with a warning), not fatal.
+    """
+    records, bad = _parse_records(path)
+    if bad:
+        print(f"warning: {path}: dropped {bad} unreadable (partial) line(s) on resume", file=sys.stderr)
+    keep = [r for r in records if r.get("step", 0) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def plot_loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path:

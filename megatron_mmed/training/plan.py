@@ -47,7 +47,7 @@ class Plan:
 def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int | None = None) -> Plan:
     """Lay ``cfg`` out on ``world_size`` ranks (``ConfigError`` if it does not fit) and count its cost."""
     layout = resolve_layout(cfg, world_size, vocab_size)
-    arch = cfg.model.architecture()
+    arch = cfg.architecture()
     if vocab_size is not None:
         arch = dataclasses.replace(arch, vocab_size=vocab_size)
     return Plan(

@@ -141,6 +141,10 @@ def build_model_and_optimizer(cfg: TrainConfig, arch: ModelPreset, padded_vocab:
         wd_incr_style="constant",
         wsd_decay_steps=s.wsd_decay_steps,
         lr_wsd_decay_style=s.wsd_decay_style if s.decay_style == "WSD" else None,
+        # on resume the config's schedule wins over the checkpoint's (a changed lr is applied, not ignored);
+        # checkpoint.load_checkpoint also restores the config's per-group max/min lr, betas and eps
+        use_checkpoint_opt_param_scheduler=False,
+        override_opt_param_scheduler=True,
     )
     core.no_sync_func = [m.no_sync for m in ddp_models] if len(ddp_models) > 1 else ddp_models[0].no_sync
     core.finalize_model_grads_func = finalize_model_grads

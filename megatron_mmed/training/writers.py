@@ -1,0 +1,110 @@
+"""What can break a checkpoint write from outside: signals, a killed trainer, a full disk.
+
+megatron-core 0.16 writes a torch_dist checkpoint through helper processes; :func:`writer_processes_safe`
+keeps a signal to the process group or a kill -9 from breaking or orphaning them, and
+:func:`storage_failure` recognises a full (or read-only) disk in the exceptions those helpers send back,
+so it can be reported in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_saving = False  # read by the at-fork hook in children forked while a save is in progress
+_hook_installed = False
+
+
+def _writer_child_after_fork() -> None:
+    """In a process forked by a save (megatron-core's per-file writers): ignore the stop signals the parent
+    handles (slurm sends them to the whole process group), and die with the parent (Linux
+    ``PR_SET_PDEATHSIG``), so a kill -9 of the trainer leaves no writer holding its stdout."""
+    if not _saving:
+        return
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+@contextlib.contextmanager
+def writer_processes_safe() -> Iterator[None]:
+    """Around ``dist_checkpointing.save``: no helper process a signal or a kill can break or orphan.
+
+    megatron-core 0.16's synchronous save collects its writers' results through a ``multiprocessing``
+    Manager: a server process (started once, kept for the life of the job) that a SIGTERM to the process
+    group kills, failing every later save with ``BrokenPipeError``, and that survives a kill -9 of the
+    trainer holding its stdout. A synchronous save writes from this process, so an in-process queue does
+    the same job (set as the module's queue once; megatron-core is pinned). Its forked per-file writers
+    get the at-fork hook above.
+    """
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    global _saving, _hook_installed
+    if not isinstance(filesystem_async._results_queue, queue.Queue):
+        filesystem_async._results_queue = queue.Queue()
+    if not _hook_installed and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_writer_child_after_fork)
+        _hook_installed = True
+    _saving = True
+    try:
+        yield
+    finally:
+        _saving = False
+
+
+#: errors that mean the storage, not the program, failed: reported in one line, never as a traceback.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+
+
+def storage_failure(exc: BaseException, path: str | Path | None = None) -> str | None:
+    """``"No space left on device"`` when ``exc`` is a storage failure, else None.
+
+    megatron-core's writers fail in forked processes and their exceptions reach the trainer pickled inside
+    torch's ``CheckpointException`` (the errno often only in the text, or lost: torch's zip writer reports a
+    full disk as "unexpected pos"); so the exception chain, its per-rank failures and their text are
+    searched, and when ``path`` is given a filesystem left (nearly) full by the failed write counts too.
+    """
+    seen: set[int] = set()
+    stack: list[Any] = [exc]
+    texts = []
+    while stack:
+        e = stack.pop()
+        if isinstance(e, tuple):  # torch's WRAPPED_EXCEPTION: (exception, traceback)
+            stack.extend(x for x in e if isinstance(x, BaseException))
+            continue
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+            return os.strerror(e.errno)
+        texts.append(str(e))
+        failures = getattr(e, "failures", None)
+        if isinstance(failures, dict):
+            stack.extend(failures.values())
+        stack.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    for code in _STORAGE_ERRNOS:
+        if any(f"[Errno {code}]" in t or os.strerror(code) in t for t in texts):
+            return os.strerror(code)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            usage = shutil.disk_usage(path)
+            if usage.free < max(16 * 1024**2, usage.total // 1000):
+                return f"{os.strerror(errno.ENOSPC)} ({usage.free} bytes free on the filesystem of {path})"
+    if type(exc).__name__ == "CheckpointException":  # raised on every rank; the details only on rank 0
+        return f"the checkpoint write failed on another rank ({exc})"
+    return None
