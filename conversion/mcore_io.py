@@ -319,21 +319,17 @@ def checkpoint_arch(ckpt: Path, vocab_size: int | None = None) -> tuple[Arch, st
 
 
 def _arch_from_train_config(path: Path, vocab_size: int | None) -> tuple[Arch, str, dict[str, Any]]:
+    from megatron_mmed.common.blend_file import BlendFile
     from megatron_mmed.common.config import load_config
     from megatron_mmed.training.config import TrainConfig
-    from megatron_mmed.training.data import blend_vocab_size
 
     cfg = load_config(TrainConfig, path)
     extras: dict[str, Any] = {}
     vocab = vocab_size or cfg.model.vocab_size
-    blend = cfg.data.blend
-    if blend and Path(blend).is_file():
-        import json
-
-        extras["tokenizer"] = (
-            json.loads(Path(blend).read_text(encoding="utf-8")).get("tokenizer") or {}
-        ).get("path")
-        vocab = vocab or blend_vocab_size(blend)
+    if cfg.data.blend and Path(cfg.data.blend).is_file():
+        tokenizer = BlendFile.read(cfg.data.blend).tokenizer
+        extras["tokenizer"] = tokenizer.path
+        vocab = vocab or tokenizer.vocab_size
     base = None
     if cfg.checkpoint.init_from and (Path(cfg.checkpoint.init_from) / MODEL_CONFIG).is_file():
         _, base, doc = read_model_config(Path(cfg.checkpoint.init_from) / MODEL_CONFIG)

@@ -1,4 +1,4 @@
-"""blend.json reading (tolerant to the tokenizer's schema variants), datasets, the CPU shim, NaN stops."""
+"""blend.json reading (only the format `mmed tokenize` writes), datasets, the CPU shim, NaN stops."""
 
 from __future__ import annotations
 
@@ -29,32 +29,49 @@ def test_load_blend_relative_prefixes_and_declared_vocab(tok):
     assert blend_vocab_size(tok) == 257
 
 
-def test_load_blend_tolerates_prefixes_key_absolute_paths_and_missing_lang(tok, tmp_path):
-    ru = str(tok.parent / "ru_text_document.bin")  # absolute, with an extension
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda d: d.update(prefixes=d.pop("datasets")), "'prefixes'"),  # the old alternative key
+        (lambda d: d.update(eod=d["tokenizer"].pop("eod_id")), "'eod'"),  # eod at the top level
+        (lambda d: d.update(vocab_size=d.pop("tokenizer")["vocab_size"]), "'vocab_size'"),
+        (lambda d: d["tokenizer"].pop("eod_id"), "'tokenizer.eod_id'"),
+        (lambda d: d.pop("format"), "'format'"),
+        (lambda d: d["datasets"][0].pop("lang"), r"'datasets\[0\].lang'"),
+        (lambda d: d["datasets"][1].update(weight="1"), r"'datasets\[1\].weight'"),
+    ],
+)
+def test_load_blend_refuses_other_shapes_naming_the_field(tok, tmp_path, change, field):
+    """Training reads only the format `mmed tokenize` writes: no `prefixes`/`eod`/top-level fallbacks."""
+    data = json.loads(tok.read_text())
+    change(data)
     alt = tmp_path / "blend.json"
-    alt.write_text(
-        json.dumps(
-            {"prefixes": [{"prefix": ru, "weight": 3}, {"prefix": str(tok.parent / "es_text_document")}]}
-        )
-    )
-    blend = load_blend(alt)
-    assert [(e.lang, e.weight) for e in blend] == [("ru", 3.0), ("es", 1.0)]
-    assert blend_vocab_size(alt) is None
+    alt.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=f"data.blend: .*{field}") as e:
+        load_blend(alt)
+    assert "\n" not in str(e.value)
+
+
+def _blend_with(tok, **dataset) -> str:
+    data = json.loads(tok.read_text())
+    data["datasets"] = [{**data["datasets"][0], **dataset}]
+    data["blend"] = [[data["datasets"][0]["prefix"]], [data["datasets"][0]["weight"]]]
+    return json.dumps(data)
 
 
 @pytest.mark.parametrize(
     "content, message",
     [
         ("not json", "not valid JSON"),
-        (json.dumps({"datasets": []}), "no non-empty"),
-        (json.dumps({"datasets": [{"weight": 1}]}), "no 'prefix'"),
-        (json.dumps({"datasets": [{"prefix": "nope_text_document"}]}), "not found"),
-        (json.dumps({"datasets": [{"prefix": "ru_text_document", "weight": -1}]}), "negative weight"),
+        (lambda tok: json.dumps({**json.loads(tok.read_text()), "datasets": []}), "no non-empty"),
+        (lambda tok: _blend_with(tok, prefix=None), "no 'prefix'"),
+        (lambda tok: _blend_with(tok, prefix="/nope_text_document", name="nope"), "not found"),
+        (lambda tok: _blend_with(tok, weight=-1), "negative weight"),
     ],
 )
 def test_load_blend_errors_are_user_errors(tok, content, message):
     bad = tok.parent / "bad_blend.json"
-    bad.write_text(content)
+    bad.write_text(content if isinstance(content, str) else content(tok))
     with pytest.raises(UserError, match=message):
         load_blend(bad)
 
