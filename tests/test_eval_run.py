@@ -14,10 +14,10 @@ from eval.data import LANGUAGES
 from eval.metrics import bertscore
 from eval.run import EvalConfig, run_mmedbench
 from eval.scoring import score_predictions
-from eval.tiny import build_tiny_model
 from megatron_mmed.cli import main
 from megatron_mmed.common.config import ConfigError
 from megatron_mmed.common.errors import UserError
+from megatron_mmed.testing.tiny_hf import build_tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,7 @@ print("INSPECT " + json.dumps({"latest": latest, "entries": sorted(p.name for p 
 
 
 def test_full_disk_during_a_checkpoint_save(repo_root, shared_data, tmp_path, small_disk):
-    from megatron_mmed.training.bytes_data import write_byte_level_blend
+    from megatron_mmed.testing.byte_data import write_byte_level_blend
 
     tok = write_byte_level_blend(shared_data / "corpus", tmp_path / "tok", ["en"], 20)
     run = tmp_path / "run"
