@@ -177,7 +177,8 @@ def _mcore_step(work: Path, ex, lora: bool, pack_length: int):
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from conversion.mcore_io import mcore_session, read_model_config
+    from conversion.mcore_io import read_model_config
+    from megatron_mmed.common.distributed import mcore_session
     from megatron_mmed.finetune.lora import apply_lora
     from megatron_mmed.finetune.packing import SFTBatches
     from megatron_mmed.finetune.step import make_forward_step

@@ -20,6 +20,7 @@ import torch
 from conversion import hf_io, mcore_io, validate
 from conversion.arch import Arch
 from conversion.layouts import LLAMA, Family, Rule
+from megatron_mmed.common.distributed import mcore_session
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.finetune.adapters import AdapterMeta, read_adapter_meta
 from megatron_mmed.finetune.lora import SUFFIX, TARGETS, Target, part_names
@@ -134,7 +135,7 @@ def lora_mcore_logits(arch: Arch, base: Path, adapters: Path, meta: AdapterMeta,
     from megatron_mmed.finetune.adapters import load_adapters
     from megatron_mmed.finetune.lora import apply_lora
 
-    with mcore_io.mcore_session() as on_cpu:
+    with mcore_session() as on_cpu:
         model = mcore_io.build_model(arch, padded, torch.float32, on_cpu=on_cpu)
         loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(base))
         model.load_state_dict(loaded["model"])

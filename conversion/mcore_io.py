@@ -8,9 +8,8 @@ is read alone from the checkpoint's global tensors, so the TP/PP layout it was s
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 
 from conversion.arch import Arch
 from conversion.layouts import checkpoint_key
+from megatron_mmed.common.distributed import mcore_session
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.models import saved as saved_io
 from megatron_mmed.models.internlm2 import ModelPreset
@@ -26,37 +26,6 @@ from megatron_mmed.models.saved import MODEL_CONFIG, SavedModel, find_model_conf
 
 EMBEDDING = "embedding.word_embeddings.weight"
 OUTPUT = "output_layer.weight"
-
-
-# --- a one-process megatron-core session ------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def mcore_session(seed: int = 1234) -> Iterator[bool]:
-    """A TP=1/PP=1 megatron-core context on this process (gloo, CPU shim without CUDA); yields on_cpu."""
-    from megatron.core import parallel_state as ps
-    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
-
-    from megatron_mmed.training.cpu_shim import cpu_shim
-    from megatron_mmed.training.dist import _free_port
-
-    with cpu_shim() as on_cpu:
-        own_group = not torch.distributed.is_initialized()
-        if own_group:
-            backend = "gloo" if on_cpu else "nccl"
-            init = f"tcp://127.0.0.1:{_free_port()}"
-            torch.distributed.init_process_group(backend, init_method=init, rank=0, world_size=1)
-        own_mp = not ps.model_parallel_is_initialized()
-        if own_mp:
-            ps.initialize_model_parallel()
-        model_parallel_cuda_manual_seed(seed, force_reset_rng=True)
-        try:
-            yield on_cpu
-        finally:
-            if own_mp:
-                ps.destroy_model_parallel()
-            if own_group:
-                torch.distributed.destroy_process_group()
 
 
 def build_model(arch: Arch, padded_vocab: int, dtype: torch.dtype, on_cpu: bool = True):

@@ -107,7 +107,8 @@ def mcore_logits(arch: Arch, ckpt_dir: Path, padded_vocab: int, ids: list[int]) 
     """Logits of the TP=1 megatron-core ``GPTModel`` loaded from a torch_dist checkpoint (fp32)."""
     from megatron.core import dist_checkpointing
 
-    from conversion.mcore_io import build_model, mcore_session
+    from conversion.mcore_io import build_model
+    from megatron_mmed.common.distributed import mcore_session
 
     with mcore_session() as on_cpu:
         model = build_model(arch, padded_vocab, torch.float32, on_cpu=on_cpu)

@@ -53,7 +53,8 @@ def test_megatron_logits_equal_transformers_fp32(llama, mcore_dir):
 
 def test_checkpoint_is_what_training_load_weights_reads(mcore_dir):
     """The output is the ``checkpoint.init_from`` format: training's own loader fills a GPTModel from it."""
-    from conversion.mcore_io import build_model, mcore_session, read_model_config
+    from conversion.mcore_io import build_model, read_model_config
+    from megatron_mmed.common.distributed import mcore_session
     from megatron_mmed.training.checkpoint import load_weights
 
     preset, arch, doc = read_model_config(mcore_dir / "model_config.yaml")

@@ -14,7 +14,8 @@ from conversion import hf_to_mcore, mcore_to_hf
 from conversion import validate as V
 from conversion.arch import arch_from_hf_config
 from conversion.lora import lora_to_peft, peft_logits
-from conversion.mcore_io import build_model, mcore_session, read_model_config
+from conversion.mcore_io import build_model, read_model_config
+from megatron_mmed.common.distributed import mcore_session
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.finetune.adapters import read_adapter_meta, save_adapters
 from megatron_mmed.finetune.config import LoraConfig

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from conversion import mcore_to_hf
+from megatron_mmed.common.distributed import free_port
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -23,12 +23,6 @@ def tok(shared_data, tmp_path_factory):
     return write_byte_level_blend(shared_data / "corpus", tmp_path_factory.mktemp("tok"), ["en", "zh"], 20)
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _train_two_ranks(repo_root, tok, run, *overrides: str) -> None:
     cmd = [
         sys.executable, "-m", "megatron_mmed.cli", "train",
@@ -36,7 +30,7 @@ def _train_two_ranks(repo_root, tok, run, *overrides: str) -> None:
         f"data.blend={tok}", f"checkpoint.dir={run}", *overrides,
         "train.steps=2", "model.seq_length=32", "logging.eval_iters=0", "schedule.warmup_steps=0",
     ]  # fmt: skip
-    port = _port()
+    port = free_port()
     procs = []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}

@@ -137,7 +137,7 @@ def test_byte_level_files_read_back_with_indexed_dataset(shared_data, tok):
 def test_cpu_shim_redirects_and_restores():
     from megatron.core.tensor_parallel import random as mrandom
 
-    from megatron_mmed.training.cpu_shim import cpu_shim
+    from megatron_mmed.common.cpu_shim import cpu_shim
 
     if torch.cuda.is_available():
         with cpu_shim() as active:
@@ -164,31 +164,21 @@ def test_cpu_shim_redirects_and_restores():
 
 def test_nan_loss_stops_with_a_clear_message(repo_root, tok, tmp_path):
     """Weights-only init (the `checkpoint.init_from` format) holding a NaN makes step 1 diverge."""
-    from megatron.core import parallel_state as ps
-    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
-
+    from megatron_mmed.common.distributed import mcore_session
     from megatron_mmed.models import get_preset
     from megatron_mmed.models.builder import build_gpt_model, transformer_config
     from megatron_mmed.training.checkpoint import save_weights
-    from megatron_mmed.training.cpu_shim import cpu_shim
     from megatron_mmed.training.loop import TrainingDiverged, train
 
     arch = get_preset("tiny")
     weights = tmp_path / "weights"
-    with cpu_shim():
-        torch.distributed.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
-        try:
-            ps.initialize_model_parallel()
-            model_parallel_cuda_manual_seed(1, force_reset_rng=True)
-            model = build_gpt_model(
-                arch, transformer_config(arch, use_cpu_initialization=True), 384, 64, spec="local"
-            )
-            with torch.no_grad():
-                model.decoder.final_layernorm.weight.fill_(float("nan"))
-            save_weights(weights, [model])
-        finally:
-            ps.destroy_model_parallel()
-            torch.distributed.destroy_process_group()
+    with mcore_session(seed=1):
+        model = build_gpt_model(
+            arch, transformer_config(arch, use_cpu_initialization=True), 384, 64, spec="local"
+        )
+        with torch.no_grad():
+            model.decoder.final_layernorm.weight.fill_(float("nan"))
+        save_weights(weights, [model])
     cfg = load_config(
         TrainConfig,
         repo_root / "configs/train/tiny_cpu.yaml",

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from megatron_mmed.common.distributed import free_port
 from megatron_mmed.training.config import Layout, TrainConfig, resolve_layout
 
 
@@ -31,12 +31,6 @@ class DistEnv:
         return self.rank == self.world_size - 1
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_distributed(cfg: TrainConfig, vocab_size: int) -> DistEnv:
     """Initialise torch.distributed and megatron-core's parallel state for ``cfg.parallel``."""
     from megatron.core import parallel_state as ps
@@ -52,7 +46,7 @@ def init_distributed(cfg: TrainConfig, vocab_size: int) -> DistEnv:
             torch.cuda.set_device(local_rank)
         if world_size == 1 and "MASTER_PORT" not in os.environ:
             # a lone process: private rendezvous on a free port, leaving the environment untouched
-            init = f"tcp://127.0.0.1:{_free_port()}"
+            init = f"tcp://127.0.0.1:{free_port()}"
         else:  # torchrun / slurm / plain RANK+WORLD_SIZE env: the launcher's rendezvous
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", "29500")

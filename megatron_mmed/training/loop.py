@@ -132,7 +132,7 @@ class _Stepper:
 
 def train(cfg: TrainConfig) -> RunResult:
     """Run (or resume) training as configured; every rank of the job calls this."""
-    from megatron_mmed.training.cpu_shim import cpu_shim
+    from megatron_mmed.common.cpu_shim import cpu_shim
     from megatron_mmed.training.dist import destroy_distributed, init_distributed
     from megatron_mmed.training.setup import preflight
 
