@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
-from conversion.arch import Arch, arch_from_hf_config
+from conversion.arch import arch_from_hf_config
 from conversion.layouts import FAMILIES, Family, hf_shapes
 from megatron_mmed.common.errors import UserError
+from megatron_mmed.models.internlm2 import ModelPreset
 
 MAX_SHARD_BYTES = 5 * 1024**3
 INDEX = "model.safetensors.index.json"
@@ -55,7 +56,7 @@ class HFSource:
     path: Path
     config: dict[str, Any]
     family: Family
-    arch: Arch
+    arch: ModelPreset
     files: dict[str, Path]  # tensor name -> file
     dtype: torch.dtype
     _handles: dict[Path, Any] = field(default_factory=dict)
@@ -219,7 +220,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def generation_config(arch: Arch) -> dict[str, Any]:
+def generation_config(arch: ModelPreset) -> dict[str, Any]:
     return {k: v for k, v in arch.token_ids.items() if k in ("bos_token_id", "eos_token_id", "pad_token_id")}
 
 

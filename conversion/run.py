@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from conversion import hf_io, lora, mcore_io, validate
-from conversion.arch import Arch, hf_config
+from conversion.arch import hf_config
 from conversion.layouts import (
     FAMILIES,
     LLAMA,
@@ -29,10 +29,17 @@ from conversion.layouts import (
     mcore_to_hf_tensors,
 )
 from conversion.tokenizer import copy_tokenizer
+from megatron_mmed.common import integrity
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.models.internlm2 import get_preset, padded_vocab_size
-from megatron_mmed.training import integrity
-from megatron_mmed.training.writers import storage_failure
+from megatron_mmed.common.writers import storage_failure
+from megatron_mmed.models.internlm2 import ModelPreset, get_preset, padded_vocab_size
+from megatron_mmed.models.weights import (
+    ARCHITECTURE_FIELDS,
+    SavedModel,
+    resolve_weights_dir,
+    write_model_config,
+)
+from megatron_mmed.training.flops import parameter_count
 
 REPORT = "conversion_report.json"
 _DTYPE_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -45,7 +52,7 @@ class ConversionReport:
     direction: str
     layout: str
     out: Path
-    arch: Arch
+    arch: ModelPreset
     dtype: str
     seconds: float = 0.0
     validation: validate.ValidationResult | None = None
@@ -56,9 +63,10 @@ class ConversionReport:
         a = self.arch
         lines = [
             f"{self.direction} ({self.layout} layout, {self.dtype}) -> {self.out}",
-            f"  model: {a.num_layers} layers, hidden {a.hidden_size}, heads {a.num_heads}/{a.num_kv_heads} KV, "
-            f"ffn {a.ffn_hidden_size}, vocab {a.vocab_size}, {a.num_params() / 1e6:.1f}M parameters",
-            f"  rope_theta {a.rope_theta:g}; rope_scaling {a.rope_scaling if a.rope_scaling else 'none'}",
+            f"  model: {a.num_layers} layers, hidden {a.hidden_size}, heads {a.num_attention_heads}/"
+            f"{a.num_query_groups} KV, ffn {a.ffn_hidden_size}, vocab {a.vocab_size}, "
+            f"{parameter_count(a, a.vocab_size) / 1e6:.1f}M parameters",
+            f"  rope_theta {a.rotary_base:g}; rope_scaling {a.rope_scaling if a.rope_scaling else 'none'}",
         ]
         lines += [f"  note: {n}" for n in self.notes]
         lines += [f"  warning: {w}" for w in self.warnings]
@@ -106,10 +114,16 @@ def staged_output(out: str | Path, force: bool) -> Iterator[Path]:
     os.replace(tmp, out)
 
 
-def _check_preset(arch: Arch, preset_name: str | None, what: str) -> None:
+def _check_preset(arch: ModelPreset, preset_name: str | None, what: str) -> None:
+    """Refuse ``arch`` unless it is preset ``preset_name``'s model (the vocabulary aside: a run may set its own)."""
     if preset_name is None:
         return
-    diffs = arch.mismatches(get_preset(preset_name))
+    preset = get_preset(preset_name)
+    diffs = [
+        f"{k}: {getattr(arch, k)} vs {getattr(preset, k)}"
+        for k, _ in ARCHITECTURE_FIELDS
+        if k != "vocab_size" and getattr(arch, k) != getattr(preset, k)
+    ]
     if diffs:
         raise UserError(f"{what} does not match preset {preset_name!r}: " + "; ".join(diffs))
 
@@ -152,7 +166,8 @@ def hf_to_mcore(
             "tp_padding": tp,
         }
         name = preset or f"hf:{Path(hf).resolve().name}"
-        mcore_io.write_model_config(tmp, arch, name, padded, source)
+        converted = dataclasses.replace(arch, name=name, source=f"converted from {source['hf']}")
+        write_model_config(tmp, SavedModel(converted, padded, source))
         hf_io.write_json(tmp / "hf_config.json", src.config)
         copied = copy_tokenizer(src.path, tmp / "tokenizer").copied
         if not copied:
@@ -207,7 +222,7 @@ def mcore_to_hf(
     if dtype not in hf_io.DTYPES:
         raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(hf_io.DTYPES)}")
     family = FAMILIES[layout]
-    path = mcore_io.resolve_checkpoint(ckpt, iteration)
+    path = resolve_weights_dir(ckpt, iteration, what="--ckpt")
     unverified = integrity.check_checkpoint(path, "--ckpt")  # manifest checksums and a safe .metadata
     adapters = None  # a LoRA checkpoint: adapters here, the frozen base at its adapter.yaml's base
     if lora.read_adapter_meta(path) is not None:
@@ -274,7 +289,7 @@ def mcore_to_hf(
     return report
 
 
-def _unpadded(t: torch.Tensor, mcore_name: str, arch: Arch) -> torch.Tensor:
+def _unpadded(t: torch.Tensor, mcore_name: str, arch: ModelPreset) -> torch.Tensor:
     """Embedding/output rows beyond the real vocabulary are Megatron's TP padding: dropped."""
     if mcore_name in (mcore_io.EMBEDDING, mcore_io.OUTPUT):
         return t[: arch.vocab_size]

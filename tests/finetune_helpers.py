@@ -86,11 +86,11 @@ def mcore_sft(
     from megatron.core.distributed.finalize_model_grads import finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-    from conversion.mcore_io import read_model_config
     from megatron_mmed.models.builder import build_gpt_model, transformer_config
-    from megatron_mmed.training.checkpoint import load_weights
+    from megatron_mmed.models.weights import load_weights, read_model_config
 
-    preset, _, doc = read_model_config(mcore_dir / "model_config.yaml")
+    saved = read_model_config(mcore_dir / "model_config.yaml")
+    preset = saved.preset
     core = transformer_config(
         preset,
         params_dtype=torch.float32,
@@ -100,7 +100,7 @@ def mcore_sft(
         tensor_model_parallel_size=ps.get_tensor_model_parallel_world_size(),
         sequence_parallel=sequence_parallel,
     )
-    model = build_gpt_model(preset, core, doc["padded_vocab_size"], seq_length, spec="local")
+    model = build_gpt_model(preset, core, saved.padded_vocab_size, seq_length, spec="local")
     load_weights(mcore_dir, [model])
     if lora is not None:
         from megatron_mmed.finetune.lora import apply_lora

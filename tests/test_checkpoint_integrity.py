@@ -111,7 +111,7 @@ def test_no_intact_checkpoint_is_an_error_not_a_fresh_start(repo_root, tok, fini
 
 
 def test_every_checkpoint_has_a_manifest_of_its_files(finished_run):
-    from megatron_mmed.training.integrity import MANIFEST, checkpoint_files, verify
+    from megatron_mmed.common.integrity import MANIFEST, checkpoint_files, verify
 
     base, _ = finished_run
     it = base / "iter_0000004"

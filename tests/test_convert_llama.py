@@ -53,14 +53,15 @@ def test_megatron_logits_equal_transformers_fp32(llama, mcore_dir):
 
 def test_checkpoint_is_what_training_load_weights_reads(mcore_dir):
     """The output is the ``checkpoint.init_from`` format: training's own loader fills a GPTModel from it."""
-    from conversion.mcore_io import build_model, read_model_config
+    from conversion.mcore_io import build_model
     from megatron_mmed.common.distributed import mcore_session
-    from megatron_mmed.training.checkpoint import load_weights
+    from megatron_mmed.models.weights import load_weights, read_model_config
 
-    preset, arch, doc = read_model_config(mcore_dir / "model_config.yaml")
-    assert doc["padded_vocab_size"] == 384 and preset.vocab_size == 300 and preset.num_query_groups == 2
+    saved = read_model_config(mcore_dir / "model_config.yaml")
+    preset = saved.preset
+    assert saved.padded_vocab_size == 384 and preset.vocab_size == 300 and preset.num_query_groups == 2
     with mcore_session():
-        model = build_model(arch, doc["padded_vocab_size"], torch.float32)
+        model = build_model(preset, saved.padded_vocab_size, torch.float32)
         load_weights(mcore_dir, [model])
         emb = model.embedding.word_embeddings.weight
         assert emb[300:].abs().sum() == 0 and emb[:300].abs().sum() > 0

@@ -14,13 +14,13 @@ from conversion import hf_to_mcore, mcore_to_hf
 from conversion import validate as V
 from conversion.arch import arch_from_hf_config
 from conversion.lora import lora_to_peft, peft_logits
-from conversion.mcore_io import build_model, read_model_config
+from conversion.mcore_io import build_model
 from megatron_mmed.common.distributed import mcore_session
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.finetune.adapters import read_adapter_meta, save_adapters
 from megatron_mmed.finetune.config import LoraConfig
 from megatron_mmed.finetune.lora import apply_lora, lora_adapters
-from megatron_mmed.training.checkpoint import load_weights
+from megatron_mmed.models.weights import load_weights, read_model_config
 
 pytestmark = pytest.mark.timeout(300)
 LORA = LoraConfig(rank=4, alpha=8.0, dropout=0.0, targets=("qkv", "proj", "fc1", "fc2"))
@@ -39,9 +39,9 @@ def dirs(llama, tmp_path_factory):
     hf_to_mcore(hf, root / "mcore", skip_validation=True)
     run = root / "run"
     ids = V.fixed_token_ids(TINY["vocab_size"])
-    preset, arch, doc = read_model_config(root / "mcore" / "model_config.yaml")
+    saved = read_model_config(root / "mcore" / "model_config.yaml")
     with mcore_session():
-        model = build_model(arch, doc["padded_vocab_size"], torch.float32)
+        model = build_model(saved.preset, saved.padded_vocab_size, torch.float32)
         load_weights(root / "mcore", [model])
         apply_lora(model, LORA, seed=5)
         g = torch.Generator().manual_seed(1)

@@ -54,7 +54,8 @@ def test_train_checkpoint_converts_and_matches_tp1_logits(repo_root, tok, tmp_pa
     from transformers import LlamaForCausalLM
 
     from conversion import validate as V
-    from conversion.mcore_io import McoreCheckpoint, checkpoint_arch, resolve_checkpoint
+    from conversion.mcore_io import McoreCheckpoint, checkpoint_arch
+    from megatron_mmed.models.weights import resolve_weights_dir
 
     run = tmp_path / "run"
     _train_two_ranks(repo_root, tok, run, layout)
@@ -64,7 +65,7 @@ def test_train_checkpoint_converts_and_matches_tp1_logits(repo_root, tok, tmp_pa
     # the validation compares the TP=1 megatron-core model loaded from the 2-rank checkpoint with transformers
     assert report.validation.ok and report.validation.max_abs_diff <= 1e-4, report.summary()
     assert report.validation.top1_agreement == 1.0
-    ckpt = resolve_checkpoint(run)
+    ckpt = resolve_weights_dir(run)
     arch, name, _ = checkpoint_arch(ckpt)
     assert name == "tiny" and arch.vocab_size == json.loads((out / "config.json").read_text())["vocab_size"]
     ids = V.fixed_token_ids(arch.vocab_size)

@@ -46,7 +46,7 @@ def small_disk(tmp_path):
 INSPECT = """
 import json, sys
 from pathlib import Path
-from megatron_mmed.training.integrity import verify
+from megatron_mmed.common.integrity import verify
 run = Path(sys.argv[1])
 latest = (run / "latest").read_text().strip() if (run / "latest").exists() else None
 print("INSPECT " + json.dumps({"latest": latest, "entries": sorted(p.name for p in run.iterdir()),

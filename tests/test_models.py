@@ -82,14 +82,15 @@ def test_padded_vocab_rows_are_masked_in_loss_gradient_and_logits(tmp_path):
     from convert_helpers import save_llama, tiny_llama
 
     from conversion import hf_to_mcore
-    from conversion.mcore_io import build_model, read_model_config
+    from conversion.mcore_io import build_model
     from megatron_mmed.common.distributed import mcore_session
-    from megatron_mmed.training.checkpoint import load_weights
+    from megatron_mmed.models.weights import load_weights, read_model_config
 
     hf = tiny_llama(vocab_size=1000)
     hf_to_mcore(save_llama(hf, tmp_path / "hf"), tmp_path / "mc", skip_validation=True)
-    _, arch, doc = read_model_config(tmp_path / "mc" / "model_config.yaml")
-    assert doc["padded_vocab_size"] == 1024
+    saved = read_model_config(tmp_path / "mc" / "model_config.yaml")
+    arch = saved.preset
+    assert saved.padded_vocab_size == 1024
     ids = torch.tensor([[(7919 * i + 13) % 1000 for i in range(33)]])
     tokens, labels = ids[:, :-1], ids[:, 1:]
     hf.zero_grad()

@@ -167,7 +167,7 @@ def test_nan_loss_stops_with_a_clear_message(repo_root, tok, tmp_path):
     from megatron_mmed.common.distributed import mcore_session
     from megatron_mmed.models import get_preset
     from megatron_mmed.models.builder import build_gpt_model, transformer_config
-    from megatron_mmed.training.checkpoint import save_weights
+    from megatron_mmed.models.weights import save_weights
     from megatron_mmed.training.loop import TrainingDiverged, train
 
     arch = get_preset("tiny")

@@ -2,12 +2,14 @@
 
 :func:`free_port` picks a local rendezvous port; :func:`mcore_session` is a one-process megatron-core
 session (gloo and the CPU shim without CUDA, TP=PP=1) for code that builds, loads or saves a model outside
-a training job: conversion, its logit validation, and tests.
+a training job: conversion, its logit validation, and tests. :func:`agree` makes a failure on one rank a
+failure on all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 from collections.abc import Iterator
 
@@ -48,3 +50,15 @@ def mcore_session(seed: int = 1234) -> Iterator[bool]:
                 ps.destroy_model_parallel()
             if own_group:
                 torch.distributed.destroy_process_group()
+
+
+def agree(error: BaseException | None) -> None:
+    """Raise on every rank when any rank failed (a rank-0-only write must not leave the others waiting)."""
+    import torch
+
+    flag = torch.tensor([int(error is not None)], dtype=torch.int32)
+    if torch.cuda.is_available():
+        flag = flag.cuda()
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    if flag.item():
+        raise error or OSError(errno.EIO, "the checkpoint write failed on rank 0")
