@@ -33,8 +33,8 @@ def make_random_hf(preset_name: str, out: Path, num_layers: int | None) -> int:
     import torch
 
     from conversion.arch import hf_config
+    from conversion.families import INTERNLM2, hf_names_in_order, hf_shapes
     from conversion.hf_io import ShardedSafetensorsWriter, write_json
-    from conversion.layouts import INTERNLM2, hf_names_in_order, hf_shapes
     from megatron_mmed.models.internlm2 import get_preset
     from megatron_mmed.training.flops import parameter_count
 

@@ -169,5 +169,5 @@ def hf_config(family_name: str, arch: ModelPreset, dtype: str) -> dict[str, Any]
 
 
 def llama_config_for(arch: ModelPreset, dtype: str = "fp32") -> dict[str, Any]:
-    """The Llama ``config.json`` that is numerically the same model (how InternLM2 layouts are validated)."""
+    """The Llama ``config.json`` that is numerically the same model (how the InternLM2 family is validated)."""
     return hf_config("llama", arch, dtype)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from conversion.arch import arch_from_hf_config
-from conversion.layouts import FAMILIES, Family, hf_shapes
+from conversion.families import FAMILIES, Family, hf_shapes
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.models.internlm2 import ModelPreset
 
@@ -51,7 +51,7 @@ def detect_family(cfg: dict[str, Any], asked: str = "auto", where: str = "config
 
 @dataclass
 class HFSource:
-    """A HF model folder opened for streaming: config, layout family, and where each tensor lives."""
+    """A HF model folder opened for streaming: config, family, and where each tensor lives."""
 
     path: Path
     config: dict[str, Any]
@@ -179,7 +179,7 @@ def _shape_of(src: HFSource, name: str) -> tuple[int, ...]:
     return tuple(src.get(name).shape)
 
 
-def open_hf(path: str | Path, layout: str = "auto") -> HFSource:
+def open_hf(path: str | Path, family: str = "auto") -> HFSource:
     """Open a HF folder and check it completely (keys and shapes) before anything is converted."""
     path = Path(path)
     if not path.is_dir():
@@ -191,10 +191,10 @@ def open_hf(path: str | Path, layout: str = "auto") -> HFSource:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"{cfg_path}: not valid JSON: {e}") from None
-    family = detect_family(cfg, layout, str(cfg_path))
+    fam = detect_family(cfg, family, str(cfg_path))
     arch = arch_from_hf_config(cfg, str(cfg_path))
     files = {k: v for k, v in _weight_files(path).items() if not k.endswith(IGNORED_SUFFIXES)}
-    expected = hf_shapes(family, arch)
+    expected = hf_shapes(fam, arch)
     missing = [k for k in expected if k not in files]
     unexpected = sorted(set(files) - set(expected))
     if missing or unexpected:
@@ -204,14 +204,14 @@ def open_hf(path: str | Path, layout: str = "auto") -> HFSource:
         if unexpected:
             parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}")
         raise UserError(
-            f"{path}: weights do not match a {family.name} model of this config.json: " + "; ".join(parts)
+            f"{path}: weights do not match a {fam.name} model of this config.json: " + "; ".join(parts)
         )
-    src = HFSource(path=path, config=cfg, family=family, arch=arch, files=files, dtype=torch.float32)
+    src = HFSource(path=path, config=cfg, family=fam, arch=arch, files=files, dtype=torch.float32)
     for name, shape in expected.items():
         got = _shape_of(src, name)
         if got != shape:
             raise UserError(f"{path}: {name} has shape {got}, config.json implies {shape}")
-    first = family.hf_names(arch.num_layers)[0]
+    first = fam.hf_names(arch.num_layers)[0]
     src.dtype = src.get(first).dtype
     return src
 

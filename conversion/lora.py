@@ -1,6 +1,6 @@
 """LoRA checkpoints -> Hugging Face: a PEFT adapter for the converted base, or weights with LoRA folded in.
 
-Both directions use ``conversion.layouts``: an adapter's parts are the Llama rule's HF tensors (q/k/v,
+Both directions use ``conversion.families``: an adapter's parts are the Llama rule's HF tensors (q/k/v,
 gate/up), so ``scale * B @ A`` per part packs into the megatron-core weight with that rule's ``pack``, and a
 PEFT module is the family rule's HF tensor of the same megatron-core weight. Where the family fuses the parts
 into one HF tensor (InternLM2 ``wqkv``) the PEFT module gets the parts side by side: ``A`` stacked
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from conversion import hf_io, mcore_io, validate
-from conversion.layouts import LLAMA, Family, Rule
+from conversion.families import LLAMA, Family, Rule
 from megatron_mmed.common.distributed import mcore_session
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.finetune.adapters import AdapterMeta, read_adapter_meta
@@ -235,7 +235,7 @@ def lora_to_peft(
             pass
         elif family is not LLAMA:
             report.notes.append(
-                "InternLM2 layout: not validated (its modeling code is remote code); use --layout llama to validate"
+                "InternLM2 family: not validated (its modeling code is remote code); use --layout llama to validate"
             )
         else:
             ids, how, _ = validate.prompt_ids(arch.vocab_size, Path(base))

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from conversion.layouts import checkpoint_key
+from conversion.families import checkpoint_key
 from megatron_mmed.common.distributed import mcore_session
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.models import weights

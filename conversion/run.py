@@ -20,7 +20,7 @@ import torch
 
 from conversion import hf_io, lora, mcore_io, validate
 from conversion.arch import hf_config
-from conversion.layouts import (
+from conversion.families import (
     FAMILIES,
     LLAMA,
     hf_names_in_order,
@@ -50,7 +50,7 @@ class ConversionReport:
     """What a conversion did: sizes, dtype, carried settings, validation, time."""
 
     direction: str
-    layout: str
+    family: str  # the HF family written or read (--layout)
     out: Path
     arch: ModelPreset
     dtype: str
@@ -62,7 +62,7 @@ class ConversionReport:
     def summary(self) -> str:
         a = self.arch
         lines = [
-            f"{self.direction} ({self.layout} layout, {self.dtype}) -> {self.out}",
+            f"{self.direction} ({self.family} family, {self.dtype}) -> {self.out}",
             f"  model: {a.num_layers} layers, hidden {a.hidden_size}, heads {a.num_attention_heads}/"
             f"{a.num_query_groups} KV, ffn {a.ffn_hidden_size}, vocab {a.vocab_size}, "
             f"{parameter_count(a, a.vocab_size) / 1e6:.1f}M parameters",
@@ -79,7 +79,7 @@ class ConversionReport:
         v = self.validation
         return {
             "direction": self.direction,
-            "layout": self.layout,
+            "family": self.family,
             "dtype": self.dtype,
             "arch": dataclasses.asdict(self.arch),
             "validation": dataclasses.asdict(v) | {"ok": v.ok} if v else None,
@@ -131,7 +131,7 @@ def _check_preset(arch: ModelPreset, preset_name: str | None, what: str) -> None
 def hf_to_mcore(
     hf: str | Path,
     out: str | Path,
-    layout: str = "auto",
+    family: str = "auto",
     preset: str | None = None,
     dtype: str | None = None,
     tp: int = 1,
@@ -146,7 +146,7 @@ def hf_to_mcore(
         raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(hf_io.DTYPES)}")
     if tp < 1 or make_vocab_size_divisible_by < 1:
         raise UserError("--tp and --make-vocab-size-divisible-by must be >= 1")
-    src = hf_io.open_hf(hf, layout)
+    src = hf_io.open_hf(hf, family)
     arch = src.arch
     _check_preset(arch, preset, f"{hf}/config.json")
     out_dtype = dtype or _DTYPE_NAME.get(src.dtype, "fp32")
@@ -161,7 +161,7 @@ def hf_to_mcore(
         mcore_io.write_mcore(tensors, arch, padded, hf_io.DTYPES[out_dtype], tmp)
         source = {
             "hf": str(Path(hf).resolve()),
-            "layout": src.family.name,
+            "layout": src.family.name,  # the family; model_config.yaml's key since its format /1
             "dtype": out_dtype,
             "tp_padding": tp,
         }
@@ -204,7 +204,7 @@ def _failed(report: ConversionReport) -> str:
 def mcore_to_hf(
     ckpt: str | Path,
     out: str | Path,
-    layout: str = "llama",
+    family: str = "llama",
     dtype: str = "bf16",
     iteration: int | None = None,
     preset: str | None = None,
@@ -217,11 +217,11 @@ def mcore_to_hf(
 ) -> ConversionReport:
     """A torch_dist checkpoint saved at any TP/PP -> HF folder (sharded safetensors, configs, tokenizer)."""
     start = time.time()
-    if layout not in FAMILIES:
-        raise UserError(f"--layout {layout!r}: choose one of {', '.join(FAMILIES)}")
+    if family not in FAMILIES:
+        raise UserError(f"--layout {family!r}: choose one of {', '.join(FAMILIES)}")
     if dtype not in hf_io.DTYPES:
         raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(hf_io.DTYPES)}")
-    family = FAMILIES[layout]
+    fam = FAMILIES[family]
     path = resolve_weights_dir(ckpt, iteration, what="--ckpt")
     unverified = integrity.check_checkpoint(path, "--ckpt")  # manifest checksums and a safe .metadata
     adapters = None  # a LoRA checkpoint: adapters here, the frozen base at its adapter.yaml's base
@@ -233,16 +233,16 @@ def mcore_to_hf(
     ck.check_arch(arch, f"its config (model {name!r})")
     if preset is not None and preset != name:
         _check_preset(arch, preset, f"checkpoint {path} (saved with model {name!r})")
-    config = hf_config(layout, arch, dtype)  # refuses a rope_scaling the layout cannot express, up front
-    report = ConversionReport("mcore-to-hf", layout, Path(out), arch, dtype)
+    config = hf_config(family, arch, dtype)  # refuses a rope_scaling the family cannot express, up front
+    report = ConversionReport("mcore-to-hf", family, Path(out), arch, dtype)
     report.warnings += [unverified] if unverified else []
     if arch.rope_scaling:
         report.notes.append(
-            f"rope_scaling {arch.rope_scaling} written as {config['rope_scaling']} ({layout})"
+            f"rope_scaling {arch.rope_scaling} written as {config['rope_scaling']} ({family})"
         )
-    if layout == "internlm2":
+    if family == "internlm2":
         report.notes.append(
-            "InternLM2 layout: load with InternLM2's remote code (trust_remote_code); validated through the "
+            "InternLM2 family: load with InternLM2's remote code (trust_remote_code); validated through the "
             "numerically identical Llama mapping"
         )
     get = lambda m: _unpadded(ck.get(m), m, arch)  # noqa: E731
@@ -253,11 +253,11 @@ def mcore_to_hf(
             f"{','.join(meta.lora.targets)}) folded into the base weights of {path}"
         )
     with staged_output(out, force) as tmp:
-        shapes = hf_shapes(family, arch)
-        plan = [(n, shapes[n]) for n in hf_names_in_order(family, arch)]
+        shapes = hf_shapes(fam, arch)
+        plan = [(n, shapes[n]) for n in hf_names_in_order(fam, arch)]
         writer = hf_io.ShardedSafetensorsWriter(tmp, plan, hf_io.DTYPES[dtype], max_shard_bytes)
         try:
-            for n, t in mcore_to_hf_tensors(family, arch, get):
+            for n, t in mcore_to_hf_tensors(fam, arch, get):
                 writer.write(n, t)
         finally:
             writer.close()
@@ -265,7 +265,7 @@ def mcore_to_hf(
         hf_io.write_json(tmp / "generation_config.json", hf_io.generation_config(arch))
         tok_src = _tokenizer_source(tokenizer, extras)
         if tok_src is not None:
-            files = copy_tokenizer(tok_src, tmp, layout)
+            files = copy_tokenizer(tok_src, tmp, family)
             report.notes.append(f"tokenizer files from {tok_src}: {', '.join(files.copied) or 'none'}")
             report.notes += files.notes
             report.warnings += files.warnings
@@ -276,8 +276,8 @@ def mcore_to_hf(
                 source_logits = validate.mcore_logits(arch, path, ck.padded_vocab, ids)
             else:  # the unmerged model: base + adapters through their hooks
                 source_logits = lora.lora_mcore_logits(arch, path, adapters, meta, ck.padded_vocab, ids)
-            out_src = hf_io.open_hf(tmp, layout)
-            target = validate.hf_logits_from_family(family, arch, out_src.get, ids)
+            out_src = hf_io.open_hf(tmp, family)
+            target = validate.hf_logits_from_family(fam, arch, out_src.get, ids)
             out_src.close()
             src_dtype = _DTYPE_NAME.get(ck.dtypes[mcore_io.EMBEDDING], "fp32")
             tol = atol if atol is not None else validate.tolerance(src_dtype, dtype)

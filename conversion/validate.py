@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from conversion.arch import llama_config_for
-from conversion.layouts import LLAMA, Family, mcore_getter, mcore_to_hf_tensors
+from conversion.families import LLAMA, Family, mcore_getter, mcore_to_hf_tensors
 from megatron_mmed.models.internlm2 import ModelPreset
 
 #: one sentence per MMedC language (en, zh, ja, fr, ru, es).

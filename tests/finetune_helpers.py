@@ -158,15 +158,15 @@ def mcore_step(ddp, opt, microbatches: list, seq_length: int, forward_only: bool
 
 
 def mcore_params_as_hf(model, arch) -> dict:
-    """The model's parameters under Llama HF names (through conversion.layouts, the one key map)."""
-    from conversion.layouts import LLAMA, mcore_to_hf_tensors
+    """The model's parameters under Llama HF names (through conversion.families, the one key map)."""
+    from conversion.families import LLAMA, mcore_to_hf_tensors
 
     params = {n: p.detach() for n, p in model.named_parameters()}
     return dict(mcore_to_hf_tensors(LLAMA, arch, lambda n: params[n]))
 
 
 def mcore_grads_as_hf(model, arch) -> dict:
-    from conversion.layouts import LLAMA, mcore_to_hf_tensors
+    from conversion.families import LLAMA, mcore_to_hf_tensors
 
     grads = {n: p.main_grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     return dict(mcore_to_hf_tensors(LLAMA, arch, lambda n: grads[n]))

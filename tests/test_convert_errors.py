@@ -94,14 +94,14 @@ def test_not_llama_and_wrong_layout(llama_dir, tmp_path):
     with pytest.raises(UserError, match="neither Llama nor InternLM2"):
         hf_to_mcore(bad, tmp_path / "out")
     with pytest.raises(UserError, match="--layout internlm2 asked, but the folder is in the llama layout"):
-        hf_to_mcore(llama_dir, tmp_path / "out", layout="internlm2")
+        hf_to_mcore(llama_dir, tmp_path / "out", family="internlm2")
 
 
 def test_preset_mismatch_both_ways(llama_dir, mcore_dir, tmp_path):
     with pytest.raises(UserError, match="does not match preset 'internlm2-1.8b'.*hidden_size: 64 vs 2048"):
         hf_to_mcore(llama_dir, tmp_path / "out", preset="internlm2-1.8b")
     with pytest.raises(UserError, match="saved with model 'hf:llama'.*does not match preset 'tiny'"):
-        mcore_to_hf(mcore_dir, tmp_path / "hf", layout="llama", preset="tiny")
+        mcore_to_hf(mcore_dir, tmp_path / "hf", family="llama", preset="tiny")
     assert _nothing_left(tmp_path, "hf")
 
 
@@ -111,14 +111,14 @@ def test_checkpoint_whose_config_disagrees_with_its_tensors(mcore_dir, tmp_path)
     text = (bad / "model_config.yaml").read_text().replace("ffn_hidden_size: 96", "ffn_hidden_size: 128")
     (bad / "model_config.yaml").write_text(text)
     with pytest.raises(UserError, match="linear_fc1.weight: checkpoint \\(2, 192, 64\\) vs \\(2, 256, 64\\)"):
-        mcore_to_hf(bad, tmp_path / "hf", layout="llama")
+        mcore_to_hf(bad, tmp_path / "hf", family="llama")
 
 
 def test_not_a_checkpoint_and_missing_iteration(mcore_dir, tmp_path):
     with pytest.raises(UserError, match="not a torch_dist checkpoint"):
-        mcore_to_hf(tmp_path, tmp_path / "hf", layout="llama")
+        mcore_to_hf(tmp_path, tmp_path / "hf", family="llama")
     with pytest.raises(UserError, match="no checkpoint for iteration 7"):
-        mcore_to_hf(mcore_dir, tmp_path / "hf", layout="llama", iteration=7)
+        mcore_to_hf(mcore_dir, tmp_path / "hf", family="llama", iteration=7)
 
 
 def test_existing_output_refused_unless_force(llama_dir, mcore_dir, tmp_path):
@@ -126,15 +126,15 @@ def test_existing_output_refused_unless_force(llama_dir, mcore_dir, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("x")
     with pytest.raises(UserError, match="already exists \\(use --force to overwrite\\)"):
-        mcore_to_hf(mcore_dir, out, layout="llama", skip_validation=True)
+        mcore_to_hf(mcore_dir, out, family="llama", skip_validation=True)
     assert (out / "keep.txt").is_file()
-    mcore_to_hf(mcore_dir, out, layout="llama", skip_validation=True, force=True)
+    mcore_to_hf(mcore_dir, out, family="llama", skip_validation=True, force=True)
     assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
 
 
 def test_failed_validation_leaves_nothing(mcore_dir, tmp_path):
     with pytest.raises(UserError, match="validation FAILED.*nothing was written"):
-        mcore_to_hf(mcore_dir, tmp_path / "hf", layout="llama", dtype="bf16", atol=1e-9)
+        mcore_to_hf(mcore_dir, tmp_path / "hf", family="llama", dtype="bf16", atol=1e-9)
     assert _nothing_left(tmp_path, "hf")
 
 

@@ -86,7 +86,7 @@ def test_mcore_to_hf_of_a_lora_run_is_the_merged_model(dirs, llama, tmp_path):
     from transformers import LlamaForCausalLM
 
     out = tmp_path / "merged"
-    report = mcore_to_hf(dirs["run"], out, layout="llama", dtype="fp32")
+    report = mcore_to_hf(dirs["run"], out, family="llama", dtype="fp32")
     assert report.validation.ok and any("folded" in n for n in report.notes)
     merged = LlamaForCausalLM.from_pretrained(out)
     with torch.no_grad():
@@ -118,7 +118,7 @@ def test_internlm2_base_gets_fused_wqkv_with_the_same_delta(dirs, llama, tmp_pat
     assert cfg["alpha_pattern"]["model.layers.0.attention.wqkv"] == 24.0
     assert "w1" in cfg["target_modules"] and "wo" in cfg["target_modules"]
     merged = tmp_path / "merged"
-    mcore_to_hf(dirs["run"], merged, layout="internlm2", dtype="fp32")
+    mcore_to_hf(dirs["run"], merged, family="internlm2", dtype="fp32")
     ad, orig, new = read_tensors(out), read_tensors(base), read_tensors(merged)
     for i in range(2):
         m = f"model.layers.{i}.attention.wqkv"

@@ -49,8 +49,8 @@ def _train_two_ranks(repo_root, tok, run, *overrides: str) -> None:
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
 
 
-@pytest.mark.parametrize("layout", ["parallel.tp=2", "parallel.pp=2"])
-def test_train_checkpoint_converts_and_matches_tp1_logits(repo_root, tok, tmp_path, layout):
+@pytest.mark.parametrize("parallel", ["parallel.tp=2", "parallel.pp=2"])
+def test_train_checkpoint_converts_and_matches_tp1_logits(repo_root, tok, tmp_path, parallel):
     from transformers import LlamaForCausalLM
 
     from conversion import validate as V
@@ -58,10 +58,10 @@ def test_train_checkpoint_converts_and_matches_tp1_logits(repo_root, tok, tmp_pa
     from megatron_mmed.models.weights import resolve_weights_dir
 
     run = tmp_path / "run"
-    _train_two_ranks(repo_root, tok, run, layout)
+    _train_two_ranks(repo_root, tok, run, parallel)
     assert (run / "latest").read_text().strip() == "iter_0000002"
     out = tmp_path / "hf"
-    report = mcore_to_hf(run, out, layout="llama", dtype="fp32")
+    report = mcore_to_hf(run, out, family="llama", dtype="fp32")
     # the validation compares the TP=1 megatron-core model loaded from the 2-rank checkpoint with transformers
     assert report.validation.ok and report.validation.max_abs_diff <= 1e-4, report.summary()
     assert report.validation.top1_agreement == 1.0
@@ -97,7 +97,7 @@ def test_continued_pretraining_round_trip_at_tp2(repo_root, tok, tmp_path):
     assert report.validation.ok
     _train_two_ranks(repo_root, tok, tmp_path / "run", "parallel.tp=2", f"checkpoint.init_from={init}")
     out = tmp_path / "out"
-    back = mcore_to_hf(tmp_path / "run", out, layout="llama", dtype="fp32")
+    back = mcore_to_hf(tmp_path / "run", out, family="llama", dtype="fp32")
     assert back.validation.ok and back.validation.max_abs_diff <= 1e-4
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["rope_scaling"] == {"rope_type": "dynamic", "factor": 2.0}  # carried from init_from, unchanged

@@ -9,7 +9,7 @@ from finetune_helpers import hf_batch, mcore_params_as_hf, mcore_sft, mcore_step
 
 from conversion import hf_to_mcore
 from conversion.arch import arch_from_hf_config
-from conversion.layouts import LLAMA
+from conversion.families import LLAMA
 from megatron_mmed.common.distributed import mcore_session
 from megatron_mmed.finetune.config import LoraConfig, SFTDataConfig
 from megatron_mmed.finetune.data import load_sft_data

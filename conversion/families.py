@@ -107,7 +107,7 @@ class Rule:
 
 @dataclass(frozen=True)
 class Family:
-    """A HF layout: its rules plus the ``config.json`` identity it writes."""
+    """A HF model family (`--layout`): its rules plus the ``config.json`` identity it writes."""
 
     name: str
     rules: tuple[Rule, ...]
