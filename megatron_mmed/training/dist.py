@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from megatron_mmed.common.distributed import free_port
-from megatron_mmed.training.config import Layout, TrainConfig, resolve_layout
+from megatron_mmed.training.config import Parallelism, TrainConfig, resolve_parallelism
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class DistEnv:
     rank: int
     world_size: int
     local_rank: int
-    layout: Layout
+    parallelism: Parallelism
 
     @property
     def is_last_rank(self) -> bool:
@@ -39,7 +39,7 @@ def init_distributed(cfg: TrainConfig, vocab_size: int) -> DistEnv:
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    layout = resolve_layout(cfg, world_size, vocab_size)
+    parallelism = resolve_parallelism(cfg, world_size, vocab_size)
     if not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
@@ -65,7 +65,7 @@ def init_distributed(cfg: TrainConfig, vocab_size: int) -> DistEnv:
     np.random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     model_parallel_cuda_manual_seed(cfg.train.seed, force_reset_rng=True)
-    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, layout=layout)
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, parallelism=parallelism)
 
 
 def destroy_distributed() -> None:

@@ -169,7 +169,7 @@ def _train(cfg: TrainConfig, env, blend, arch, on_cpu: bool) -> RunResult:
     from megatron_mmed.training.metrics import MetricsLogger, truncate_metrics
     from megatron_mmed.training.setup import build_model_and_optimizer
 
-    layout = env.layout
+    layout = env.parallelism
     vocab = arch.vocab_size
     run_dir = Path(cfg.checkpoint.dir)
     # before anything is written: the newest intact checkpoint (verified against its manifest), and the
