@@ -2,9 +2,6 @@
 
     .venv/bin/python -m benchmarks.convert [--preset internlm2-1.8b] [--work DIR] [--validate]
 
-(run as a module from the repo root: ``benchmarks/tokenize.py`` would shadow the stdlib ``tokenize`` module
-if this file were run as a script).
-
 Writes a random HF folder in the InternLM2 layout (bf16, streamed), then runs ``hf-to-mcore`` and
 ``mcore-to-hf --layout llama --dtype bf16`` each in its own process and prints the wall time and the peak
 resident memory of that process (plus its helper processes), against the goal: peak RSS <= 1.3 x the

@@ -452,7 +452,7 @@ def test_temperature_weights_and_config():
 
 def test_benchmark_script_starts():
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "tokenize.py"), "--help"],
+        [sys.executable, str(REPO / "benchmarks" / "bench_tokenize.py"), "--help"],
         capture_output=True,
         text=True,
         timeout=60,
