@@ -1,21 +1,23 @@
 """Hugging Face model folders: read config + weights one tensor at a time, write sharded safetensors.
 
-Reading: ``config.json`` plus ``model.safetensors`` / ``model.safetensors.index.json`` shards (``.bin`` shards
-only through ``torch.load(weights_only=True)``). Writing: shards planned up front from the known shapes, each
-``.safetensors`` file's header written first and every tensor streamed into its slot as it is produced, so a
-writer never holds more than the tensor in hand.
+Reading: ``config.json`` plus ``model.safetensors`` / ``model.safetensors.index.json`` shards through
+``safetensors.safe_open`` (``.bin`` shards only through ``torch.load(weights_only=True)``). Writing: shards
+planned up front from the known shapes, each ``.safetensors`` file's header written first and every tensor
+streamed into its slot as it is produced, so a writer never holds more than the tensor in hand.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from conversion.arch import arch_from_hf_config
 from conversion.families import FAMILIES, Family, hf_shapes
@@ -77,73 +79,47 @@ class HFSource:
 _FROM_ST = {v: k for k, v in _ST_DTYPES.items()}
 
 
-#: a safetensors header is a small JSON table; anything larger is a garbled length field.
-_MAX_HEADER_BYTES = 100 * 1024**2
-
-
 def _bad_safetensors(path: Path, reason: str) -> UserError:
     return UserError(f"{path}: not a valid safetensors file ({reason}); is it truncated or corrupt?")
 
 
-def safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
-    """The JSON header of a ``.safetensors`` file and the byte offset where its data starts.
+@contextmanager
+def open_safetensors(path: Path) -> Iterator[Any]:
+    """``safetensors.safe_open`` on ``path``; a file cut short or garbled is a ``UserError`` naming it.
 
-    Every field is checked against the file's size, so a file cut short or garbled is a ``UserError``
-    naming it, not a ``struct``/JSON traceback or a huge allocation.
+    safetensors checks the header (length, JSON, dtypes, shapes) and that the data section covers every
+    tensor's byte range before anything is read, so no traceback or huge allocation comes from a bad file.
     """
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise _bad_safetensors(path, f"{size} bytes, shorter than the 8-byte header length")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(size - 8, _MAX_HEADER_BYTES):
-            raise _bad_safetensors(path, f"header length {n} exceeds the file's {size} bytes")
-        raw = fh.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _bad_safetensors(path, f"header is not JSON: {e}") from None
-    if not isinstance(header, dict):
-        raise _bad_safetensors(path, "header is not a JSON object")
-    data_bytes = size - 8 - n
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        shape = info.get("shape") if isinstance(info, dict) else None
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(isinstance(o, int) for o in offsets)
-            or not isinstance(shape, list)
-            or not all(isinstance(d, int) and d >= 0 for d in shape)
-            or not isinstance(info.get("dtype"), str)
-        ):
-            raise _bad_safetensors(path, f"bad header entry for {name!r}")
-        if not 0 <= offsets[0] <= offsets[1] <= data_bytes:
-            raise _bad_safetensors(
-                path, f"{name} lies at bytes {offsets} of a {data_bytes}-byte data section (truncated)"
-            )
-    return header, 8 + n
+        handle = safe_open(str(path), framework="pt")
+    except SafetensorError as e:
+        raise _bad_safetensors(path, str(e)) from None
+    with handle as f:
+        yield f
+
+
+def safetensors_names(path: Path) -> list[str]:
+    """The tensor names of a ``.safetensors`` file (its header only)."""
+    with open_safetensors(path) as f:
+        return list(f.keys())
+
+
+def safetensor_shape(path: Path, name: str) -> tuple[int, ...]:
+    """The shape of one tensor of a ``.safetensors`` file, from its header (no data read)."""
+    with open_safetensors(path) as f:
+        return tuple(f.get_slice(name).get_shape())
 
 
 def read_safetensor(path: Path, name: str) -> torch.Tensor:
-    """Read one tensor of a ``.safetensors`` file with a single ``readinto`` (exactly one copy in memory)."""
-    header, base = safetensors_header(path)
-    info = header[name]
-    if info["dtype"] not in _FROM_ST:
-        raise UserError(f"{path}: {name} has dtype {info['dtype']} (supported: F32, BF16, F16)")
-    begin, end = info["data_offsets"]
-    out = torch.empty(info["shape"], dtype=_FROM_ST[info["dtype"]])
-    if end - begin != out.numel() * out.element_size():
-        raise _bad_safetensors(path, f"{name}: {end - begin} bytes for shape {info['shape']} {info['dtype']}")
-    with open(path, "rb") as fh:
-        fh.seek(base + begin)
-        got = fh.readinto(memoryview(out.reshape(-1).view(torch.uint8).numpy()))
-    if got != end - begin:
-        raise UserError(f"{path}: truncated data for {name}")
-    return out
+    """One tensor of a ``.safetensors`` file, read alone into memory of its own."""
+    with open_safetensors(path) as f:
+        dtype = f.get_slice(name).get_dtype()
+        if dtype not in _FROM_ST:
+            raise UserError(f"{path}: {name} has dtype {dtype} (supported: F32, BF16, F16)")
+        try:
+            return f.get_tensor(name)  # its own storage: nothing of the file stays mapped
+        except SafetensorError as e:
+            raise _bad_safetensors(path, f"{name}: {e}") from None
 
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
@@ -165,7 +141,7 @@ def _weight_files(path: Path) -> dict[str, Path]:
             return {k: path / v for k, v in weight_map.items()}
     single = path / "model.safetensors"
     if single.is_file():
-        return {k: single for k in safetensors_header(single)[0] if k != "__metadata__"}
+        return dict.fromkeys(safetensors_names(single), single)
     bins = sorted(path.glob("pytorch_model*.bin"))
     if bins:
         return {k: b for b in bins for k in _load_bin(b)}
@@ -175,7 +151,7 @@ def _weight_files(path: Path) -> dict[str, Path]:
 def _shape_of(src: HFSource, name: str) -> tuple[int, ...]:
     f = src.files[name]
     if f.suffix == ".safetensors":
-        return tuple(safetensors_header(f)[0][name]["shape"])
+        return safetensor_shape(f, name)
     return tuple(src.get(name).shape)
 
 

@@ -230,3 +230,23 @@ def test_cli_truncated_safetensors_exits_2_without_traceback(llama_dir, tmp_path
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert res.stderr.strip().splitlines()[-1].startswith("mmed convert: error: ")
     assert _nothing_left(tmp_path, "o")
+
+
+def test_safetensors_with_overlapping_tensors_is_refused(llama_dir, tmp_path):
+    """Two tensors pointing at the same bytes (a file no writer produces) are refused by safetensors' own
+    header checks, not read twice as if they were two weights."""
+    bad = _copy(llama_dir, tmp_path / "bad")
+    st = bad / "model.safetensors"
+    data = st.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    a, b = "model.layers.0.input_layernorm.weight", "model.layers.1.input_layernorm.weight"
+    assert header[a]["shape"] == header[b]["shape"] and header[a]["data_offsets"] != header[b]["data_offsets"]
+    header[b]["data_offsets"] = header[a]["data_offsets"]
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    assert len(raw) <= n
+    raw += b" " * (n - len(raw))  # same header length: only the offsets changed
+    st.write_bytes(data[:8] + raw + data[8 + n :])
+    with pytest.raises(UserError, match=r"model\.safetensors: not a valid safetensors file"):
+        hf_to_mcore(bad, tmp_path / "out", skip_validation=True)
+    assert _nothing_left(tmp_path, "out")
