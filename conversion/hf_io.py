@@ -20,11 +20,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from conversion.arch import arch_from_hf_config
+from conversion.config import MAX_SHARD_BYTES
 from conversion.families import FAMILIES, Family, hf_shapes
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.models.internlm2 import ModelPreset
 
-MAX_SHARD_BYTES = 5 * 1024**3
 INDEX = "model.safetensors.index.json"
 #: buffers some old ``.bin`` checkpoints carry that are not weights (recomputed from the config).
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)

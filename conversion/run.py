@@ -20,6 +20,7 @@ import torch
 
 from conversion import hf_io, lora, mcore_io, validate
 from conversion.arch import hf_config
+from conversion.config import HfToMcoreConfig, McoreToHfConfig
 from conversion.families import (
     FAMILIES,
     LLAMA,
@@ -30,6 +31,7 @@ from conversion.families import (
 )
 from conversion.tokenizer import copy_tokenizer
 from megatron_mmed.common import integrity
+from megatron_mmed.common.config import save_config, validate_tree
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.common.writers import storage_failure
 from megatron_mmed.models.internlm2 import ModelPreset, get_preset, padded_vocab_size
@@ -42,6 +44,8 @@ from megatron_mmed.models.weights import (
 from megatron_mmed.training.flops import parameter_count
 
 REPORT = "conversion_report.json"
+#: the typed settings of the conversion (``conversion.config``), beside its output like every command's.
+CONFIG = "config.yaml"
 _DTYPE_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -142,10 +146,19 @@ def hf_to_mcore(
 ) -> ConversionReport:
     """HF Llama/InternLM2 folder -> weights-only torch_dist checkpoint + ``model_config.yaml`` (+ tokenizer/)."""
     start = time.time()
-    if dtype is not None and dtype not in hf_io.DTYPES:
-        raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(hf_io.DTYPES)}")
-    if tp < 1 or make_vocab_size_divisible_by < 1:
-        raise UserError("--tp and --make-vocab-size-divisible-by must be >= 1")
+    cfg = HfToMcoreConfig(
+        hf=str(hf),
+        out=str(out),
+        family=family,  # type: ignore[arg-type]  # checked by validate()
+        preset=preset,
+        dtype=dtype,  # type: ignore[arg-type]
+        tp=tp,
+        make_vocab_size_divisible_by=make_vocab_size_divisible_by,
+        force=force,
+        skip_validation=skip_validation,
+        atol=atol,
+    )
+    validate_tree(cfg)
     src = hf_io.open_hf(hf, family)
     arch = src.arch
     _check_preset(arch, preset, f"{hf}/config.json")
@@ -187,6 +200,7 @@ def hf_to_mcore(
                 raise UserError(_failed(report))
         src.close()
         report.write(tmp)
+        save_config(cfg, tmp / CONFIG)
         integrity.write_manifest(tmp, integrity.file_digests(tmp, integrity.checkpoint_files(tmp)))
     report.seconds = time.time() - start
     return report
@@ -217,10 +231,21 @@ def mcore_to_hf(
 ) -> ConversionReport:
     """A torch_dist checkpoint saved at any TP/PP -> HF folder (sharded safetensors, configs, tokenizer)."""
     start = time.time()
-    if family not in FAMILIES:
-        raise UserError(f"--layout {family!r}: choose one of {', '.join(FAMILIES)}")
-    if dtype not in hf_io.DTYPES:
-        raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(hf_io.DTYPES)}")
+    cfg = McoreToHfConfig(
+        ckpt=str(ckpt),
+        out=str(out),
+        family=family,  # type: ignore[arg-type]  # checked by validate()
+        dtype=dtype,  # type: ignore[arg-type]
+        iteration=iteration,
+        preset=preset,
+        tokenizer=None if tokenizer is None else str(tokenizer),
+        vocab_size=vocab_size,
+        force=force,
+        skip_validation=skip_validation,
+        atol=atol,
+        max_shard_bytes=max_shard_bytes,
+    )
+    validate_tree(cfg)
     fam = FAMILIES[family]
     path = resolve_weights_dir(ckpt, iteration, what="--ckpt")
     unverified = integrity.check_checkpoint(path, "--ckpt")  # manifest checksums and a safe .metadata
@@ -285,6 +310,7 @@ def mcore_to_hf(
             if not report.validation.ok:
                 raise UserError(_failed(report))
         report.write(tmp)
+        save_config(cfg, tmp / CONFIG)
     report.seconds = time.time() - start
     return report
 

@@ -250,3 +250,35 @@ def test_safetensors_with_overlapping_tensors_is_refused(llama_dir, tmp_path):
     with pytest.raises(UserError, match=r"model\.safetensors: not a valid safetensors file"):
         hf_to_mcore(bad, tmp_path / "out", skip_validation=True)
     assert _nothing_left(tmp_path, "out")
+
+
+def test_each_conversion_saves_its_typed_config_beside_the_output(llama_dir, mcore_dir, tmp_path):
+    """config.yaml beside every conversion output reads back as the config that made it."""
+    from conversion.config import HfToMcoreConfig, McoreToHfConfig
+    from megatron_mmed.common.config import load_config
+
+    saved = load_config(HfToMcoreConfig, mcore_dir / "config.yaml")
+    assert saved == HfToMcoreConfig(hf=str(llama_dir), out=str(mcore_dir), skip_validation=True)
+    out = tmp_path / "hf"
+    mcore_to_hf(mcore_dir, out, family="llama", dtype="fp32", skip_validation=True, max_shard_bytes=40_000)
+    back = load_config(McoreToHfConfig, out / "config.yaml")
+    assert back == McoreToHfConfig(
+        ckpt=str(mcore_dir), out=str(out), dtype="fp32", skip_validation=True, max_shard_bytes=40_000
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "msg"),
+    [
+        ({"tp": 0}, "--tp must be >= 1"),
+        ({"make_vocab_size_divisible_by": 0}, "--make-vocab-size-divisible-by must be >= 1"),
+        ({"dtype": "fp8"}, "--dtype 'fp8': choose one of"),
+        ({"atol": -1.0}, "--atol must be > 0"),
+    ],
+)
+def test_bad_conversion_settings_are_config_errors(llama_dir, tmp_path, kwargs, msg):
+    from megatron_mmed.common.config import ConfigError
+
+    with pytest.raises(ConfigError, match=msg):
+        hf_to_mcore(llama_dir, tmp_path / "out", **kwargs)
+    assert _nothing_left(tmp_path, "out")
