@@ -214,6 +214,25 @@ def test_config_validation():
         EvalConfig.from_mapping({**base, "model": ""})
 
 
+@pytest.mark.parametrize(
+    ("text", "msg"),
+    [
+        ("model: [unclosed\n", "not valid YAML"),
+        ("- model\n- data\n", "top level must be a mapping"),
+        (None, "not found"),
+    ],
+)
+def test_cli_yaml_config_goes_through_the_config_loader(tmp_path, capsys, text, msg):
+    """A broken --config is the shared loader's one-line error (exit 2), like every other command's YAML."""
+    cfg = tmp_path / "eval.yaml"
+    if text is not None:
+        cfg.write_text(text)
+    rc = main(["eval", "mmedbench", "--config", str(cfg), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and msg in err and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("mmed eval: error: ")
+
+
 def test_cli_yaml_config_few_shot_from_train(tiny_model, shared_data, tmp_path):
     data = tmp_path / "bench"
     for split in ("Test", "Train"):
