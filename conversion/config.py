@@ -77,3 +77,19 @@ class McoreToHfConfig:
             raise ConfigError(f"--vocab-size must be >= 1, got {self.vocab_size}")
         if self.max_shard_bytes < 1:
             raise ConfigError(f"max_shard_bytes must be >= 1, got {self.max_shard_bytes}")
+
+
+@dataclass(frozen=True)
+class LoraToPeftConfig:
+    """``mmed convert lora-to-peft``: a LoRA run's adapters -> a PEFT adapter for the HF base ``base``."""
+
+    ckpt: str
+    base: str  # the HF folder of the base weights (mcore-to-hf of the run's checkpoint.init_from)
+    out: str
+    iteration: int | None = None  # None: the run's latest
+    force: bool = False
+    skip_validation: bool = False
+    atol: float | None = None
+
+    def validate(self) -> None:
+        _check_common(None, self.atol)

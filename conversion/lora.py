@@ -177,10 +177,21 @@ def lora_to_peft(
     """A LoRA checkpoint -> ``adapter_config.json`` + ``adapter_model.safetensors`` for the HF base at ``base``."""
     from safetensors.torch import save_file
 
-    from conversion.run import ConversionReport, staged_output
-    from megatron_mmed.common.config import save_config
+    from conversion.config import LoraToPeftConfig
+    from conversion.run import CONFIG, ConversionReport, staged_output
+    from megatron_mmed.common.config import save_config, validate_tree
 
     start = time.time()
+    cfg = LoraToPeftConfig(
+        ckpt=str(ckpt),
+        base=str(base),
+        out=str(out),
+        iteration=iteration,
+        force=force,
+        skip_validation=skip_validation,
+        atol=atol,
+    )
+    validate_tree(cfg)
     path, meta, base_ckpt = lora_checkpoint(ckpt, iteration)
     src = hf_io.open_hf(base)
     arch, family = src.arch, src.family
@@ -189,6 +200,11 @@ def lora_to_peft(
     _check_same_model(arch, base_arch, f"--base {base}")
     ck = mcore_io.McoreCheckpoint.open(path)
     report = ConversionReport("lora-to-peft", family.name, Path(out), arch, _dtype_name(ck))
+    lo = meta.lora
+    report.notes.append(
+        f"adapters of {path} (rank {lo.rank}, alpha {lo.alpha}, dropout {lo.dropout}, targets "
+        f"{','.join(lo.targets)}) for the base weights {base_ckpt}, converted as {Path(base).resolve()}"
+    )
     tensors, rank_pattern, alpha_pattern, short = {}, {}, {}, set()
     for module, a, b, fused in peft_modules(family, arch, ck, meta):
         tensors[f"base_model.model.{module}.lora_A.weight"] = a.contiguous()
@@ -222,15 +238,7 @@ def lora_to_peft(
                 "use_dora": False,
             },
         )
-        save_config(
-            {
-                "source": str(path),
-                "base": str(Path(base).resolve()),
-                "lora": meta.lora,
-                "base_checkpoint": str(base_ckpt),
-            },
-            tmp / "config.yaml",
-        )
+        save_config(cfg, tmp / CONFIG)
         if skip_validation:
             pass
         elif family is not LLAMA:
@@ -246,6 +254,7 @@ def lora_to_peft(
             report.validation = validate.compare(ours, theirs, how, tol)
             if not report.validation.ok:
                 raise UserError(f"{report.validation.describe()}; nothing was written")
+        report.write(tmp)
     report.seconds = time.time() - start
     return report
 

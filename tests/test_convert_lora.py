@@ -73,6 +73,16 @@ def test_peft_adapter_loads_in_peft_with_our_logits(dirs, tmp_path):
     torch.testing.assert_close(theirs, dirs["logits"], atol=1e-4, rtol=0)
     assert (theirs - _base_logits(dirs)).abs().max() > 1e-2  # the adapter changes the model
     assert read_adapter_meta(dirs["run"] / "iter_0000003").base == str(dirs["mcore"].resolve())
+    # its typed settings read back from config.yaml; where the adapters came from is in the report
+    from conversion.config import LoraToPeftConfig
+    from megatron_mmed.common.config import load_config
+
+    assert load_config(LoraToPeftConfig, out / "config.yaml") == LoraToPeftConfig(
+        ckpt=str(dirs["run"]), base=str(dirs["hf"]), out=str(out)
+    )
+    written = json.loads((out / "conversion_report.json").read_text())
+    assert written["direction"] == "lora-to-peft" and written["validation"]["ok"]
+    assert any(str(dirs["mcore"].resolve()) in n and "iter_0000003" in n for n in written["notes"])
 
 
 def _base_logits(dirs):
