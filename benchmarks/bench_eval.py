@@ -80,7 +80,7 @@ def main() -> None:
     from eval.backends import HFBackend
     from eval.data import load_benchmark
     from eval.prompts import build_prompt
-    from eval.tiny import build_tiny_model
+    from megatron_mmed.testing.tiny_hf import build_tiny_model
 
     hf_logging.disable_progress_bar()
     if args.threads:

@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.checkpoint_verify [--gb 2] [--files 2] [--threads 1 2 4 8] [--work DIR]
 
 Writes ``--files`` random files totalling ``--gb`` GB (the shape of one rank's torch_dist output: a few large
-``.distcp`` files), then times :func:`megatron_mmed.training.integrity.file_digests` (64 MiB blocks on a thread
+``.distcp`` files), then times :func:`megatron_mmed.common.integrity.file_digests` (64 MiB blocks on a thread
 pool) per thread count, first read of each pass from the page cache (run with a cold cache, e.g. after
 ``echo 3 > /proc/sys/vm/drop_caches``, to see the disk). In a job every rank hashes only its share of the
 files, so a checkpoint of S GB on R ranks costs about S / R times the per-GB figure.
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
 
-    from megatron_mmed.training.integrity import file_digests
+    from megatron_mmed.common.integrity import file_digests
 
     work = Path(tempfile.mkdtemp(dir=args.work, prefix="ckpt-verify-"))
     try:

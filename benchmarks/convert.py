@@ -2,9 +2,6 @@
 
     .venv/bin/python -m benchmarks.convert [--preset internlm2-1.8b] [--work DIR] [--validate]
 
-(run as a module from the repo root: ``benchmarks/tokenize.py`` would shadow the stdlib ``tokenize`` module
-if this file were run as a script).
-
 Writes a random HF folder in the InternLM2 layout (bf16, streamed), then runs ``hf-to-mcore`` and
 ``mcore-to-hf --layout llama --dtype bf16`` each in its own process and prints the wall time and the peak
 resident memory of that process (plus its helper processes), against the goal: peak RSS <= 1.3 x the
@@ -32,15 +29,16 @@ def make_random_hf(preset_name: str, out: Path, num_layers: int | None) -> int:
 
     import torch
 
-    from conversion.arch import Arch, hf_config
+    from conversion.arch import hf_config
+    from conversion.families import INTERNLM2, hf_names_in_order, hf_shapes
     from conversion.hf_io import ShardedSafetensorsWriter, write_json
-    from conversion.layouts import INTERNLM2, hf_names_in_order, hf_shapes
     from megatron_mmed.models.internlm2 import get_preset
+    from megatron_mmed.training.flops import parameter_count
 
     preset = get_preset(preset_name)
     if num_layers:
         preset = dataclasses.replace(preset, num_layers=num_layers)
-    arch = Arch.from_preset(preset, token_ids={"bos_token_id": 1, "eos_token_id": 2})
+    arch = dataclasses.replace(preset, token_ids={"bos_token_id": 1, "eos_token_id": 2})
     out.mkdir(parents=True)
     shapes = hf_shapes(INTERNLM2, arch)
     writer = ShardedSafetensorsWriter(
@@ -56,7 +54,7 @@ def make_random_hf(preset_name: str, out: Path, num_layers: int | None) -> int:
         del t
     writer.close()
     write_json(out / "config.json", hf_config("internlm2", arch, "bf16"))
-    return arch.num_params()
+    return parameter_count(arch, arch.vocab_size)
 
 
 def _child(argv: list[str]) -> None:

@@ -16,31 +16,27 @@ rate, and the largest false cluster (a cluster mixing documents of different ori
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import random
+import re
+import resource
+import subprocess
 import sys
+import tempfile
+import time
+import unicodedata
+from collections import defaultdict
 from pathlib import Path
 
-# a script's folder comes first on sys.path: drop it so benchmarks/tokenize.py cannot shadow the stdlib
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+from megatron_mmed.common.io import JsonlZstWriter, read_jsonl_zst
+from preprocessing.dedup import DedupConfig, run_dedup
+from preprocessing.dedup.synthetic import KINDS, near_copy, tokens_of
+from preprocessing.document import CJK_LANGS, LANGS
+from preprocessing.layout import iter_rejected
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run as a script from anywhere (the package is installed editable anyway)
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import random  # noqa: E402
-import re  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import unicodedata  # noqa: E402
-from collections import defaultdict  # noqa: E402
-
-from megatron_mmed.common.io import JsonlZstWriter, read_jsonl_zst  # noqa: E402
-from preprocessing.dedup import DedupConfig, run_dedup  # noqa: E402
-from preprocessing.dedup.synthetic import KINDS, near_copy, tokens_of  # noqa: E402
-from preprocessing.document import CJK_LANGS, LANGS  # noqa: E402
-from preprocessing.layout import iter_rejected  # noqa: E402
 
 SHARED = Path(os.environ.get("MMED_SHARED_DATA", REPO.parent / "shared" / "data"))
 _SENT = re.compile(r"(?<=[.!?。！？])\s*")

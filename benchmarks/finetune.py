@@ -177,16 +177,17 @@ def _mcore_step(work: Path, ex, lora: bool, pack_length: int):
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from conversion.mcore_io import mcore_session, read_model_config
+    from megatron_mmed.common.distributed import mcore_session
     from megatron_mmed.finetune.lora import apply_lora
     from megatron_mmed.finetune.packing import SFTBatches
     from megatron_mmed.finetune.step import make_forward_step
     from megatron_mmed.models.builder import build_gpt_model, transformer_config
-    from megatron_mmed.training.checkpoint import load_weights
+    from megatron_mmed.models.weights import load_weights, read_model_config
 
     stack = contextlib.ExitStack()
     stack.enter_context(mcore_session())
-    preset, _, doc = read_model_config(work / "mcore" / "model_config.yaml")
+    saved = read_model_config(work / "mcore" / "model_config.yaml")
+    preset = saved.preset
     core = transformer_config(
         preset,
         params_dtype=torch.float32,
@@ -194,7 +195,7 @@ def _mcore_step(work: Path, ex, lora: bool, pack_length: int):
         perform_initialization=False,
         calculate_per_token_loss=True,
     )
-    model = build_gpt_model(preset, core, doc["padded_vocab_size"], 2048, spec="local")
+    model = build_gpt_model(preset, core, saved.padded_vocab_size, 2048, spec="local")
     load_weights(work / "mcore", [model])
     if lora:
         apply_lora(model, _lora(), seed=0)

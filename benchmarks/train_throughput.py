@@ -29,16 +29,22 @@ def _random_tokens(out: Path, vocab: int, tokens: int) -> Path:
     import torch
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
+    from megatron_mmed.common.blend_file import BlendDataset, BlendFile, BlendTokenizer
+
     rng = np.random.default_rng(0)
     builder = IndexedDatasetBuilder(str(out / "xx_text_document.bin"), dtype=np.int32)
     for _ in range(max(1, tokens // 8192)):
         builder.add_document(torch.from_numpy(rng.integers(0, vocab, 8192, dtype=np.int64)), [8192])
     builder.finalize(str(out / "xx_text_document.idx"))
-    blend = out / "blend.json"
-    blend.write_text(
-        json.dumps({"vocab_size": vocab, "datasets": [{"prefix": "xx_text_document", "weight": 1}]})
-    )
-    return blend
+    prefix = out.resolve() / "xx_text_document"
+    n = max(1, tokens // 8192)
+    return BlendFile(
+        root=str(out.resolve()),
+        temperature=None,
+        multipliers={"xx": 1.0},
+        tokenizer=BlendTokenizer("random", None, 0, None, vocab, "int32"),
+        datasets=(BlendDataset("xx", str(prefix), prefix.name, n * 8192, n, 1.0, 1.0),),
+    ).write(out)
 
 
 def _cases(args, on_gpu: bool) -> list[tuple[str, list[str]]]:

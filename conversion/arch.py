@@ -1,4 +1,4 @@
-"""The architecture a conversion needs, read from a HF ``config.json`` or a megatron-mmed preset.
+"""HF ``config.json`` <-> :class:`~megatron_mmed.models.internlm2.ModelPreset`, the one architecture type.
 
 Only the Llama/InternLM2 architecture is accepted (RMSNorm, SwiGLU, RoPE, GQA, no biases, untied embeddings);
 anything else is refused with the reason, never converted into a different model.
@@ -6,128 +6,11 @@ anything else is refused with the reason, never converted into a different model
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.models.internlm2 import ModelPreset
-
-
-@dataclass(frozen=True)
-class Arch:
-    """Sizes and numerics of one Llama-architecture model (what both checkpoints must agree on)."""
-
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    ffn_hidden_size: int
-    vocab_size: int
-    max_position_embeddings: int
-    rope_theta: float
-    norm_eps: float
-    rope_scaling: dict[str, Any] | None = None
-    token_ids: dict[str, Any] = field(default_factory=dict)  # bos/eos/pad ids carried to the HF config
-
-    def __post_init__(self) -> None:
-        for name in (
-            "hidden_size",
-            "num_layers",
-            "num_heads",
-            "num_kv_heads",
-            "ffn_hidden_size",
-            "vocab_size",
-        ):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_heads % self.num_kv_heads:
-            raise UserError(
-                f"num_attention_heads ({self.num_heads}) is not divisible by num_key_value_heads ({self.num_kv_heads})"
-            )
-        if self.hidden_size % self.num_heads:
-            raise UserError(
-                f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads ({self.num_heads})"
-            )
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def q_per_kv(self) -> int:
-        return self.num_heads // self.num_kv_heads
-
-    @property
-    def qkv_rows(self) -> int:
-        return (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
-
-    def num_params(self) -> int:
-        h, f = self.hidden_size, self.ffn_hidden_size
-        layer = h * self.qkv_rows + h * h + 3 * h * f + 2 * h
-        return self.num_layers * layer + 2 * self.vocab_size * h + h
-
-    def check_shape(self, name: str, tensor, expected: tuple[int, ...]) -> None:
-        if tuple(tensor.shape) != tuple(expected):
-            raise UserError(
-                f"{name}: shape {tuple(tensor.shape)} does not match the config ({tuple(expected)})"
-            )
-
-    # --- megatron-mmed presets ------------------------------------------------------------------------------
-
-    def to_preset(self, name: str, source: str) -> ModelPreset:
-        """The ``ModelPreset`` that ``build_gpt_model`` needs for this architecture."""
-        if float(self.rope_theta) != int(self.rope_theta):
-            raise UserError(
-                f"rope_theta {self.rope_theta} is not an integer (megatron-mmed presets store an int)"
-            )
-        return ModelPreset(
-            name=name,
-            hidden_size=self.hidden_size,
-            num_layers=self.num_layers,
-            num_attention_heads=self.num_heads,
-            num_query_groups=self.num_kv_heads,
-            ffn_hidden_size=self.ffn_hidden_size,
-            source=source,
-            vocab_size=self.vocab_size,
-            max_position_embeddings=self.max_position_embeddings,
-            rotary_base=int(self.rope_theta),
-            norm_epsilon=self.norm_eps,
-        )
-
-    @classmethod
-    def from_preset(cls, preset: ModelPreset, **extra: Any) -> Arch:
-        return cls(
-            hidden_size=preset.hidden_size,
-            num_layers=preset.num_layers,
-            num_heads=preset.num_attention_heads,
-            num_kv_heads=preset.num_query_groups,
-            ffn_hidden_size=preset.ffn_hidden_size,
-            vocab_size=preset.vocab_size,
-            max_position_embeddings=preset.max_position_embeddings,
-            rope_theta=float(preset.rotary_base),
-            norm_eps=preset.norm_epsilon,
-            **extra,
-        )
-
-    def mismatches(self, preset: ModelPreset) -> list[str]:
-        """Fields where ``preset`` differs from this architecture (empty when they describe the same model).
-
-        The vocabulary is not compared: a run may set ``model.vocab_size`` for its tokenizer.
-        """
-        other = Arch.from_preset(preset)
-        keys = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "ffn_hidden_size")
-        keys += ("rope_theta", "norm_eps")
-        return [
-            f"{k}: {getattr(self, k)} vs {getattr(other, k)}"
-            for k in keys
-            if getattr(self, k) != getattr(other, k)
-        ]
-
-    def replace(self, **changes: Any) -> Arch:
-        return dataclasses.replace(self, **changes)
-
 
 _TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
@@ -138,7 +21,7 @@ def _need(cfg: dict[str, Any], key: str, where: str) -> Any:
     return cfg[key]
 
 
-def arch_from_hf_config(cfg: dict[str, Any], where: str = "config.json") -> Arch:
+def arch_from_hf_config(cfg: dict[str, Any], where: str = "config.json", name: str = "hf") -> ModelPreset:
     """Read a Llama or InternLM2 ``config.json``; refuse features megatron-mmed's GPT model does not have."""
     if cfg.get("tie_word_embeddings", False):
         raise UserError(f"{where}: tie_word_embeddings=true is not supported (InternLM2 keeps them untied)")
@@ -158,23 +41,52 @@ def arch_from_hf_config(cfg: dict[str, Any], where: str = "config.json") -> Arch
             f"{where}: head_dim {head_dim} x {heads} heads != hidden_size {hidden} (not supported)"
         )
     rope_params = cfg.get("rope_parameters") or {}
-    theta = cfg.get("rope_theta", rope_params.get("rope_theta", 10000.0))
+    theta = float(cfg.get("rope_theta", rope_params.get("rope_theta", 10000.0)))
+    if theta != int(theta):
+        raise UserError(f"{where}: rope_theta {theta} is not an integer (megatron-mmed presets store an int)")
     scaling = cfg.get("rope_scaling")
     if scaling is None and rope_params.get("rope_type", "default") != "default":
         scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
-    return Arch(
+    arch = ModelPreset(
+        name=name,
         hidden_size=hidden,
         num_layers=int(_need(cfg, "num_hidden_layers", where)),
-        num_heads=heads,
-        num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+        num_attention_heads=heads,
+        num_query_groups=int(cfg.get("num_key_value_heads") or heads),
         ffn_hidden_size=int(_need(cfg, "intermediate_size", where)),
+        source=where,
         vocab_size=int(_need(cfg, "vocab_size", where)),
         max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
-        rope_theta=float(theta),
-        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rotary_base=int(theta),
+        norm_epsilon=float(cfg.get("rms_norm_eps", 1e-6)),
         rope_scaling=dict(scaling) if scaling else None,
         token_ids={k: cfg[k] for k in _TOKEN_KEYS if cfg.get(k) is not None},
     )
+    check_arch(arch)
+    return arch
+
+
+def check_arch(arch: ModelPreset) -> None:
+    """Refuse sizes no GPT model can have (zero or negative sizes, heads that do not divide)."""
+    for key, label in (
+        ("hidden_size", "hidden_size"),
+        ("num_layers", "num_hidden_layers"),
+        ("num_attention_heads", "num_attention_heads"),
+        ("num_query_groups", "num_key_value_heads"),
+        ("ffn_hidden_size", "intermediate_size"),
+        ("vocab_size", "vocab_size"),
+    ):
+        if getattr(arch, key) < 1:
+            raise UserError(f"{label} must be >= 1, got {getattr(arch, key)}")
+    if arch.num_attention_heads % arch.num_query_groups:
+        raise UserError(
+            f"num_attention_heads ({arch.num_attention_heads}) is not divisible by num_key_value_heads "
+            f"({arch.num_query_groups})"
+        )
+    if arch.hidden_size % arch.num_attention_heads:
+        raise UserError(
+            f"hidden_size ({arch.hidden_size}) is not divisible by num_attention_heads ({arch.num_attention_heads})"
+        )
 
 
 _DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -211,21 +123,20 @@ def rope_scaling_for(family_name: str, scaling: dict[str, Any] | None) -> dict[s
     return {"type": kind, "factor": float(factor)}
 
 
-def hf_config(family_name: str, arch: Arch, dtype: str) -> dict[str, Any]:
-    """The ``config.json`` of ``arch`` in the Llama or InternLM2 layout (rope_scaling in that family's keys)."""
-    theta: float | int = int(arch.rope_theta) if float(arch.rope_theta).is_integer() else arch.rope_theta
+def hf_config(family_name: str, arch: ModelPreset, dtype: str) -> dict[str, Any]:
+    """The ``config.json`` of ``arch`` in the Llama or InternLM2 family (rope_scaling in that family's keys)."""
     common = {
         "hidden_act": "silu",
         "hidden_size": arch.hidden_size,
         "initializer_range": 0.02,
         "intermediate_size": arch.ffn_hidden_size,
         "max_position_embeddings": arch.max_position_embeddings,
-        "num_attention_heads": arch.num_heads,
+        "num_attention_heads": arch.num_attention_heads,
         "num_hidden_layers": arch.num_layers,
-        "num_key_value_heads": arch.num_kv_heads,
-        "rms_norm_eps": arch.norm_eps,
+        "num_key_value_heads": arch.num_query_groups,
+        "rms_norm_eps": arch.norm_epsilon,
         "rope_scaling": rope_scaling_for(family_name, arch.rope_scaling),
-        "rope_theta": theta,
+        "rope_theta": arch.rotary_base,
         "tie_word_embeddings": False,
         "torch_dtype": _DTYPE_NAMES[dtype],
         "use_cache": True,
@@ -257,6 +168,6 @@ def hf_config(family_name: str, arch: Arch, dtype: str) -> dict[str, Any]:
     }
 
 
-def llama_config_for(arch: Arch, dtype: str = "fp32") -> dict[str, Any]:
-    """The Llama ``config.json`` that is numerically the same model (how InternLM2 layouts are validated)."""
+def llama_config_for(arch: ModelPreset, dtype: str = "fp32") -> dict[str, Any]:
+    """The Llama ``config.json`` that is numerically the same model (how the InternLM2 family is validated)."""
     return hf_config("llama", arch, dtype)

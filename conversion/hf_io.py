@@ -1,27 +1,30 @@
 """Hugging Face model folders: read config + weights one tensor at a time, write sharded safetensors.
 
-Reading: ``config.json`` plus ``model.safetensors`` / ``model.safetensors.index.json`` shards (``.bin`` shards
-only through ``torch.load(weights_only=True)``). Writing: shards planned up front from the known shapes, each
-``.safetensors`` file's header written first and every tensor streamed into its slot as it is produced, so a
-writer never holds more than the tensor in hand.
+Reading: ``config.json`` plus ``model.safetensors`` / ``model.safetensors.index.json`` shards through
+``safetensors.safe_open`` (``.bin`` shards only through ``torch.load(weights_only=True)``). Writing: shards
+planned up front from the known shapes, each ``.safetensors`` file's header written first and every tensor
+streamed into its slot as it is produced, so a writer never holds more than the tensor in hand.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
-from conversion.arch import Arch, arch_from_hf_config
-from conversion.layouts import FAMILIES, Family, hf_shapes
+from conversion.arch import arch_from_hf_config
+from conversion.config import MAX_SHARD_BYTES
+from conversion.families import FAMILIES, Family, hf_shapes
 from megatron_mmed.common.errors import UserError
+from megatron_mmed.models.internlm2 import ModelPreset
 
-MAX_SHARD_BYTES = 5 * 1024**3
 INDEX = "model.safetensors.index.json"
 #: buffers some old ``.bin`` checkpoints carry that are not weights (recomputed from the config).
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -50,12 +53,12 @@ def detect_family(cfg: dict[str, Any], asked: str = "auto", where: str = "config
 
 @dataclass
 class HFSource:
-    """A HF model folder opened for streaming: config, layout family, and where each tensor lives."""
+    """A HF model folder opened for streaming: config, family, and where each tensor lives."""
 
     path: Path
     config: dict[str, Any]
     family: Family
-    arch: Arch
+    arch: ModelPreset
     files: dict[str, Path]  # tensor name -> file
     dtype: torch.dtype
     _handles: dict[Path, Any] = field(default_factory=dict)
@@ -76,73 +79,47 @@ class HFSource:
 _FROM_ST = {v: k for k, v in _ST_DTYPES.items()}
 
 
-#: a safetensors header is a small JSON table; anything larger is a garbled length field.
-_MAX_HEADER_BYTES = 100 * 1024**2
-
-
 def _bad_safetensors(path: Path, reason: str) -> UserError:
     return UserError(f"{path}: not a valid safetensors file ({reason}); is it truncated or corrupt?")
 
 
-def safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
-    """The JSON header of a ``.safetensors`` file and the byte offset where its data starts.
+@contextmanager
+def open_safetensors(path: Path) -> Iterator[Any]:
+    """``safetensors.safe_open`` on ``path``; a file cut short or garbled is a ``UserError`` naming it.
 
-    Every field is checked against the file's size, so a file cut short or garbled is a ``UserError``
-    naming it, not a ``struct``/JSON traceback or a huge allocation.
+    safetensors checks the header (length, JSON, dtypes, shapes) and that the data section covers every
+    tensor's byte range before anything is read, so no traceback or huge allocation comes from a bad file.
     """
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise _bad_safetensors(path, f"{size} bytes, shorter than the 8-byte header length")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(size - 8, _MAX_HEADER_BYTES):
-            raise _bad_safetensors(path, f"header length {n} exceeds the file's {size} bytes")
-        raw = fh.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _bad_safetensors(path, f"header is not JSON: {e}") from None
-    if not isinstance(header, dict):
-        raise _bad_safetensors(path, "header is not a JSON object")
-    data_bytes = size - 8 - n
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        shape = info.get("shape") if isinstance(info, dict) else None
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(isinstance(o, int) for o in offsets)
-            or not isinstance(shape, list)
-            or not all(isinstance(d, int) and d >= 0 for d in shape)
-            or not isinstance(info.get("dtype"), str)
-        ):
-            raise _bad_safetensors(path, f"bad header entry for {name!r}")
-        if not 0 <= offsets[0] <= offsets[1] <= data_bytes:
-            raise _bad_safetensors(
-                path, f"{name} lies at bytes {offsets} of a {data_bytes}-byte data section (truncated)"
-            )
-    return header, 8 + n
+        handle = safe_open(str(path), framework="pt")
+    except SafetensorError as e:
+        raise _bad_safetensors(path, str(e)) from None
+    with handle as f:
+        yield f
+
+
+def safetensors_names(path: Path) -> list[str]:
+    """The tensor names of a ``.safetensors`` file (its header only)."""
+    with open_safetensors(path) as f:
+        return list(f.keys())
+
+
+def safetensor_shape(path: Path, name: str) -> tuple[int, ...]:
+    """The shape of one tensor of a ``.safetensors`` file, from its header (no data read)."""
+    with open_safetensors(path) as f:
+        return tuple(f.get_slice(name).get_shape())
 
 
 def read_safetensor(path: Path, name: str) -> torch.Tensor:
-    """Read one tensor of a ``.safetensors`` file with a single ``readinto`` (exactly one copy in memory)."""
-    header, base = safetensors_header(path)
-    info = header[name]
-    if info["dtype"] not in _FROM_ST:
-        raise UserError(f"{path}: {name} has dtype {info['dtype']} (supported: F32, BF16, F16)")
-    begin, end = info["data_offsets"]
-    out = torch.empty(info["shape"], dtype=_FROM_ST[info["dtype"]])
-    if end - begin != out.numel() * out.element_size():
-        raise _bad_safetensors(path, f"{name}: {end - begin} bytes for shape {info['shape']} {info['dtype']}")
-    with open(path, "rb") as fh:
-        fh.seek(base + begin)
-        got = fh.readinto(memoryview(out.reshape(-1).view(torch.uint8).numpy()))
-    if got != end - begin:
-        raise UserError(f"{path}: truncated data for {name}")
-    return out
+    """One tensor of a ``.safetensors`` file, read alone into memory of its own."""
+    with open_safetensors(path) as f:
+        dtype = f.get_slice(name).get_dtype()
+        if dtype not in _FROM_ST:
+            raise UserError(f"{path}: {name} has dtype {dtype} (supported: F32, BF16, F16)")
+        try:
+            return f.get_tensor(name)  # its own storage: nothing of the file stays mapped
+        except SafetensorError as e:
+            raise _bad_safetensors(path, f"{name}: {e}") from None
 
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
@@ -164,7 +141,7 @@ def _weight_files(path: Path) -> dict[str, Path]:
             return {k: path / v for k, v in weight_map.items()}
     single = path / "model.safetensors"
     if single.is_file():
-        return {k: single for k in safetensors_header(single)[0] if k != "__metadata__"}
+        return dict.fromkeys(safetensors_names(single), single)
     bins = sorted(path.glob("pytorch_model*.bin"))
     if bins:
         return {k: b for b in bins for k in _load_bin(b)}
@@ -174,11 +151,11 @@ def _weight_files(path: Path) -> dict[str, Path]:
 def _shape_of(src: HFSource, name: str) -> tuple[int, ...]:
     f = src.files[name]
     if f.suffix == ".safetensors":
-        return tuple(safetensors_header(f)[0][name]["shape"])
+        return safetensor_shape(f, name)
     return tuple(src.get(name).shape)
 
 
-def open_hf(path: str | Path, layout: str = "auto") -> HFSource:
+def open_hf(path: str | Path, family: str = "auto") -> HFSource:
     """Open a HF folder and check it completely (keys and shapes) before anything is converted."""
     path = Path(path)
     if not path.is_dir():
@@ -190,10 +167,10 @@ def open_hf(path: str | Path, layout: str = "auto") -> HFSource:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"{cfg_path}: not valid JSON: {e}") from None
-    family = detect_family(cfg, layout, str(cfg_path))
+    fam = detect_family(cfg, family, str(cfg_path))
     arch = arch_from_hf_config(cfg, str(cfg_path))
     files = {k: v for k, v in _weight_files(path).items() if not k.endswith(IGNORED_SUFFIXES)}
-    expected = hf_shapes(family, arch)
+    expected = hf_shapes(fam, arch)
     missing = [k for k in expected if k not in files]
     unexpected = sorted(set(files) - set(expected))
     if missing or unexpected:
@@ -203,14 +180,14 @@ def open_hf(path: str | Path, layout: str = "auto") -> HFSource:
         if unexpected:
             parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}")
         raise UserError(
-            f"{path}: weights do not match a {family.name} model of this config.json: " + "; ".join(parts)
+            f"{path}: weights do not match a {fam.name} model of this config.json: " + "; ".join(parts)
         )
-    src = HFSource(path=path, config=cfg, family=family, arch=arch, files=files, dtype=torch.float32)
+    src = HFSource(path=path, config=cfg, family=fam, arch=arch, files=files, dtype=torch.float32)
     for name, shape in expected.items():
         got = _shape_of(src, name)
         if got != shape:
             raise UserError(f"{path}: {name} has shape {got}, config.json implies {shape}")
-    first = family.hf_names(arch.num_layers)[0]
+    first = fam.hf_names(arch.num_layers)[0]
     src.dtype = src.get(first).dtype
     return src
 
@@ -219,7 +196,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def generation_config(arch: Arch) -> dict[str, Any]:
+def generation_config(arch: ModelPreset) -> dict[str, Any]:
     return {k: v for k, v in arch.token_ids.items() if k in ("bos_token_id", "eos_token_id", "pad_token_id")}
 
 

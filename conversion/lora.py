@@ -1,6 +1,6 @@
 """LoRA checkpoints -> Hugging Face: a PEFT adapter for the converted base, or weights with LoRA folded in.
 
-Both directions use ``conversion.layouts``: an adapter's parts are the Llama rule's HF tensors (q/k/v,
+Both directions use ``conversion.families``: an adapter's parts are the Llama rule's HF tensors (q/k/v,
 gate/up), so ``scale * B @ A`` per part packs into the megatron-core weight with that rule's ``pack``, and a
 PEFT module is the family rule's HF tensor of the same megatron-core weight. Where the family fuses the parts
 into one HF tensor (InternLM2 ``wqkv``) the PEFT module gets the parts side by side: ``A`` stacked
@@ -18,11 +18,13 @@ from pathlib import Path
 import torch
 
 from conversion import hf_io, mcore_io, validate
-from conversion.arch import Arch
-from conversion.layouts import LLAMA, Family, Rule
+from conversion.families import LLAMA, Family, Rule
+from megatron_mmed.common.distributed import mcore_session
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.finetune.adapters import AdapterMeta, read_adapter_meta
 from megatron_mmed.finetune.lora import SUFFIX, TARGETS, Target, part_names
+from megatron_mmed.models.internlm2 import ModelPreset
+from megatron_mmed.models.weights import load_weights, resolve_weights_dir
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -40,7 +42,7 @@ def adapter_pair(ck: mcore_io.McoreCheckpoint, layer: int, target: Target, part:
 
 
 def delta_getter(
-    ck: mcore_io.McoreCheckpoint, meta: AdapterMeta, arch: Arch
+    ck: mcore_io.McoreCheckpoint, meta: AdapterMeta, arch: ModelPreset
 ) -> Callable[[str], torch.Tensor | None]:
     """``mcore weight name -> scale * B @ A`` in that weight's layout (None for weights without adapters)."""
     by_module = {TARGETS[t].module: TARGETS[t] for t in meta.lora.targets}
@@ -75,7 +77,7 @@ def merged_getter(
 
 
 def peft_modules(
-    family: Family, arch: Arch, ck: mcore_io.McoreCheckpoint, meta: AdapterMeta
+    family: Family, arch: ModelPreset, ck: mcore_io.McoreCheckpoint, meta: AdapterMeta
 ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, int]]:
     """``(HF module name, lora_A, lora_B, parts fused)`` for every adapted module of ``family``."""
     r = meta.lora.rank
@@ -101,8 +103,15 @@ def peft_modules(
             yield modules[0], torch.cat([a for a, _ in pairs]), hf_b, n
 
 
-def _check_same_model(arch: Arch, base_arch: Arch, where: str) -> None:
-    keys = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size")
+def _check_same_model(arch: ModelPreset, base_arch: ModelPreset, where: str) -> None:
+    keys = (
+        "hidden_size",
+        "num_layers",
+        "num_attention_heads",
+        "num_query_groups",
+        "ffn_hidden_size",
+        "vocab_size",
+    )
     diffs = [
         f"{k} {getattr(arch, k)} vs {getattr(base_arch, k)}"
         for k in keys
@@ -114,30 +123,27 @@ def _check_same_model(arch: Arch, base_arch: Arch, where: str) -> None:
 
 def lora_checkpoint(ckpt: str | Path, iteration: int | None = None) -> tuple[Path, AdapterMeta, Path]:
     """``(adapter torch_dist dir, meta, base torch_dist dir)`` of a LoRA run / checkpoint, or a one-line error."""
-    from megatron_mmed.training.checkpoint import resolve_init_dir
-
-    path = mcore_io.resolve_checkpoint(ckpt, iteration)
+    path = resolve_weights_dir(ckpt, iteration, what="--ckpt")
     meta = read_adapter_meta(path)
     if meta is None:
         raise UserError(f"{path}: not a LoRA checkpoint (no adapter.yaml beside it or in its run dir)")
     try:
-        base = resolve_init_dir(meta.base)
+        base = resolve_weights_dir(meta.base, what="base")
     except UserError as e:
         raise UserError(f"the LoRA base recorded in {path}/adapter.yaml: {e}") from None
     return path, meta, base
 
 
-def lora_mcore_logits(arch: Arch, base: Path, adapters: Path, meta: AdapterMeta, padded: int, ids: list[int]):
+def lora_mcore_logits(
+    arch: ModelPreset, base: Path, adapters: Path, meta: AdapterMeta, padded: int, ids: list[int]
+):
     """Logits of the TP=1 megatron-core model: base weights + LoRA adapters (unmerged), fp32."""
-    from megatron.core import dist_checkpointing
-
     from megatron_mmed.finetune.adapters import load_adapters
     from megatron_mmed.finetune.lora import apply_lora
 
-    with mcore_io.mcore_session() as on_cpu:
+    with mcore_session() as on_cpu:
         model = mcore_io.build_model(arch, padded, torch.float32, on_cpu=on_cpu)
-        loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(base))
-        model.load_state_dict(loaded["model"])
+        load_weights(base, [model], what="the LoRA run's base", verify=False)
         apply_lora(model, meta.lora, meta.seed)
         load_adapters(adapters, model)
         model.eval()
@@ -171,10 +177,21 @@ def lora_to_peft(
     """A LoRA checkpoint -> ``adapter_config.json`` + ``adapter_model.safetensors`` for the HF base at ``base``."""
     from safetensors.torch import save_file
 
-    from conversion.run import ConversionReport, staged_output
-    from megatron_mmed.common.config import save_config
+    from conversion.config import LoraToPeftConfig
+    from conversion.run import CONFIG, ConversionReport, staged_output
+    from megatron_mmed.common.config import save_config, validate_tree
 
     start = time.time()
+    cfg = LoraToPeftConfig(
+        ckpt=str(ckpt),
+        base=str(base),
+        out=str(out),
+        iteration=iteration,
+        force=force,
+        skip_validation=skip_validation,
+        atol=atol,
+    )
+    validate_tree(cfg)
     path, meta, base_ckpt = lora_checkpoint(ckpt, iteration)
     src = hf_io.open_hf(base)
     arch, family = src.arch, src.family
@@ -183,6 +200,11 @@ def lora_to_peft(
     _check_same_model(arch, base_arch, f"--base {base}")
     ck = mcore_io.McoreCheckpoint.open(path)
     report = ConversionReport("lora-to-peft", family.name, Path(out), arch, _dtype_name(ck))
+    lo = meta.lora
+    report.notes.append(
+        f"adapters of {path} (rank {lo.rank}, alpha {lo.alpha}, dropout {lo.dropout}, targets "
+        f"{','.join(lo.targets)}) for the base weights {base_ckpt}, converted as {Path(base).resolve()}"
+    )
     tensors, rank_pattern, alpha_pattern, short = {}, {}, {}, set()
     for module, a, b, fused in peft_modules(family, arch, ck, meta):
         tensors[f"base_model.model.{module}.lora_A.weight"] = a.contiguous()
@@ -216,20 +238,12 @@ def lora_to_peft(
                 "use_dora": False,
             },
         )
-        save_config(
-            {
-                "source": str(path),
-                "base": str(Path(base).resolve()),
-                "lora": meta.lora,
-                "base_checkpoint": str(base_ckpt),
-            },
-            tmp / "config.yaml",
-        )
+        save_config(cfg, tmp / CONFIG)
         if skip_validation:
             pass
         elif family is not LLAMA:
             report.notes.append(
-                "InternLM2 layout: not validated (its modeling code is remote code); use --layout llama to validate"
+                "InternLM2 family: not validated (its modeling code is remote code); use --layout llama to validate"
             )
         else:
             ids, how, _ = validate.prompt_ids(arch.vocab_size, Path(base))
@@ -240,6 +254,7 @@ def lora_to_peft(
             report.validation = validate.compare(ours, theirs, how, tol)
             if not report.validation.ok:
                 raise UserError(f"{report.validation.describe()}; nothing was written")
+        report.write(tmp)
     report.seconds = time.time() - start
     return report
 

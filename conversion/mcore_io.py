@@ -1,78 +1,44 @@
 """megatron-core ``torch_dist`` checkpoints: write the ``checkpoint.init_from`` format, read any TP/PP save.
 
 Writing builds the TP=1 ``GPTModel`` (no random init), copies the converted tensors in layer by layer and saves
-it with :func:`megatron_mmed.training.checkpoint.save_weights`, so the result is exactly what ``mmed train``'s
+it with :func:`megatron_mmed.models.weights.save_weights`, so the result is exactly what ``mmed train``'s
 ``load_weights`` reads, at any TP/PP. Reading needs no model and no process group: each tensor of each layer
-is read alone from the checkpoint's global tensors, so the TP/PP layout it was saved at does not matter.
+is read alone from the checkpoint's global tensors, so the TP/PP it was saved at does not matter.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from conversion.arch import Arch
-from conversion.layouts import checkpoint_key
+from conversion.families import checkpoint_key
+from megatron_mmed.common.distributed import mcore_session
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.models import saved as saved_io
+from megatron_mmed.models import weights
 from megatron_mmed.models.internlm2 import ModelPreset
-from megatron_mmed.models.saved import MODEL_CONFIG, SavedModel, find_model_config
 
 EMBEDDING = "embedding.word_embeddings.weight"
 OUTPUT = "output_layer.weight"
 
 
-# --- a one-process megatron-core session ------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def mcore_session(seed: int = 1234) -> Iterator[bool]:
-    """A TP=1/PP=1 megatron-core context on this process (gloo, CPU shim without CUDA); yields on_cpu."""
-    from megatron.core import parallel_state as ps
-    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
-
-    from megatron_mmed.training.cpu_shim import cpu_shim
-    from megatron_mmed.training.dist import _free_port
-
-    with cpu_shim() as on_cpu:
-        own_group = not torch.distributed.is_initialized()
-        if own_group:
-            backend = "gloo" if on_cpu else "nccl"
-            init = f"tcp://127.0.0.1:{_free_port()}"
-            torch.distributed.init_process_group(backend, init_method=init, rank=0, world_size=1)
-        own_mp = not ps.model_parallel_is_initialized()
-        if own_mp:
-            ps.initialize_model_parallel()
-        model_parallel_cuda_manual_seed(seed, force_reset_rng=True)
-        try:
-            yield on_cpu
-        finally:
-            if own_mp:
-                ps.destroy_model_parallel()
-            if own_group:
-                torch.distributed.destroy_process_group()
-
-
-def build_model(arch: Arch, padded_vocab: int, dtype: torch.dtype, on_cpu: bool = True):
+def build_model(arch: ModelPreset, padded_vocab: int, dtype: torch.dtype, on_cpu: bool = True):
     """The TP=1 megatron-core ``GPTModel`` of ``arch`` (local spec, parameters left uninitialised)."""
     from megatron_mmed.models.builder import build_gpt_model, transformer_config
 
-    preset = arch.to_preset("converted", "conversion")
     cfg = transformer_config(
-        preset,
+        arch,
         params_dtype=dtype,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu_initialization=on_cpu,
         perform_initialization=False,
     )
-    model = build_gpt_model(preset, cfg, padded_vocab, arch.max_position_embeddings, spec="local")
+    model = build_gpt_model(arch, cfg, padded_vocab, arch.max_position_embeddings, spec="local")
     return model if on_cpu else model.cuda()
 
 
@@ -80,17 +46,14 @@ def build_model(arch: Arch, padded_vocab: int, dtype: torch.dtype, on_cpu: bool 
 
 
 def write_mcore(
-    tensors: Iterable[tuple[str, torch.Tensor]], arch: Arch, padded_vocab: int, dtype: torch.dtype, out: Path
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    arch: ModelPreset,
+    padded_vocab: int,
+    dtype: torch.dtype,
+    out: Path,
 ) -> None:
-    """Save ``(mcore name, tensor)`` pairs as a weights-only torch_dist checkpoint in ``out`` (an empty dir).
-
-    The content is ``{"model": gpt_model.sharded_state_dict()}``, what ``training.checkpoint.save_weights``
-    writes and ``load_weights`` reads.
-    """
-    from megatron.core import dist_checkpointing
-
-    from megatron_mmed.training.writers import writer_processes_safe
-
+    """Save ``(mcore name, tensor)`` pairs as weights-only torch_dist in ``out`` (an empty dir), without the
+    manifest (the conversion writes it once its other files are in)."""
     with mcore_session():
         model = build_model(arch, padded_vocab, dtype)
         params = dict(model.named_parameters())
@@ -108,11 +71,10 @@ def write_mcore(
         left = sorted(set(params) - seen)
         if left:
             raise RuntimeError(f"megatron-core parameters never filled: {left[:10]}")
-        sharded = {"model": model.sharded_state_dict()}
+        sharded = {weights.model_key(0, 1): model.sharded_state_dict()}
         _own_storage_for_views(sharded, params)
         del params
-        with writer_processes_safe():
-            dist_checkpointing.save(sharded, str(out))
+        weights.save_weights(out, [model], sharded=sharded, manifest=False)
         del model, sharded
 
 
@@ -141,43 +103,7 @@ def _own_storage_for_views(sharded: dict, params: dict[str, torch.Tensor]) -> No
             owners[ptr].data = torch.empty(0, dtype=owners[ptr].dtype)
 
 
-def write_model_config(out: Path, arch: Arch, name: str, padded_vocab: int, source: dict[str, Any]) -> Path:
-    """``DIR/model_config.yaml``: the ``ModelPreset`` a converted checkpoint implies, for ``mmed train``."""
-    preset = arch.to_preset(name, f"converted from {source.get('hf', '?')}")
-    saved = SavedModel(preset, padded_vocab, arch.rope_scaling, dict(arch.token_ids), source)
-    return saved_io.write_model_config(out, saved)
-
-
-def read_model_config(path: str | Path) -> tuple[ModelPreset, Arch, dict[str, Any]]:
-    """``(preset, arch, document)`` of a ``model_config.yaml`` (hf-to-mcore's, or one in a training checkpoint)."""
-    saved = saved_io.read_model_config(path)
-    arch = Arch.from_preset(saved.preset, rope_scaling=saved.rope_scaling, token_ids=saved.token_ids)
-    doc = {"padded_vocab_size": saved.padded_vocab_size, "source": saved.source}
-    return saved.preset, arch, doc
-
-
 # --- reading ------------------------------------------------------------------------------------------------
-
-
-def resolve_checkpoint(path: str | Path, iteration: int | None = None) -> Path:
-    """The torch_dist dir of a run dir (``latest`` or ``--iteration N``), an ``iter_*`` dir or a weights dir."""
-    from megatron_mmed.training.checkpoint import iter_dir_name, latest_checkpoint
-
-    p = Path(path)
-    if not p.is_dir():
-        raise UserError(f"--ckpt {p}: not a directory")
-    if iteration is not None:
-        p = p / iter_dir_name(iteration)
-        if not p.is_dir():
-            found = sorted(d.name for d in Path(path).glob("iter_*") if d.is_dir())
-            raise UserError(
-                f"{path}: no checkpoint for iteration {iteration} (found: {', '.join(found) or 'none'})"
-            )
-    elif (p / "latest").is_file():
-        p = latest_checkpoint(p)  # type: ignore[assignment]
-    if not (p / "metadata.json").is_file() or not (p / ".metadata").is_file():
-        raise UserError(f"{p}: not a torch_dist checkpoint (no metadata.json / .metadata)")
-    return p
 
 
 class _SlicePlanner:  # built lazily: torch.distributed.checkpoint imports are heavy
@@ -265,12 +191,16 @@ class McoreCheckpoint:
     def padded_vocab(self) -> int:
         return self.shapes[EMBEDDING][0]
 
-    def check_arch(self, arch: Arch, what: str) -> None:
+    def check_arch(self, arch: ModelPreset, what: str) -> None:
         """Refuse a checkpoint whose tensors do not have the shapes ``arch`` implies (a different preset)."""
         h, L = arch.hidden_size, arch.num_layers
         expected = {
             "decoder.layers.self_attention.linear_qkv.weight": (L, arch.qkv_rows, h),
-            "decoder.layers.self_attention.linear_proj.weight": (L, h, arch.num_heads * arch.head_dim),
+            "decoder.layers.self_attention.linear_proj.weight": (
+                L,
+                h,
+                arch.num_attention_heads * arch.head_dim,
+            ),
             "decoder.layers.mlp.linear_fc1.weight": (L, 2 * arch.ffn_hidden_size, h),
             "decoder.layers.mlp.linear_fc2.weight": (L, h, arch.ffn_hidden_size),
             "decoder.final_layernorm.weight": (h,),
@@ -290,57 +220,56 @@ class McoreCheckpoint:
             raise UserError(f"{self.path}: the checkpoint does not match {what}: " + "; ".join(bad))
 
 
-def checkpoint_arch(ckpt: Path, vocab_size: int | None = None) -> tuple[Arch, str, dict[str, Any]]:
+def checkpoint_arch(ckpt: Path, vocab_size: int | None = None) -> tuple[ModelPreset, str, dict[str, Any]]:
     """The architecture of a checkpoint: the ``model_config.yaml`` in it or beside it (hf-to-mcore writes
     one beside its weights, ``mmed train`` one into every checkpoint), else an older run's ``config.yaml``.
 
     Returns ``(arch, name, extras)``; ``extras`` may hold ``init_from`` (a converted folder, whose
     ``tokenizer/`` is the model's tokenizer) and ``tokenizer`` (the training blend's).
     """
-    found = find_model_config(ckpt)
+    found = weights.find_model_config(ckpt)
     if found is not None:
-        preset, arch, doc = read_model_config(found)
-        source = doc["source"]
+        saved = weights.read_model_config(found)
+        source = saved.source
         trained = "run" in source  # written by mmed train: the source names where the run started
         extras = {
             "source": source,
             "init_from": source.get("init_from") if trained else str(found.parent),
             "tokenizer": source.get("tokenizer"),
         }
+        arch = saved.preset
         if vocab_size is not None:
-            arch = arch.replace(vocab_size=vocab_size)
-        return arch, preset.name, extras
+            arch = dataclasses.replace(arch, vocab_size=vocab_size)
+        return arch, arch.name, extras
     for d in (ckpt, ckpt.parent):
         if (d / "config.yaml").is_file():
             return _arch_from_train_config(d / "config.yaml", vocab_size)
     raise UserError(
-        f"{ckpt}: neither {MODEL_CONFIG} (converted) nor config.yaml (training run) found beside it"
+        f"{ckpt}: neither {weights.MODEL_CONFIG} (converted) nor config.yaml (training run) found beside it"
     )
 
 
-def _arch_from_train_config(path: Path, vocab_size: int | None) -> tuple[Arch, str, dict[str, Any]]:
+def _arch_from_train_config(path: Path, vocab_size: int | None) -> tuple[ModelPreset, str, dict[str, Any]]:
+    from megatron_mmed.common.blend_file import BlendFile
     from megatron_mmed.common.config import load_config
     from megatron_mmed.training.config import TrainConfig
-    from megatron_mmed.training.data import blend_vocab_size
 
     cfg = load_config(TrainConfig, path)
     extras: dict[str, Any] = {}
     vocab = vocab_size or cfg.model.vocab_size
-    blend = cfg.data.blend
-    if blend and Path(blend).is_file():
-        import json
-
-        extras["tokenizer"] = (
-            json.loads(Path(blend).read_text(encoding="utf-8")).get("tokenizer") or {}
-        ).get("path")
-        vocab = vocab or blend_vocab_size(blend)
-    base = None
-    if cfg.checkpoint.init_from and (Path(cfg.checkpoint.init_from) / MODEL_CONFIG).is_file():
-        _, base, doc = read_model_config(Path(cfg.checkpoint.init_from) / MODEL_CONFIG)
-        extras["init_from"] = cfg.checkpoint.init_from
-        extras["source"] = doc.get("source", {})
-    preset = cfg.architecture()
+    if cfg.data.blend and Path(cfg.data.blend).is_file():
+        tokenizer = BlendFile.read(cfg.data.blend).tokenizer
+        extras["tokenizer"] = tokenizer.path
+        vocab = vocab or tokenizer.vocab_size
+    arch = cfg.architecture()
+    init = cfg.checkpoint.init_from
+    if init and (Path(init) / weights.MODEL_CONFIG).is_file():
+        base = weights.read_model_config(Path(init) / weights.MODEL_CONFIG)
+        extras["init_from"] = init
+        extras["source"] = base.source
+        arch = dataclasses.replace(
+            arch, rope_scaling=base.preset.rope_scaling, token_ids=base.preset.token_ids
+        )
     if vocab:
-        preset = dataclasses.replace(preset, vocab_size=vocab)
-    carried = {"rope_scaling": base.rope_scaling, "token_ids": base.token_ids} if base else {}
-    return Arch.from_preset(preset, **carried), cfg.model.preset, extras
+        arch = dataclasses.replace(arch, vocab_size=vocab)
+    return arch, cfg.model.preset, extras

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from conversion import hf_io, lora, mcore_io, validate
-from conversion.arch import Arch, hf_config
-from conversion.layouts import (
+from conversion.arch import hf_config
+from conversion.config import HfToMcoreConfig, McoreToHfConfig
+from conversion.families import (
     FAMILIES,
     LLAMA,
     hf_names_in_order,
@@ -29,12 +30,22 @@ from conversion.layouts import (
     mcore_to_hf_tensors,
 )
 from conversion.tokenizer import copy_tokenizer
+from megatron_mmed.common import integrity
+from megatron_mmed.common.config import save_config, validate_tree
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.models.internlm2 import get_preset, padded_vocab_size
-from megatron_mmed.training import integrity
-from megatron_mmed.training.writers import storage_failure
+from megatron_mmed.common.writers import storage_failure
+from megatron_mmed.models.internlm2 import ModelPreset, get_preset, padded_vocab_size
+from megatron_mmed.models.weights import (
+    ARCHITECTURE_FIELDS,
+    SavedModel,
+    resolve_weights_dir,
+    write_model_config,
+)
+from megatron_mmed.training.flops import parameter_count
 
 REPORT = "conversion_report.json"
+#: the typed settings of the conversion (``conversion.config``), beside its output like every command's.
+CONFIG = "config.yaml"
 _DTYPE_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -43,9 +54,9 @@ class ConversionReport:
     """What a conversion did: sizes, dtype, carried settings, validation, time."""
 
     direction: str
-    layout: str
+    family: str  # the HF family written or read (--layout)
     out: Path
-    arch: Arch
+    arch: ModelPreset
     dtype: str
     seconds: float = 0.0
     validation: validate.ValidationResult | None = None
@@ -55,10 +66,11 @@ class ConversionReport:
     def summary(self) -> str:
         a = self.arch
         lines = [
-            f"{self.direction} ({self.layout} layout, {self.dtype}) -> {self.out}",
-            f"  model: {a.num_layers} layers, hidden {a.hidden_size}, heads {a.num_heads}/{a.num_kv_heads} KV, "
-            f"ffn {a.ffn_hidden_size}, vocab {a.vocab_size}, {a.num_params() / 1e6:.1f}M parameters",
-            f"  rope_theta {a.rope_theta:g}; rope_scaling {a.rope_scaling if a.rope_scaling else 'none'}",
+            f"{self.direction} ({self.family} family, {self.dtype}) -> {self.out}",
+            f"  model: {a.num_layers} layers, hidden {a.hidden_size}, heads {a.num_attention_heads}/"
+            f"{a.num_query_groups} KV, ffn {a.ffn_hidden_size}, vocab {a.vocab_size}, "
+            f"{parameter_count(a, a.vocab_size) / 1e6:.1f}M parameters",
+            f"  rope_theta {a.rotary_base:g}; rope_scaling {a.rope_scaling if a.rope_scaling else 'none'}",
         ]
         lines += [f"  note: {n}" for n in self.notes]
         lines += [f"  warning: {w}" for w in self.warnings]
@@ -71,7 +83,7 @@ class ConversionReport:
         v = self.validation
         return {
             "direction": self.direction,
-            "layout": self.layout,
+            "family": self.family,
             "dtype": self.dtype,
             "arch": dataclasses.asdict(self.arch),
             "validation": dataclasses.asdict(v) | {"ok": v.ok} if v else None,
@@ -106,10 +118,16 @@ def staged_output(out: str | Path, force: bool) -> Iterator[Path]:
     os.replace(tmp, out)
 
 
-def _check_preset(arch: Arch, preset_name: str | None, what: str) -> None:
+def _check_preset(arch: ModelPreset, preset_name: str | None, what: str) -> None:
+    """Refuse ``arch`` unless it is preset ``preset_name``'s model (the vocabulary aside: a run may set its own)."""
     if preset_name is None:
         return
-    diffs = arch.mismatches(get_preset(preset_name))
+    preset = get_preset(preset_name)
+    diffs = [
+        f"{k}: {getattr(arch, k)} vs {getattr(preset, k)}"
+        for k, _ in ARCHITECTURE_FIELDS
+        if k != "vocab_size" and getattr(arch, k) != getattr(preset, k)
+    ]
     if diffs:
         raise UserError(f"{what} does not match preset {preset_name!r}: " + "; ".join(diffs))
 
@@ -117,7 +135,7 @@ def _check_preset(arch: Arch, preset_name: str | None, what: str) -> None:
 def hf_to_mcore(
     hf: str | Path,
     out: str | Path,
-    layout: str = "auto",
+    family: str = "auto",
     preset: str | None = None,
     dtype: str | None = None,
     tp: int = 1,
@@ -128,11 +146,20 @@ def hf_to_mcore(
 ) -> ConversionReport:
     """HF Llama/InternLM2 folder -> weights-only torch_dist checkpoint + ``model_config.yaml`` (+ tokenizer/)."""
     start = time.time()
-    if dtype is not None and dtype not in hf_io.DTYPES:
-        raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(hf_io.DTYPES)}")
-    if tp < 1 or make_vocab_size_divisible_by < 1:
-        raise UserError("--tp and --make-vocab-size-divisible-by must be >= 1")
-    src = hf_io.open_hf(hf, layout)
+    cfg = HfToMcoreConfig(
+        hf=str(hf),
+        out=str(out),
+        family=family,  # type: ignore[arg-type]  # checked by validate()
+        preset=preset,
+        dtype=dtype,  # type: ignore[arg-type]
+        tp=tp,
+        make_vocab_size_divisible_by=make_vocab_size_divisible_by,
+        force=force,
+        skip_validation=skip_validation,
+        atol=atol,
+    )
+    validate_tree(cfg)
+    src = hf_io.open_hf(hf, family)
     arch = src.arch
     _check_preset(arch, preset, f"{hf}/config.json")
     out_dtype = dtype or _DTYPE_NAME.get(src.dtype, "fp32")
@@ -147,12 +174,13 @@ def hf_to_mcore(
         mcore_io.write_mcore(tensors, arch, padded, hf_io.DTYPES[out_dtype], tmp)
         source = {
             "hf": str(Path(hf).resolve()),
-            "layout": src.family.name,
+            "layout": src.family.name,  # the family; model_config.yaml's key since its format /1
             "dtype": out_dtype,
             "tp_padding": tp,
         }
         name = preset or f"hf:{Path(hf).resolve().name}"
-        mcore_io.write_model_config(tmp, arch, name, padded, source)
+        converted = dataclasses.replace(arch, name=name, source=f"converted from {source['hf']}")
+        write_model_config(tmp, SavedModel(converted, padded, source))
         hf_io.write_json(tmp / "hf_config.json", src.config)
         copied = copy_tokenizer(src.path, tmp / "tokenizer").copied
         if not copied:
@@ -172,6 +200,7 @@ def hf_to_mcore(
                 raise UserError(_failed(report))
         src.close()
         report.write(tmp)
+        save_config(cfg, tmp / CONFIG)
         integrity.write_manifest(tmp, integrity.file_digests(tmp, integrity.checkpoint_files(tmp)))
     report.seconds = time.time() - start
     return report
@@ -189,7 +218,7 @@ def _failed(report: ConversionReport) -> str:
 def mcore_to_hf(
     ckpt: str | Path,
     out: str | Path,
-    layout: str = "llama",
+    family: str = "llama",
     dtype: str = "bf16",
     iteration: int | None = None,
     preset: str | None = None,
@@ -202,12 +231,23 @@ def mcore_to_hf(
 ) -> ConversionReport:
     """A torch_dist checkpoint saved at any TP/PP -> HF folder (sharded safetensors, configs, tokenizer)."""
     start = time.time()
-    if layout not in FAMILIES:
-        raise UserError(f"--layout {layout!r}: choose one of {', '.join(FAMILIES)}")
-    if dtype not in hf_io.DTYPES:
-        raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(hf_io.DTYPES)}")
-    family = FAMILIES[layout]
-    path = mcore_io.resolve_checkpoint(ckpt, iteration)
+    cfg = McoreToHfConfig(
+        ckpt=str(ckpt),
+        out=str(out),
+        family=family,  # type: ignore[arg-type]  # checked by validate()
+        dtype=dtype,  # type: ignore[arg-type]
+        iteration=iteration,
+        preset=preset,
+        tokenizer=None if tokenizer is None else str(tokenizer),
+        vocab_size=vocab_size,
+        force=force,
+        skip_validation=skip_validation,
+        atol=atol,
+        max_shard_bytes=max_shard_bytes,
+    )
+    validate_tree(cfg)
+    fam = FAMILIES[family]
+    path = resolve_weights_dir(ckpt, iteration, what="--ckpt")
     unverified = integrity.check_checkpoint(path, "--ckpt")  # manifest checksums and a safe .metadata
     adapters = None  # a LoRA checkpoint: adapters here, the frozen base at its adapter.yaml's base
     if lora.read_adapter_meta(path) is not None:
@@ -218,16 +258,16 @@ def mcore_to_hf(
     ck.check_arch(arch, f"its config (model {name!r})")
     if preset is not None and preset != name:
         _check_preset(arch, preset, f"checkpoint {path} (saved with model {name!r})")
-    config = hf_config(layout, arch, dtype)  # refuses a rope_scaling the layout cannot express, up front
-    report = ConversionReport("mcore-to-hf", layout, Path(out), arch, dtype)
+    config = hf_config(family, arch, dtype)  # refuses a rope_scaling the family cannot express, up front
+    report = ConversionReport("mcore-to-hf", family, Path(out), arch, dtype)
     report.warnings += [unverified] if unverified else []
     if arch.rope_scaling:
         report.notes.append(
-            f"rope_scaling {arch.rope_scaling} written as {config['rope_scaling']} ({layout})"
+            f"rope_scaling {arch.rope_scaling} written as {config['rope_scaling']} ({family})"
         )
-    if layout == "internlm2":
+    if family == "internlm2":
         report.notes.append(
-            "InternLM2 layout: load with InternLM2's remote code (trust_remote_code); validated through the "
+            "InternLM2 family: load with InternLM2's remote code (trust_remote_code); validated through the "
             "numerically identical Llama mapping"
         )
     get = lambda m: _unpadded(ck.get(m), m, arch)  # noqa: E731
@@ -238,11 +278,11 @@ def mcore_to_hf(
             f"{','.join(meta.lora.targets)}) folded into the base weights of {path}"
         )
     with staged_output(out, force) as tmp:
-        shapes = hf_shapes(family, arch)
-        plan = [(n, shapes[n]) for n in hf_names_in_order(family, arch)]
+        shapes = hf_shapes(fam, arch)
+        plan = [(n, shapes[n]) for n in hf_names_in_order(fam, arch)]
         writer = hf_io.ShardedSafetensorsWriter(tmp, plan, hf_io.DTYPES[dtype], max_shard_bytes)
         try:
-            for n, t in mcore_to_hf_tensors(family, arch, get):
+            for n, t in mcore_to_hf_tensors(fam, arch, get):
                 writer.write(n, t)
         finally:
             writer.close()
@@ -250,7 +290,7 @@ def mcore_to_hf(
         hf_io.write_json(tmp / "generation_config.json", hf_io.generation_config(arch))
         tok_src = _tokenizer_source(tokenizer, extras)
         if tok_src is not None:
-            files = copy_tokenizer(tok_src, tmp, layout)
+            files = copy_tokenizer(tok_src, tmp, family)
             report.notes.append(f"tokenizer files from {tok_src}: {', '.join(files.copied) or 'none'}")
             report.notes += files.notes
             report.warnings += files.warnings
@@ -261,8 +301,8 @@ def mcore_to_hf(
                 source_logits = validate.mcore_logits(arch, path, ck.padded_vocab, ids)
             else:  # the unmerged model: base + adapters through their hooks
                 source_logits = lora.lora_mcore_logits(arch, path, adapters, meta, ck.padded_vocab, ids)
-            out_src = hf_io.open_hf(tmp, layout)
-            target = validate.hf_logits_from_family(family, arch, out_src.get, ids)
+            out_src = hf_io.open_hf(tmp, family)
+            target = validate.hf_logits_from_family(fam, arch, out_src.get, ids)
             out_src.close()
             src_dtype = _DTYPE_NAME.get(ck.dtypes[mcore_io.EMBEDDING], "fp32")
             tol = atol if atol is not None else validate.tolerance(src_dtype, dtype)
@@ -270,11 +310,12 @@ def mcore_to_hf(
             if not report.validation.ok:
                 raise UserError(_failed(report))
         report.write(tmp)
+        save_config(cfg, tmp / CONFIG)
     report.seconds = time.time() - start
     return report
 
 
-def _unpadded(t: torch.Tensor, mcore_name: str, arch: Arch) -> torch.Tensor:
+def _unpadded(t: torch.Tensor, mcore_name: str, arch: ModelPreset) -> torch.Tensor:
     """Embedding/output rows beyond the real vocabulary are Megatron's TP padding: dropped."""
     if mcore_name in (mcore_io.EMBEDDING, mcore_io.OUTPUT):
         return t[: arch.vocab_size]

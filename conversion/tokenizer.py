@@ -1,8 +1,8 @@
 """Tokenizer files of a converted folder, and the prompt ids that validate a conversion.
 
 InternLM2's repositories ship a SentencePiece ``tokenizer.model`` with a ``tokenizer_config.json`` that
-names remote code (``auto_map`` -> ``tokenization_internlm2.py``). The InternLM2 layout carries those files
-along as they are (copied, never imported or run). The Llama layout must load in stock transformers, so
+names remote code (``auto_map`` -> ``tokenization_internlm2.py``). The InternLM2 family carries those files
+along as they are (copied, never imported or run). The Llama family must load in stock transformers, so
 its ``tokenizer_config.json`` is rewritten as a ``LlamaTokenizer`` over the same ``tokenizer.model`` with
 the same special tokens and ids; the ids it gives are then checked against SentencePiece's own.
 """
@@ -100,10 +100,10 @@ def llama_tokenizer_config(cfg: dict[str, Any] | None, add_prefix_space: bool) -
     }
 
 
-def copy_tokenizer(src: Path, dst: Path, layout: str | None = None) -> TokenizerFiles:
-    """Copy the tokenizer in ``src`` (a folder or one file) into ``dst``, adapted to ``layout``.
+def copy_tokenizer(src: Path, dst: Path, family: str | None = None) -> TokenizerFiles:
+    """Copy the tokenizer in ``src`` (a folder or one file) into ``dst``, adapted to ``family``.
 
-    ``layout`` None or ``internlm2``: every tokenizer file, the remote tokenizer code included.
+    ``family`` None or ``internlm2``: every tokenizer file, the remote tokenizer code included.
     ``llama``: no remote code; a config that needs it is rewritten for ``LlamaTokenizer`` (see module doc).
     """
     out = TokenizerFiles()
@@ -114,12 +114,12 @@ def copy_tokenizer(src: Path, dst: Path, layout: str | None = None) -> Tokenizer
         out.copied.append(name)
     else:
         names = [n for n in TOKENIZER_FILES if (src / n).is_file()]
-        if layout != "llama":
+        if family != "llama":
             names += sorted(p.name for p in src.glob(REMOTE_CODE_GLOB) if p.is_file())
         for name in names:
             shutil.copy2(src / name, dst / name)
         out.copied += names
-    if layout == "llama":
+    if family == "llama":
         _make_stock_llama(dst, out)
     return out
 

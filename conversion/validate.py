@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from conversion.arch import Arch, llama_config_for
-from conversion.layouts import LLAMA, Family, mcore_getter, mcore_to_hf_tensors
+from conversion.arch import llama_config_for
+from conversion.families import LLAMA, Family, mcore_getter, mcore_to_hf_tensors
+from megatron_mmed.models.internlm2 import ModelPreset
 
 #: one sentence per MMedC language (en, zh, ja, fr, ru, es).
 PROMPT = (
@@ -66,7 +67,7 @@ def prompt_ids(vocab_size: int, tokenizer_dir: Path | None) -> tuple[list[int], 
     return tokenizer_prompt_ids(vocab_size, tokenizer_dir, PROMPT, fixed_token_ids(vocab_size))
 
 
-def hf_llama_logits(arch: Arch, tensors: Callable[[], object], ids: list[int]) -> torch.Tensor:
+def hf_llama_logits(arch: ModelPreset, tensors: Callable[[], object], ids: list[int]) -> torch.Tensor:
     """Logits of ``transformers.LlamaForCausalLM`` (fp32) loaded with the Llama-named ``tensors()`` pairs."""
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
@@ -94,7 +95,7 @@ def hf_llama_logits(arch: Arch, tensors: Callable[[], object], ids: list[int]) -
 
 
 def hf_logits_from_family(
-    family: Family, arch: Arch, get: Callable[[str], torch.Tensor], ids: list[int]
+    family: Family, arch: ModelPreset, get: Callable[[str], torch.Tensor], ids: list[int]
 ) -> torch.Tensor:
     """HF logits of weights in ``family``'s layout, fed to Llama through the megatron-core pivot names."""
     if family is LLAMA:
@@ -103,17 +104,15 @@ def hf_logits_from_family(
     return hf_llama_logits(arch, lambda: mcore_to_hf_tensors(LLAMA, arch, fetch), ids)
 
 
-def mcore_logits(arch: Arch, ckpt_dir: Path, padded_vocab: int, ids: list[int]) -> torch.Tensor:
+def mcore_logits(arch: ModelPreset, ckpt_dir: Path, padded_vocab: int, ids: list[int]) -> torch.Tensor:
     """Logits of the TP=1 megatron-core ``GPTModel`` loaded from a torch_dist checkpoint (fp32)."""
-    from megatron.core import dist_checkpointing
-
-    from conversion.mcore_io import build_model, mcore_session
+    from conversion.mcore_io import build_model
+    from megatron_mmed.common.distributed import mcore_session
+    from megatron_mmed.models.weights import load_weights
 
     with mcore_session() as on_cpu:
         model = build_model(arch, padded_vocab, torch.float32, on_cpu=on_cpu)
-        loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(ckpt_dir))
-        model.load_state_dict(loaded["model"])
-        del loaded
+        load_weights(ckpt_dir, [model], what="the checkpoint", verify=False)  # verified, or just written
         model.eval()
         s = len(ids)
         tokens = torch.tensor([ids])

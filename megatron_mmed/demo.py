@@ -93,7 +93,7 @@ def _convert(run_dir: Path, hf_dir: Path) -> dict[str, Any]:
 
     console.rule("[bold]convert")
     t0 = time.time()
-    report = mcore_to_hf(run_dir, hf_dir, layout="llama", dtype="fp32", force=True)
+    report = mcore_to_hf(run_dir, hf_dir, family="llama", dtype="fp32", force=True)
     console.print(report.summary())
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM

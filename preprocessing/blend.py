@@ -3,25 +3,11 @@ and the report (``report.json|md``, token histograms), both computed from the wr
 
 Sampling weights by temperature over token counts, as multilingual pretraining does: p_i ∝ m_i · n_i^(1/T)
 (T = 1: proportional to tokens; larger T flattens towards uniform), with optional per-language multipliers
-m_i. Schema (``format: megatron-mmed.blend/1``)::
-
-    {"format": "megatron-mmed.blend/1",
-     "root": "/abs/TOK",                      # the folder holding the .bin/.idx files
-     "temperature": 1.0, "multipliers": {"en": 1.0, ...},
-     "tokenizer": {"kind", "path", "vocab_size", "eod_id", "bos_id", "dtype"},
-     "datasets": [{"lang": "en", "prefix": "/abs/TOK/en_text_document", "name": "en_text_document",
-                   "tokens": 123, "documents": 45, "multiplier": 1.0, "weight": 0.31}, ...],
-     "blend": [["/abs/TOK/en_text_document", ...], [0.31, ...]]}
-
-``prefix`` is absolute (path without ``.bin``/``.idx``) so megatron-core's ``BlendedMegatronDatasetConfig(blend=
-tuple(data["blend"]))`` takes it as is; ``name`` is the same prefix relative to ``root`` for a moved folder
-(``read_blend`` falls back to it). ``tokens`` counts the appended EOD too. Weights sum to 1; a language whose
-multiplier is 0 stays in ``datasets`` with weight 0 and is left out of ``blend``.
+m_i. The file's format and its one reader/writer: :mod:`megatron_mmed.common.blend_file`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -29,17 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from megatron_mmed.common.blend_file import BLEND_JSON, BlendDataset, BlendFile, BlendTokenizer
 from megatron_mmed.common.config import ConfigError
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import atomic_write_json, atomic_write_text
+from megatron_mmed.common.io import atomic_write_text
 from preprocessing.document import LANGS
 from preprocessing.layout import StageStats, write_stage_report
-
-FORMAT = "megatron-mmed.blend/1"
-BLEND_JSON = "blend.json"
-BLEND_YAML = "blend.yaml"
 
 
 @dataclass(frozen=True)
@@ -90,65 +72,38 @@ def build_blend(
     weights = temperature_weights(
         {lang: counts[lang]["tokens"] for lang in langs}, cfg.temperature, cfg.weights
     )
-    datasets = []
-    for lang in langs:
-        name = f"{lang}_text_document"
-        datasets.append(
-            {
-                "lang": lang,
-                "prefix": str(root / name),
-                "name": name,
-                "tokens": int(counts[lang]["tokens"]),
-                "documents": int(counts[lang]["documents"]),
-                "multiplier": float(cfg.weights.get(lang, 1.0)),
-                "weight": weights[lang],
-            }
+    datasets = tuple(
+        BlendDataset(
+            lang=lang,
+            prefix=str(root / f"{lang}_text_document"),
+            name=f"{lang}_text_document",
+            tokens=int(counts[lang]["tokens"]),
+            documents=int(counts[lang]["documents"]),
+            multiplier=float(cfg.weights.get(lang, 1.0)),
+            weight=weights[lang],
         )
-    used = [d for d in datasets if d["weight"] > 0]
-    return {
-        "format": FORMAT,
-        "root": str(root),
-        "temperature": cfg.temperature,
-        "multipliers": {d["lang"]: d["multiplier"] for d in datasets},
-        "tokenizer": tokenizer,
-        "datasets": datasets,
-        "blend": [[d["prefix"] for d in used], [d["weight"] for d in used]],
-    }
+        for lang in langs
+    )
+    return BlendFile(
+        root=str(root),
+        temperature=cfg.temperature,
+        multipliers={d.lang: d.multiplier for d in datasets},
+        tokenizer=BlendTokenizer(**tokenizer),
+        datasets=datasets,
+    ).to_dict()
 
 
 def write_blend(out_dir: str | Path, blend: dict[str, Any]) -> Path:
-    """Write ``blend.json`` and the same content as ``blend.yaml``."""
-    out = Path(out_dir)
-    atomic_write_text(out / BLEND_YAML, yaml.safe_dump(blend, sort_keys=False, allow_unicode=True))
-    return atomic_write_json(out / BLEND_JSON, blend)
+    """Write ``blend.json`` and ``blend.yaml`` through :class:`BlendFile` (which refuses a malformed one)."""
+    return BlendFile.from_dict(blend, str(Path(out_dir) / BLEND_JSON)).write(out_dir)
 
 
 def read_blend(path: str | Path) -> tuple[list[str], list[float]]:
-    """``(prefixes, weights)`` for megatron-core's ``blend`` from a ``blend.json`` (or its folder).
-
-    A prefix whose files are gone is looked up by ``name`` next to the blend file (the folder was moved).
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / BLEND_JSON
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read blend file {path}: {e}") from None
-    if data.get("format") != FORMAT:
-        raise UserError(f"{path} is not a {FORMAT} blend file")
-    prefixes, weights = [], []
-    for d in data["datasets"]:
-        if d["weight"] <= 0:
-            continue
-        prefix = d["prefix"]
-        if not Path(prefix + ".idx").is_file():
-            prefix = str(path.parent.resolve() / d["name"])
-            if not Path(prefix + ".idx").is_file():
-                raise UserError(f"{path}: dataset {d['name']} not found at {d['prefix']} or {prefix}")
-        prefixes.append(prefix)
-        weights.append(float(d["weight"]))
-    return prefixes, weights
+    """``(prefixes, weights)`` for megatron-core's ``blend`` from a ``blend.json`` (or its folder); a moved
+    folder's datasets are found beside the file."""
+    blend = BlendFile.read(path)
+    used = [d for d in blend.datasets if d.weight > 0]
+    return [blend.prefix_on_disk(d) for d in used], [d.weight for d in used]
 
 
 # ---- the tokenize report: read back from the .idx files ----

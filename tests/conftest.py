@@ -32,6 +32,16 @@ def repo_root() -> Path:
     return REPO
 
 
+@pytest.fixture
+def mcore():
+    """The test body in a one-process megatron-core session (gloo, TP=PP=1, CPU shim without CUDA);
+    yields whether it runs on CPU. Tests that need one only part of the way use ``mcore_session`` itself."""
+    from megatron_mmed.common.distributed import mcore_session
+
+    with mcore_session(seed=1) as on_cpu:
+        yield on_cpu
+
+
 def _has_cuda() -> bool:
     try:
         import torch

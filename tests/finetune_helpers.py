@@ -86,11 +86,11 @@ def mcore_sft(
     from megatron.core.distributed.finalize_model_grads import finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-    from conversion.mcore_io import read_model_config
     from megatron_mmed.models.builder import build_gpt_model, transformer_config
-    from megatron_mmed.training.checkpoint import load_weights
+    from megatron_mmed.models.weights import load_weights, read_model_config
 
-    preset, _, doc = read_model_config(mcore_dir / "model_config.yaml")
+    saved = read_model_config(mcore_dir / "model_config.yaml")
+    preset = saved.preset
     core = transformer_config(
         preset,
         params_dtype=torch.float32,
@@ -100,7 +100,7 @@ def mcore_sft(
         tensor_model_parallel_size=ps.get_tensor_model_parallel_world_size(),
         sequence_parallel=sequence_parallel,
     )
-    model = build_gpt_model(preset, core, doc["padded_vocab_size"], seq_length, spec="local")
+    model = build_gpt_model(preset, core, saved.padded_vocab_size, seq_length, spec="local")
     load_weights(mcore_dir, [model])
     if lora is not None:
         from megatron_mmed.finetune.lora import apply_lora
@@ -158,15 +158,15 @@ def mcore_step(ddp, opt, microbatches: list, seq_length: int, forward_only: bool
 
 
 def mcore_params_as_hf(model, arch) -> dict:
-    """The model's parameters under Llama HF names (through conversion.layouts, the one key map)."""
-    from conversion.layouts import LLAMA, mcore_to_hf_tensors
+    """The model's parameters under Llama HF names (through conversion.families, the one key map)."""
+    from conversion.families import LLAMA, mcore_to_hf_tensors
 
     params = {n: p.detach() for n, p in model.named_parameters()}
     return dict(mcore_to_hf_tensors(LLAMA, arch, lambda n: params[n]))
 
 
 def mcore_grads_as_hf(model, arch) -> dict:
-    from conversion.layouts import LLAMA, mcore_to_hf_tensors
+    from conversion.families import LLAMA, mcore_to_hf_tensors
 
     grads = {n: p.main_grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     return dict(mcore_to_hf_tensors(LLAMA, arch, lambda n: grads[n]))

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from finetune_helpers import mcore_sft, mcore_step
 
+from megatron_mmed.common.cpu_shim import cpu_shim
 from megatron_mmed.finetune.adapters import load_adapters, read_adapter_meta, save_adapters
-from megatron_mmed.training.cpu_shim import cpu_shim
 
 
 def main(mcore_dir: str, adapters: str, batch_file: str, out: str) -> None:

@@ -29,7 +29,7 @@ COMMON = [
 
 @pytest.fixture(scope="module")
 def tok(shared_data, tmp_path_factory):
-    from megatron_mmed.training.bytes_data import write_byte_level_blend
+    from megatron_mmed.testing.byte_data import write_byte_level_blend
 
     return write_byte_level_blend(shared_data / "corpus", tmp_path_factory.mktemp("tok"), ["en", "es"], 20)
 
@@ -111,7 +111,7 @@ def test_no_intact_checkpoint_is_an_error_not_a_fresh_start(repo_root, tok, fini
 
 
 def test_every_checkpoint_has_a_manifest_of_its_files(finished_run):
-    from megatron_mmed.training.integrity import MANIFEST, checkpoint_files, verify
+    from megatron_mmed.common.integrity import MANIFEST, checkpoint_files, verify
 
     base, _ = finished_run
     it = base / "iter_0000004"
@@ -147,7 +147,7 @@ def test_damaged_init_from_and_ckpt_are_one_line_errors(repo_root, tok, converte
     ):
         train(_cfg(repo_root, tok, tmp_path / "run", f"checkpoint.init_from={bad}"))
     with pytest.raises(UserError, match=r"--ckpt .* is damaged: __0_\d.distcp checksum differs"):
-        mcore_to_hf(bad, tmp_path / "hf", layout="llama")
+        mcore_to_hf(bad, tmp_path / "hf", family="llama")
     assert not (tmp_path / "hf").exists()
 
 
@@ -174,7 +174,7 @@ def test_foreign_metadata_pickle_is_never_run(repo_root, tok, converted, tmp_pat
     with pytest.raises(
         UserError, match=r"\.metadata: not a torch_dist metadata file.*refusing to load io\.open"
     ):
-        mcore_to_hf(evil, tmp_path / "hf", layout="llama")
+        mcore_to_hf(evil, tmp_path / "hf", family="llama")
     with pytest.raises(UserError, match="refusing to load io.open"):
         train(_cfg(repo_root, tok, tmp_path / "run", f"checkpoint.init_from={evil}"))
     assert not marker.exists()
@@ -186,5 +186,5 @@ def test_foreign_checkpoint_without_manifest_loads_with_a_warning(converted, tmp
     plain = tmp_path / "plain"
     shutil.copytree(converted, plain)
     (plain / "manifest.json").unlink()
-    report = mcore_to_hf(plain, tmp_path / "hf", layout="llama", dtype="fp32")
+    report = mcore_to_hf(plain, tmp_path / "hf", family="llama", dtype="fp32")
     assert report.validation.ok and any("not verified" in w for w in report.warnings)

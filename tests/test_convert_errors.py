@@ -94,14 +94,14 @@ def test_not_llama_and_wrong_layout(llama_dir, tmp_path):
     with pytest.raises(UserError, match="neither Llama nor InternLM2"):
         hf_to_mcore(bad, tmp_path / "out")
     with pytest.raises(UserError, match="--layout internlm2 asked, but the folder is in the llama layout"):
-        hf_to_mcore(llama_dir, tmp_path / "out", layout="internlm2")
+        hf_to_mcore(llama_dir, tmp_path / "out", family="internlm2")
 
 
 def test_preset_mismatch_both_ways(llama_dir, mcore_dir, tmp_path):
     with pytest.raises(UserError, match="does not match preset 'internlm2-1.8b'.*hidden_size: 64 vs 2048"):
         hf_to_mcore(llama_dir, tmp_path / "out", preset="internlm2-1.8b")
     with pytest.raises(UserError, match="saved with model 'hf:llama'.*does not match preset 'tiny'"):
-        mcore_to_hf(mcore_dir, tmp_path / "hf", layout="llama", preset="tiny")
+        mcore_to_hf(mcore_dir, tmp_path / "hf", family="llama", preset="tiny")
     assert _nothing_left(tmp_path, "hf")
 
 
@@ -111,14 +111,14 @@ def test_checkpoint_whose_config_disagrees_with_its_tensors(mcore_dir, tmp_path)
     text = (bad / "model_config.yaml").read_text().replace("ffn_hidden_size: 96", "ffn_hidden_size: 128")
     (bad / "model_config.yaml").write_text(text)
     with pytest.raises(UserError, match="linear_fc1.weight: checkpoint \\(2, 192, 64\\) vs \\(2, 256, 64\\)"):
-        mcore_to_hf(bad, tmp_path / "hf", layout="llama")
+        mcore_to_hf(bad, tmp_path / "hf", family="llama")
 
 
 def test_not_a_checkpoint_and_missing_iteration(mcore_dir, tmp_path):
     with pytest.raises(UserError, match="not a torch_dist checkpoint"):
-        mcore_to_hf(tmp_path, tmp_path / "hf", layout="llama")
+        mcore_to_hf(tmp_path, tmp_path / "hf", family="llama")
     with pytest.raises(UserError, match="no checkpoint for iteration 7"):
-        mcore_to_hf(mcore_dir, tmp_path / "hf", layout="llama", iteration=7)
+        mcore_to_hf(mcore_dir, tmp_path / "hf", family="llama", iteration=7)
 
 
 def test_existing_output_refused_unless_force(llama_dir, mcore_dir, tmp_path):
@@ -126,15 +126,15 @@ def test_existing_output_refused_unless_force(llama_dir, mcore_dir, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("x")
     with pytest.raises(UserError, match="already exists \\(use --force to overwrite\\)"):
-        mcore_to_hf(mcore_dir, out, layout="llama", skip_validation=True)
+        mcore_to_hf(mcore_dir, out, family="llama", skip_validation=True)
     assert (out / "keep.txt").is_file()
-    mcore_to_hf(mcore_dir, out, layout="llama", skip_validation=True, force=True)
+    mcore_to_hf(mcore_dir, out, family="llama", skip_validation=True, force=True)
     assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
 
 
 def test_failed_validation_leaves_nothing(mcore_dir, tmp_path):
     with pytest.raises(UserError, match="validation FAILED.*nothing was written"):
-        mcore_to_hf(mcore_dir, tmp_path / "hf", layout="llama", dtype="bf16", atol=1e-9)
+        mcore_to_hf(mcore_dir, tmp_path / "hf", family="llama", dtype="bf16", atol=1e-9)
     assert _nothing_left(tmp_path, "hf")
 
 
@@ -230,3 +230,55 @@ def test_cli_truncated_safetensors_exits_2_without_traceback(llama_dir, tmp_path
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert res.stderr.strip().splitlines()[-1].startswith("mmed convert: error: ")
     assert _nothing_left(tmp_path, "o")
+
+
+def test_safetensors_with_overlapping_tensors_is_refused(llama_dir, tmp_path):
+    """Two tensors pointing at the same bytes (a file no writer produces) are refused by safetensors' own
+    header checks, not read twice as if they were two weights."""
+    bad = _copy(llama_dir, tmp_path / "bad")
+    st = bad / "model.safetensors"
+    data = st.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    a, b = "model.layers.0.input_layernorm.weight", "model.layers.1.input_layernorm.weight"
+    assert header[a]["shape"] == header[b]["shape"] and header[a]["data_offsets"] != header[b]["data_offsets"]
+    header[b]["data_offsets"] = header[a]["data_offsets"]
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    assert len(raw) <= n
+    raw += b" " * (n - len(raw))  # same header length: only the offsets changed
+    st.write_bytes(data[:8] + raw + data[8 + n :])
+    with pytest.raises(UserError, match=r"model\.safetensors: not a valid safetensors file"):
+        hf_to_mcore(bad, tmp_path / "out", skip_validation=True)
+    assert _nothing_left(tmp_path, "out")
+
+
+def test_each_conversion_saves_its_typed_config_beside_the_output(llama_dir, mcore_dir, tmp_path):
+    """config.yaml beside every conversion output reads back as the config that made it."""
+    from conversion.config import HfToMcoreConfig, McoreToHfConfig
+    from megatron_mmed.common.config import load_config
+
+    saved = load_config(HfToMcoreConfig, mcore_dir / "config.yaml")
+    assert saved == HfToMcoreConfig(hf=str(llama_dir), out=str(mcore_dir), skip_validation=True)
+    out = tmp_path / "hf"
+    mcore_to_hf(mcore_dir, out, family="llama", dtype="fp32", skip_validation=True, max_shard_bytes=40_000)
+    back = load_config(McoreToHfConfig, out / "config.yaml")
+    assert back == McoreToHfConfig(
+        ckpt=str(mcore_dir), out=str(out), dtype="fp32", skip_validation=True, max_shard_bytes=40_000
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "msg"),
+    [
+        ({"tp": 0}, "--tp must be >= 1"),
+        ({"make_vocab_size_divisible_by": 0}, "--make-vocab-size-divisible-by must be >= 1"),
+        ({"dtype": "fp8"}, "--dtype 'fp8': choose one of"),
+        ({"atol": -1.0}, "--atol must be > 0"),
+    ],
+)
+def test_bad_conversion_settings_are_config_errors(llama_dir, tmp_path, kwargs, msg):
+    from megatron_mmed.common.config import ConfigError
+
+    with pytest.raises(ConfigError, match=msg):
+        hf_to_mcore(llama_dir, tmp_path / "out", **kwargs)
+    assert _nothing_left(tmp_path, "out")

@@ -45,7 +45,7 @@ def test_megatron_logits_equal_transformers_fp32(llama, mcore_dir):
     )  # the comparison is not trivial
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     # a naive cat([q, k, v]) (the classic GQA bug) would not match: prove the test can fail
-    from conversion.layouts import qkv_from_separate
+    from conversion.families import qkv_from_separate
 
     q, k, v = (torch.randn(n * 8, 64) for n in (8, 2, 2))
     assert not torch.equal(qkv_from_separate(q, k, v, arch), torch.cat([q, k, v]))
@@ -53,13 +53,15 @@ def test_megatron_logits_equal_transformers_fp32(llama, mcore_dir):
 
 def test_checkpoint_is_what_training_load_weights_reads(mcore_dir):
     """The output is the ``checkpoint.init_from`` format: training's own loader fills a GPTModel from it."""
-    from conversion.mcore_io import build_model, mcore_session, read_model_config
-    from megatron_mmed.training.checkpoint import load_weights
+    from conversion.mcore_io import build_model
+    from megatron_mmed.common.distributed import mcore_session
+    from megatron_mmed.models.weights import load_weights, read_model_config
 
-    preset, arch, doc = read_model_config(mcore_dir / "model_config.yaml")
-    assert doc["padded_vocab_size"] == 384 and preset.vocab_size == 300 and preset.num_query_groups == 2
+    saved = read_model_config(mcore_dir / "model_config.yaml")
+    preset = saved.preset
+    assert saved.padded_vocab_size == 384 and preset.vocab_size == 300 and preset.num_query_groups == 2
     with mcore_session():
-        model = build_model(arch, doc["padded_vocab_size"], torch.float32)
+        model = build_model(preset, saved.padded_vocab_size, torch.float32)
         load_weights(mcore_dir, [model])
         emb = model.embedding.word_embeddings.weight
         assert emb[300:].abs().sum() == 0 and emb[:300].abs().sum() > 0
@@ -70,7 +72,7 @@ def test_round_trip_llama_exact_and_loads_in_transformers(llama, llama_dir, mcor
     from transformers import LlamaForCausalLM
 
     out = tmp_path / "hf"
-    report = mcore_to_hf(mcore_dir, out, layout="llama", dtype="fp32")
+    report = mcore_to_hf(mcore_dir, out, family="llama", dtype="fp32")
     assert report.validation.ok and report.validation.max_abs_diff <= 1e-4
     a, b = read_tensors(llama_dir), read_tensors(out)
     assert a.keys() == b.keys()
@@ -87,9 +89,9 @@ def test_internlm2_layout_to_llama_is_identical(llama, llama_dir, tmp_path):
     """Test 2: the same weights in InternLM2 layout (packed wqkv) -> mcore -> HF Llama == original tensors."""
     src = save_internlm2(llama, tmp_path / "internlm2", rope_scaling={"type": "dynamic", "factor": 2.0})
     r1 = hf_to_mcore(src, tmp_path / "mcore")
-    assert r1.layout == "internlm2" and r1.validation.ok
+    assert r1.family == "internlm2" and r1.validation.ok
     assert any("rope_scaling" in n for n in r1.notes)  # reported, not dropped
-    r2 = mcore_to_hf(tmp_path / "mcore", tmp_path / "llama", layout="llama", dtype="fp32")
+    r2 = mcore_to_hf(tmp_path / "mcore", tmp_path / "llama", family="llama", dtype="fp32")
     assert r2.validation.ok
     a, b = read_tensors(llama_dir), read_tensors(tmp_path / "llama")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -103,8 +105,8 @@ def test_internlm2_layout_to_llama_is_identical(llama, llama_dir, tmp_path):
 def test_round_trip_internlm2_exact_and_config(llama, tmp_path):
     """Test 3 (InternLM2): HF -> mcore -> HF InternLM2 is bit-exact; config like the official repo's."""
     src = save_internlm2(llama, tmp_path / "internlm2")
-    hf_to_mcore(src, tmp_path / "mcore", layout="internlm2", skip_validation=True)
-    report = mcore_to_hf(tmp_path / "mcore", tmp_path / "back", layout="internlm2", dtype="fp32")
+    hf_to_mcore(src, tmp_path / "mcore", family="internlm2", skip_validation=True)
+    report = mcore_to_hf(tmp_path / "mcore", tmp_path / "back", family="internlm2", dtype="fp32")
     assert report.validation.ok
     a, b = read_tensors(src), read_tensors(tmp_path / "back")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -119,7 +121,7 @@ def test_bf16_output_and_small_shards(llama_dir, mcore_dir, tmp_path):
     from transformers import LlamaForCausalLM
 
     out = tmp_path / "hf"
-    mcore_to_hf(mcore_dir, out, layout="llama", dtype="bf16", max_shard_bytes=40_000)
+    mcore_to_hf(mcore_dir, out, family="llama", dtype="bf16", max_shard_bytes=40_000)
     shards = sorted(out.glob("model-*.safetensors"))
     assert len(shards) > 3
     weight_map = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
@@ -188,10 +190,10 @@ def test_internlm2_layout_writes_the_rope_scaling_keys_internlm2_reads(llama_dir
     which InternLM2's configuration code requires; the Llama layout keeps ``rope_type``."""
     src = _with_rope_scaling(llama_dir, tmp_path / "src", {"rope_type": "dynamic", "factor": 2})
     hf_to_mcore(src, tmp_path / "mcore", skip_validation=True)
-    mcore_to_hf(tmp_path / "mcore", tmp_path / "i2", layout="internlm2", dtype="fp32", skip_validation=True)
+    mcore_to_hf(tmp_path / "mcore", tmp_path / "i2", family="internlm2", dtype="fp32", skip_validation=True)
     scaling = json.loads((tmp_path / "i2" / "config.json").read_text())["rope_scaling"]
     assert scaling == {"type": "dynamic", "factor": 2.0} and isinstance(scaling["factor"], float)
-    mcore_to_hf(tmp_path / "mcore", tmp_path / "ll", layout="llama", dtype="fp32", skip_validation=True)
+    mcore_to_hf(tmp_path / "mcore", tmp_path / "ll", family="llama", dtype="fp32", skip_validation=True)
     assert json.loads((tmp_path / "ll" / "config.json").read_text())["rope_scaling"] == {
         "rope_type": "dynamic",
         "factor": 2,
@@ -216,6 +218,6 @@ def test_internlm2_layout_refuses_a_scaling_it_cannot_express_showing_it_as_writ
     src = _with_rope_scaling(llama_dir, tmp_path / "src", dict(scaling))
     hf_to_mcore(src, tmp_path / "mcore", skip_validation=True)
     with pytest.raises(UserError, match="cannot be expressed in the InternLM2 layout") as e:
-        mcore_to_hf(tmp_path / "mcore", tmp_path / "i2", layout="internlm2")
+        mcore_to_hf(tmp_path / "mcore", tmp_path / "i2", family="internlm2")
     assert json.dumps(scaling) in str(e.value)  # the config as written: no rope_theta/rope_type added
     assert not (tmp_path / "i2").exists() and not list(tmp_path.glob(".i2.tmp-*"))

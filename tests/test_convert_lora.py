@@ -14,12 +14,13 @@ from conversion import hf_to_mcore, mcore_to_hf
 from conversion import validate as V
 from conversion.arch import arch_from_hf_config
 from conversion.lora import lora_to_peft, peft_logits
-from conversion.mcore_io import build_model, mcore_session, read_model_config
+from conversion.mcore_io import build_model
+from megatron_mmed.common.distributed import mcore_session
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.finetune.adapters import read_adapter_meta, save_adapters
 from megatron_mmed.finetune.config import LoraConfig
 from megatron_mmed.finetune.lora import apply_lora, lora_adapters
-from megatron_mmed.training.checkpoint import load_weights
+from megatron_mmed.models.weights import load_weights, read_model_config
 
 pytestmark = pytest.mark.timeout(300)
 LORA = LoraConfig(rank=4, alpha=8.0, dropout=0.0, targets=("qkv", "proj", "fc1", "fc2"))
@@ -38,9 +39,9 @@ def dirs(llama, tmp_path_factory):
     hf_to_mcore(hf, root / "mcore", skip_validation=True)
     run = root / "run"
     ids = V.fixed_token_ids(TINY["vocab_size"])
-    preset, arch, doc = read_model_config(root / "mcore" / "model_config.yaml")
+    saved = read_model_config(root / "mcore" / "model_config.yaml")
     with mcore_session():
-        model = build_model(arch, doc["padded_vocab_size"], torch.float32)
+        model = build_model(saved.preset, saved.padded_vocab_size, torch.float32)
         load_weights(root / "mcore", [model])
         apply_lora(model, LORA, seed=5)
         g = torch.Generator().manual_seed(1)
@@ -72,6 +73,16 @@ def test_peft_adapter_loads_in_peft_with_our_logits(dirs, tmp_path):
     torch.testing.assert_close(theirs, dirs["logits"], atol=1e-4, rtol=0)
     assert (theirs - _base_logits(dirs)).abs().max() > 1e-2  # the adapter changes the model
     assert read_adapter_meta(dirs["run"] / "iter_0000003").base == str(dirs["mcore"].resolve())
+    # its typed settings read back from config.yaml; where the adapters came from is in the report
+    from conversion.config import LoraToPeftConfig
+    from megatron_mmed.common.config import load_config
+
+    assert load_config(LoraToPeftConfig, out / "config.yaml") == LoraToPeftConfig(
+        ckpt=str(dirs["run"]), base=str(dirs["hf"]), out=str(out)
+    )
+    written = json.loads((out / "conversion_report.json").read_text())
+    assert written["direction"] == "lora-to-peft" and written["validation"]["ok"]
+    assert any(str(dirs["mcore"].resolve()) in n and "iter_0000003" in n for n in written["notes"])
 
 
 def _base_logits(dirs):
@@ -85,7 +96,7 @@ def test_mcore_to_hf_of_a_lora_run_is_the_merged_model(dirs, llama, tmp_path):
     from transformers import LlamaForCausalLM
 
     out = tmp_path / "merged"
-    report = mcore_to_hf(dirs["run"], out, layout="llama", dtype="fp32")
+    report = mcore_to_hf(dirs["run"], out, family="llama", dtype="fp32")
     assert report.validation.ok and any("folded" in n for n in report.notes)
     merged = LlamaForCausalLM.from_pretrained(out)
     with torch.no_grad():
@@ -117,7 +128,7 @@ def test_internlm2_base_gets_fused_wqkv_with_the_same_delta(dirs, llama, tmp_pat
     assert cfg["alpha_pattern"]["model.layers.0.attention.wqkv"] == 24.0
     assert "w1" in cfg["target_modules"] and "wo" in cfg["target_modules"]
     merged = tmp_path / "merged"
-    mcore_to_hf(dirs["run"], merged, layout="internlm2", dtype="fp32")
+    mcore_to_hf(dirs["run"], merged, family="internlm2", dtype="fp32")
     ad, orig, new = read_tensors(out), read_tensors(base), read_tensors(merged)
     for i in range(2):
         m = f"model.layers.{i}.attention.wqkv"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -12,21 +11,16 @@ import pytest
 import torch
 
 from conversion import mcore_to_hf
+from megatron_mmed.common.distributed import free_port
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def tok(shared_data, tmp_path_factory):
-    from megatron_mmed.training.bytes_data import write_byte_level_blend
+    from megatron_mmed.testing.byte_data import write_byte_level_blend
 
     return write_byte_level_blend(shared_data / "corpus", tmp_path_factory.mktemp("tok"), ["en", "zh"], 20)
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train_two_ranks(repo_root, tok, run, *overrides: str) -> None:
@@ -36,7 +30,7 @@ def _train_two_ranks(repo_root, tok, run, *overrides: str) -> None:
         f"data.blend={tok}", f"checkpoint.dir={run}", *overrides,
         "train.steps=2", "model.seq_length=32", "logging.eval_iters=0", "schedule.warmup_steps=0",
     ]  # fmt: skip
-    port = _port()
+    port = free_port()
     procs = []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
@@ -55,22 +49,23 @@ def _train_two_ranks(repo_root, tok, run, *overrides: str) -> None:
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
 
 
-@pytest.mark.parametrize("layout", ["parallel.tp=2", "parallel.pp=2"])
-def test_train_checkpoint_converts_and_matches_tp1_logits(repo_root, tok, tmp_path, layout):
+@pytest.mark.parametrize("parallel", ["parallel.tp=2", "parallel.pp=2"])
+def test_train_checkpoint_converts_and_matches_tp1_logits(repo_root, tok, tmp_path, parallel):
     from transformers import LlamaForCausalLM
 
     from conversion import validate as V
-    from conversion.mcore_io import McoreCheckpoint, checkpoint_arch, resolve_checkpoint
+    from conversion.mcore_io import McoreCheckpoint, checkpoint_arch
+    from megatron_mmed.models.weights import resolve_weights_dir
 
     run = tmp_path / "run"
-    _train_two_ranks(repo_root, tok, run, layout)
+    _train_two_ranks(repo_root, tok, run, parallel)
     assert (run / "latest").read_text().strip() == "iter_0000002"
     out = tmp_path / "hf"
-    report = mcore_to_hf(run, out, layout="llama", dtype="fp32")
+    report = mcore_to_hf(run, out, family="llama", dtype="fp32")
     # the validation compares the TP=1 megatron-core model loaded from the 2-rank checkpoint with transformers
     assert report.validation.ok and report.validation.max_abs_diff <= 1e-4, report.summary()
     assert report.validation.top1_agreement == 1.0
-    ckpt = resolve_checkpoint(run)
+    ckpt = resolve_weights_dir(run)
     arch, name, _ = checkpoint_arch(ckpt)
     assert name == "tiny" and arch.vocab_size == json.loads((out / "config.json").read_text())["vocab_size"]
     ids = V.fixed_token_ids(arch.vocab_size)
@@ -102,7 +97,7 @@ def test_continued_pretraining_round_trip_at_tp2(repo_root, tok, tmp_path):
     assert report.validation.ok
     _train_two_ranks(repo_root, tok, tmp_path / "run", "parallel.tp=2", f"checkpoint.init_from={init}")
     out = tmp_path / "out"
-    back = mcore_to_hf(tmp_path / "run", out, layout="llama", dtype="fp32")
+    back = mcore_to_hf(tmp_path / "run", out, family="llama", dtype="fp32")
     assert back.validation.ok and back.validation.max_abs_diff <= 1e-4
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["rope_scaling"] == {"rope_type": "dynamic", "factor": 2.0}  # carried from init_from, unchanged

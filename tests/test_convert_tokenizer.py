@@ -86,7 +86,7 @@ def test_llama_export_tokenizer_loads_in_stock_transformers_with_the_same_ids(
     from transformers import AutoTokenizer
 
     src, mcore, marker = internlm2_with_tokenizer
-    report = mcore_to_hf(mcore, tmp_path / "hf", layout="llama", dtype="fp32")
+    report = mcore_to_hf(mcore, tmp_path / "hf", family="llama", dtype="fp32")
     out = tmp_path / "hf"
     cfg = json.loads((out / "tokenizer_config.json").read_text())
     assert "auto_map" not in cfg and not list(out.glob("tokenization_*.py"))
@@ -103,7 +103,7 @@ def test_internlm2_export_carries_the_remote_tokenizer_code_without_running_it(
 ):
     src, mcore, marker = internlm2_with_tokenizer
     out = tmp_path / "i2"
-    report = mcore_to_hf(mcore, out, layout="internlm2", dtype="fp32")
+    report = mcore_to_hf(mcore, out, family="internlm2", dtype="fp32")
     assert (out / "tokenization_internlm2.py").read_text() == (src / "tokenization_internlm2.py").read_text()
     assert json.loads((out / "tokenizer_config.json").read_text()) == INTERNLM2_TOKENIZER_CONFIG
     # validated on the tokenizer's own ids (read with SentencePiece), never on remote code
@@ -118,7 +118,7 @@ def test_validation_on_fixed_ids_is_a_warning_in_the_summary_and_the_report(
     broken.mkdir()
     (broken / "tokenizer.model").write_bytes(b"not a sentencepiece model")
     out = tmp_path / "hf"
-    report = mcore_to_hf(mcore, out, layout="llama", dtype="fp32", tokenizer=broken)
+    report = mcore_to_hf(mcore, out, family="llama", dtype="fp32", tokenizer=broken)
     assert report.validation.prompt == "fixed ids"
     assert any("fixed token ids" in w and "tokenizer" in w for w in report.warnings), report.warnings
     assert "warning: " in report.summary()

@@ -14,10 +14,10 @@ from eval.data import LANGUAGES
 from eval.metrics import bertscore
 from eval.run import EvalConfig, run_mmedbench
 from eval.scoring import score_predictions
-from eval.tiny import build_tiny_model
 from megatron_mmed.cli import main
 from megatron_mmed.common.config import ConfigError
 from megatron_mmed.common.errors import UserError
+from megatron_mmed.testing.tiny_hf import build_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -212,6 +212,25 @@ def test_config_validation():
         EvalConfig.from_mapping({**base, "mode": "sample"})
     with pytest.raises(ConfigError, match="model must be set"):
         EvalConfig.from_mapping({**base, "model": ""})
+
+
+@pytest.mark.parametrize(
+    ("text", "msg"),
+    [
+        ("model: [unclosed\n", "not valid YAML"),
+        ("- model\n- data\n", "top level must be a mapping"),
+        (None, "not found"),
+    ],
+)
+def test_cli_yaml_config_goes_through_the_config_loader(tmp_path, capsys, text, msg):
+    """A broken --config is the shared loader's one-line error (exit 2), like every other command's YAML."""
+    cfg = tmp_path / "eval.yaml"
+    if text is not None:
+        cfg.write_text(text)
+    rc = main(["eval", "mmedbench", "--config", str(cfg), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and msg in err and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("mmed eval: error: ")
 
 
 def test_cli_yaml_config_few_shot_from_train(tiny_model, shared_data, tmp_path):

@@ -58,11 +58,11 @@ def test_lora_targets_and_one_line_errors(repo_root):
 
 def test_train_config_feeds_the_training_stack(repo_root):
     """The TrainConfig handed to build_model_and_optimizer: same sections, steps and one micro-batch per DP rank."""
-    from megatron_mmed.training.config import resolve_layout
+    from megatron_mmed.training.config import resolve_parallelism
 
     cfg = load_config(FinetuneConfig, repo_root / "configs/finetune/mmedbench_full.yaml")
     tc = cfg.train_config(total_steps=500, world_size=8)
     assert tc.model == cfg.model and tc.optimizer == cfg.optimizer and tc.parallel == cfg.parallel
     assert tc.train.steps == 500 and tc.schedule.warmup_steps == 15 and tc.train.seed == 42
-    layout = resolve_layout(tc, 8)
+    layout = resolve_parallelism(tc, 8)
     assert (layout.tp, layout.dp, layout.num_microbatches) == (2, 4, 1)

@@ -9,8 +9,8 @@ from finetune_helpers import hf_batch, mcore_params_as_hf, mcore_sft, mcore_step
 
 from conversion import hf_to_mcore
 from conversion.arch import arch_from_hf_config
-from conversion.layouts import LLAMA
-from conversion.mcore_io import mcore_session
+from conversion.families import LLAMA
+from megatron_mmed.common.distributed import mcore_session
 from megatron_mmed.finetune.config import LoraConfig, SFTDataConfig
 from megatron_mmed.finetune.data import load_sft_data
 from megatron_mmed.finetune.lora import (
@@ -188,8 +188,8 @@ def test_tp2_lora_step_equals_tp1(mcore_dir, examples, tmp_path):
     from pathlib import Path
 
     from conversion.mcore_io import McoreCheckpoint
+    from megatron_mmed.common.distributed import free_port
     from megatron_mmed.finetune.adapters import save_adapters
-    from megatron_mmed.training.dist import _free_port
 
     mbs = SFTBatches(examples, SEQ, len(examples), seed=0, pad_to_multiple_of=2).step(0).microbatches
     torch.save(mbs, tmp_path / "batch.pt")
@@ -205,7 +205,7 @@ def test_tp2_lora_step_equals_tp1(mcore_dir, examples, tmp_path):
         [
             str(torchrun),
             "--nproc_per_node=2",
-            f"--master_port={_free_port()}",
+            f"--master_port={free_port()}",
             str(worker),
             str(mcore_dir),
             str(tmp_path / "init"),

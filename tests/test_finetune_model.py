@@ -9,7 +9,7 @@ from finetune_helpers import hf_batch, mcore_grads_as_hf, mcore_params_as_hf, mc
 
 from conversion import hf_to_mcore
 from conversion.arch import arch_from_hf_config
-from conversion.mcore_io import mcore_session
+from megatron_mmed.common.distributed import mcore_session
 from megatron_mmed.finetune.config import SFTDataConfig
 from megatron_mmed.finetune.data import load_sft_data
 from megatron_mmed.finetune.packing import SFTBatches

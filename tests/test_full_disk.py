@@ -46,7 +46,7 @@ def small_disk(tmp_path):
 INSPECT = """
 import json, sys
 from pathlib import Path
-from megatron_mmed.training.integrity import verify
+from megatron_mmed.common.integrity import verify
 run = Path(sys.argv[1])
 latest = (run / "latest").read_text().strip() if (run / "latest").exists() else None
 print("INSPECT " + json.dumps({"latest": latest, "entries": sorted(p.name for p in run.iterdir()),
@@ -55,7 +55,7 @@ print("INSPECT " + json.dumps({"latest": latest, "entries": sorted(p.name for p 
 
 
 def test_full_disk_during_a_checkpoint_save(repo_root, shared_data, tmp_path, small_disk):
-    from megatron_mmed.training.bytes_data import write_byte_level_blend
+    from megatron_mmed.testing.byte_data import write_byte_level_blend
 
     tok = write_byte_level_blend(shared_data / "corpus", tmp_path / "tok", ["en"], 20)
     run = tmp_path / "run"

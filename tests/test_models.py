@@ -57,30 +57,16 @@ def test_vocab_padding_is_the_same_at_every_tp():
     assert padded_vocab_size(92545, 1, divisible_by=64) == 92608
 
 
-def test_built_model_parameter_count_matches_formula():
+def test_built_model_parameter_count_matches_formula(mcore):
     """The megatron-core GPTModel of the tiny preset has exactly the parameters flops.parameter_count says."""
-    import torch
-
     from megatron_mmed.models.builder import build_gpt_model, transformer_config
-    from megatron_mmed.training.cpu_shim import cpu_shim
 
     arch = PRESETS["tiny"]
-    with cpu_shim():
-        from megatron.core import parallel_state as ps
-        from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
-
-        torch.distributed.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
-        try:
-            ps.initialize_model_parallel()
-            model_parallel_cuda_manual_seed(1, force_reset_rng=True)
-            model = build_gpt_model(
-                arch, transformer_config(arch, use_cpu_initialization=True), 384, 128, spec="local"
-            )
-            n = sum(p.numel() for p in model.parameters())
-            names = [k for k, _ in model.named_parameters()]
-        finally:
-            ps.destroy_model_parallel()
-            torch.distributed.destroy_process_group()
+    model = build_gpt_model(
+        arch, transformer_config(arch, use_cpu_initialization=True), 384, 128, spec="local"
+    )
+    n = sum(p.numel() for p in model.parameters())
+    names = [k for k, _ in model.named_parameters()]
     assert n == parameter_count(arch, 384)
     assert "output_layer.weight" in names and "embedding.word_embeddings.weight" in names  # untied
     assert not any(k.endswith(".bias") for k in names)
@@ -96,13 +82,15 @@ def test_padded_vocab_rows_are_masked_in_loss_gradient_and_logits(tmp_path):
     from convert_helpers import save_llama, tiny_llama
 
     from conversion import hf_to_mcore
-    from conversion.mcore_io import build_model, mcore_session, read_model_config
-    from megatron_mmed.training.checkpoint import load_weights
+    from conversion.mcore_io import build_model
+    from megatron_mmed.common.distributed import mcore_session
+    from megatron_mmed.models.weights import load_weights, read_model_config
 
     hf = tiny_llama(vocab_size=1000)
     hf_to_mcore(save_llama(hf, tmp_path / "hf"), tmp_path / "mc", skip_validation=True)
-    _, arch, doc = read_model_config(tmp_path / "mc" / "model_config.yaml")
-    assert doc["padded_vocab_size"] == 1024
+    saved = read_model_config(tmp_path / "mc" / "model_config.yaml")
+    arch = saved.preset
+    assert saved.padded_vocab_size == 1024
     ids = torch.tensor([[(7919 * i + 13) % 1000 for i in range(33)]])
     tokens, labels = ids[:, :-1], ids[:, 1:]
     hf.zero_grad()

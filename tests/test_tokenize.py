@@ -213,6 +213,8 @@ def test_gpt_dataset_from_blend_yields_samples(sp_run, sp_model, tmp_path):
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
     from megatron.core.tokenizers import MegatronTokenizer
 
+    from megatron_mmed.common.distributed import mcore_session
+
     out, res = sp_run
     prefixes, weights = read_blend(out / "blend.json")
     tokenizer = MegatronTokenizer.from_pretrained(
@@ -230,14 +232,10 @@ def test_gpt_dataset_from_blend_yields_samples(sp_run, sp_model, tmp_path):
         reset_attention_mask=False,
         eod_mask_loss=False,
     )
-    # the blended-index cache path asks torch.distributed for the rank: a gloo group of one
-    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
-    try:
+    with mcore_session():  # the blended-index cache path asks torch.distributed for the rank
         train, valid, test = BlendedMegatronDatasetBuilder(
             GPTDataset, [600, 0, 0], lambda: True, config
         ).build()
-    finally:
-        torch.distributed.destroy_process_group()
     assert valid is None and test is None and len(train) >= 600
     sample = train[0]
     assert sample["tokens"].shape == (64,) and sample["labels"].shape == (64,)
@@ -454,7 +452,7 @@ def test_temperature_weights_and_config():
 
 def test_benchmark_script_starts():
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "tokenize.py"), "--help"],
+        [sys.executable, str(REPO / "benchmarks" / "bench_tokenize.py"), "--help"],
         capture_output=True,
         text=True,
         timeout=60,

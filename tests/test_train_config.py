@@ -10,7 +10,7 @@ import pytest
 
 from megatron_mmed.common.config import ConfigError, load_config
 from megatron_mmed.models import get_preset
-from megatron_mmed.training.config import TrainConfig, resolve_layout, world_size_from_env
+from megatron_mmed.training.config import TrainConfig, resolve_parallelism, world_size_from_env
 from megatron_mmed.training.flops import flops_per_token, parameter_count
 from megatron_mmed.training.plan import make_plan
 
@@ -39,19 +39,19 @@ def test_defaults_are_a_valid_config():
 
     cfg = TrainConfig()
     validate_tree(cfg)
-    assert cfg.model.preset == "tiny" and resolve_layout(cfg, 1).dp == 1
+    assert cfg.model.preset == "tiny" and resolve_parallelism(cfg, 1).dp == 1
 
 
 def test_layout_derives_dp_and_rejects_bad_world_sizes(repo_root):
     cfg = load_config(
         TrainConfig, repo_root / "configs/train/internlm2_7b.yaml", ["parallel.tp=2", "parallel.pp=2"]
     )
-    layout = resolve_layout(cfg, 32)
+    layout = resolve_parallelism(cfg, 32)
     assert (layout.tp, layout.pp, layout.cp, layout.dp) == (2, 2, 1, 8)
     assert layout.tp * layout.pp * layout.cp * layout.dp == 32
     assert layout.num_microbatches == 512 // (1 * 8)
     with pytest.raises(ConfigError, match="not a multiple of TP x PP x CP"):
-        resolve_layout(cfg, 6)
+        resolve_parallelism(cfg, 6)
 
 
 def test_world_size_sources(repo_root, monkeypatch):
@@ -127,7 +127,8 @@ def test_size_recipes_hold_the_whole_layout(repo_root, name, nodes, tp, pp, sp):
 def test_shipped_configs_plan_at_tp2_pp2(repo_root, name):
     cfg = load_config(TrainConfig, repo_root / "configs/train" / name, ["parallel.tp=2", "parallel.pp=2"])
     plan = make_plan(cfg, world_size_from_env(cfg))
-    assert plan.layout.tp * plan.layout.pp * plan.layout.cp * plan.layout.dp == plan.layout.world_size
+    par = plan.parallelism
+    assert par.tp * par.pp * par.cp * par.dp == par.world_size
     assert plan.parameters > 0 and plan.flops.training > 0
 
 

@@ -1,4 +1,4 @@
-"""blend.json reading (tolerant to the tokenizer's schema variants), datasets, the CPU shim, NaN stops."""
+"""blend.json reading (only the format `mmed tokenize` writes), datasets, the CPU shim, NaN stops."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from megatron_mmed.training.data import blend_vocab_size, load_blend
 
 @pytest.fixture(scope="module")
 def tok(shared_data, tmp_path_factory):
-    from megatron_mmed.training.bytes_data import write_byte_level_blend
+    from megatron_mmed.testing.byte_data import write_byte_level_blend
 
     return write_byte_level_blend(shared_data / "corpus", tmp_path_factory.mktemp("tok"), ["ru", "es"], 30)
 
@@ -29,32 +29,49 @@ def test_load_blend_relative_prefixes_and_declared_vocab(tok):
     assert blend_vocab_size(tok) == 257
 
 
-def test_load_blend_tolerates_prefixes_key_absolute_paths_and_missing_lang(tok, tmp_path):
-    ru = str(tok.parent / "ru_text_document.bin")  # absolute, with an extension
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda d: d.update(prefixes=d.pop("datasets")), "'prefixes'"),  # the old alternative key
+        (lambda d: d.update(eod=d["tokenizer"].pop("eod_id")), "'eod'"),  # eod at the top level
+        (lambda d: d.update(vocab_size=d.pop("tokenizer")["vocab_size"]), "'vocab_size'"),
+        (lambda d: d["tokenizer"].pop("eod_id"), "'tokenizer.eod_id'"),
+        (lambda d: d.pop("format"), "'format'"),
+        (lambda d: d["datasets"][0].pop("lang"), r"'datasets\[0\].lang'"),
+        (lambda d: d["datasets"][1].update(weight="1"), r"'datasets\[1\].weight'"),
+    ],
+)
+def test_load_blend_refuses_other_shapes_naming_the_field(tok, tmp_path, change, field):
+    """Training reads only the format `mmed tokenize` writes: no `prefixes`/`eod`/top-level fallbacks."""
+    data = json.loads(tok.read_text())
+    change(data)
     alt = tmp_path / "blend.json"
-    alt.write_text(
-        json.dumps(
-            {"prefixes": [{"prefix": ru, "weight": 3}, {"prefix": str(tok.parent / "es_text_document")}]}
-        )
-    )
-    blend = load_blend(alt)
-    assert [(e.lang, e.weight) for e in blend] == [("ru", 3.0), ("es", 1.0)]
-    assert blend_vocab_size(alt) is None
+    alt.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=f"data.blend: .*{field}") as e:
+        load_blend(alt)
+    assert "\n" not in str(e.value)
+
+
+def _blend_with(tok, **dataset) -> str:
+    data = json.loads(tok.read_text())
+    data["datasets"] = [{**data["datasets"][0], **dataset}]
+    data["blend"] = [[data["datasets"][0]["prefix"]], [data["datasets"][0]["weight"]]]
+    return json.dumps(data)
 
 
 @pytest.mark.parametrize(
     "content, message",
     [
         ("not json", "not valid JSON"),
-        (json.dumps({"datasets": []}), "no non-empty"),
-        (json.dumps({"datasets": [{"weight": 1}]}), "no 'prefix'"),
-        (json.dumps({"datasets": [{"prefix": "nope_text_document"}]}), "not found"),
-        (json.dumps({"datasets": [{"prefix": "ru_text_document", "weight": -1}]}), "negative weight"),
+        (lambda tok: json.dumps({**json.loads(tok.read_text()), "datasets": []}), "no non-empty"),
+        (lambda tok: _blend_with(tok, prefix=None), "no 'prefix'"),
+        (lambda tok: _blend_with(tok, prefix="/nope_text_document", name="nope"), "not found"),
+        (lambda tok: _blend_with(tok, weight=-1), "negative weight"),
     ],
 )
 def test_load_blend_errors_are_user_errors(tok, content, message):
     bad = tok.parent / "bad_blend.json"
-    bad.write_text(content)
+    bad.write_text(content if isinstance(content, str) else content(tok))
     with pytest.raises(UserError, match=message):
         load_blend(bad)
 
@@ -120,7 +137,7 @@ def test_byte_level_files_read_back_with_indexed_dataset(shared_data, tok):
 def test_cpu_shim_redirects_and_restores():
     from megatron.core.tensor_parallel import random as mrandom
 
-    from megatron_mmed.training.cpu_shim import cpu_shim
+    from megatron_mmed.common.cpu_shim import cpu_shim
 
     if torch.cuda.is_available():
         with cpu_shim() as active:
@@ -147,31 +164,21 @@ def test_cpu_shim_redirects_and_restores():
 
 def test_nan_loss_stops_with_a_clear_message(repo_root, tok, tmp_path):
     """Weights-only init (the `checkpoint.init_from` format) holding a NaN makes step 1 diverge."""
-    from megatron.core import parallel_state as ps
-    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
-
+    from megatron_mmed.common.distributed import mcore_session
     from megatron_mmed.models import get_preset
     from megatron_mmed.models.builder import build_gpt_model, transformer_config
-    from megatron_mmed.training.checkpoint import save_weights
-    from megatron_mmed.training.cpu_shim import cpu_shim
+    from megatron_mmed.models.weights import save_weights
     from megatron_mmed.training.loop import TrainingDiverged, train
 
     arch = get_preset("tiny")
     weights = tmp_path / "weights"
-    with cpu_shim():
-        torch.distributed.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
-        try:
-            ps.initialize_model_parallel()
-            model_parallel_cuda_manual_seed(1, force_reset_rng=True)
-            model = build_gpt_model(
-                arch, transformer_config(arch, use_cpu_initialization=True), 384, 64, spec="local"
-            )
-            with torch.no_grad():
-                model.decoder.final_layernorm.weight.fill_(float("nan"))
-            save_weights(weights, [model])
-        finally:
-            ps.destroy_model_parallel()
-            torch.distributed.destroy_process_group()
+    with mcore_session(seed=1):
+        model = build_gpt_model(
+            arch, transformer_config(arch, use_cpu_initialization=True), 384, 64, spec="local"
+        )
+        with torch.no_grad():
+            model.decoder.final_layernorm.weight.fill_(float("nan"))
+        save_weights(weights, [model])
     cfg = load_config(
         TrainConfig,
         repo_root / "configs/train/tiny_cpu.yaml",

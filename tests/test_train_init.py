@@ -37,7 +37,7 @@ TINY_SIZES = dict(
 
 @pytest.fixture(scope="module")
 def tok(shared_data, tmp_path_factory):
-    from megatron_mmed.training.bytes_data import write_byte_level_blend
+    from megatron_mmed.testing.byte_data import write_byte_level_blend
 
     return write_byte_level_blend(shared_data / "corpus", tmp_path_factory.mktemp("tok"), ["en", "fr"], 20)
 
@@ -91,7 +91,7 @@ def test_from_init_adopts_the_source_architecture_through_to_the_export(
     assert result.end_step == 2
     saved = yaml.safe_load((tmp_path / "run" / "iter_0000002" / "model_config.yaml").read_text())
     assert saved["preset"]["rotary_base"] == 10000 and saved["preset"]["norm_epsilon"] == 1e-6
-    report = mcore_to_hf(tmp_path / "run", tmp_path / "hf", layout="llama", dtype="fp32")
+    report = mcore_to_hf(tmp_path / "run", tmp_path / "hf", family="llama", dtype="fp32")
     assert report.validation.ok
     hf_cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert hf_cfg["rope_theta"] == 10000 and hf_cfg["rms_norm_eps"] == 1e-6

@@ -28,7 +28,7 @@ FAST = [
 
 @pytest.fixture(scope="module")
 def tok(shared_data, tmp_path_factory):
-    from megatron_mmed.training.bytes_data import write_byte_level_blend
+    from megatron_mmed.testing.byte_data import write_byte_level_blend
 
     return write_byte_level_blend(
         shared_data / "corpus", tmp_path_factory.mktemp("tok"), ["en", "zh", "fr"], 40

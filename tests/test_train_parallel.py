@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from megatron_mmed.common.config import load_config
+from megatron_mmed.common.distributed import free_port
 from megatron_mmed.training.config import TrainConfig
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
@@ -35,15 +35,9 @@ TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 @pytest.fixture(scope="module")
 def tok(shared_data, tmp_path_factory):
-    from megatron_mmed.training.bytes_data import write_byte_level_blend
+    from megatron_mmed.testing.byte_data import write_byte_level_blend
 
     return write_byte_level_blend(shared_data / "corpus", tmp_path_factory.mktemp("tok"), ["en", "ja"], 40)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _args(repo_root, tok, run, *extra):
@@ -63,7 +57,7 @@ def _torchrun(repo_root, tok, run, *extra, nproc=2):
     cmd = [
         str(TORCHRUN),
         f"--nproc_per_node={nproc}",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         "-m",
         "megatron_mmed.cli",
     ]

@@ -32,7 +32,7 @@ ARGS = [
 
 @pytest.fixture(scope="module")
 def tok(shared_data, tmp_path_factory):
-    from megatron_mmed.training.bytes_data import write_byte_level_blend
+    from megatron_mmed.testing.byte_data import write_byte_level_blend
 
     return write_byte_level_blend(shared_data / "corpus", tmp_path_factory.mktemp("tok"), ["en", "ru"], 20)
 
@@ -81,7 +81,7 @@ def _wait_group_gone(pgid: int, timeout: float = 30) -> list[int]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
 def test_signal_to_the_process_group_saves_and_exits_0(repo_root, tok, tmp_path, sig):
-    from megatron_mmed.training.integrity import verify
+    from megatron_mmed.common.integrity import verify
 
     run = tmp_path / "run"
     proc = _start(repo_root, tok, run, "checkpoint.save_interval=2")
@@ -105,7 +105,7 @@ def test_signal_to_the_process_group_saves_and_exits_0(repo_root, tok, tmp_path,
 def test_kill_9_leaves_no_process_holding_stdout(repo_root, tok, tmp_path):
     """kill -9 of the trainer mid-run (a save every step, so likely mid-save): every helper goes with it,
     so whoever reads its output (srun, a pipe) sees end-of-file, and `latest` still names a whole checkpoint."""
-    from megatron_mmed.training.integrity import verify
+    from megatron_mmed.common.integrity import verify
 
     run = tmp_path / "run"
     proc = _start(repo_root, tok, run, "checkpoint.save_interval=1")

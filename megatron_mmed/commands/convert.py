@@ -18,7 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     a.add_argument("--hf", required=True, help="HF model folder (config.json + safetensors or .bin shards)")
     a.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
-    a.add_argument("--layout", default="auto", choices=["auto", "internlm2", "llama"])
+    a.add_argument(
+        "--layout",
+        dest="family",
+        default="auto",
+        choices=["auto", "internlm2", "llama"],
+        help="the HF family of --hf (default: from its config.json)",
+    )
     a.add_argument("--preset", default=None, help="refuse unless the HF config matches this preset")
     a.add_argument(
         "--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="default: the weights' dtype"
@@ -30,7 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b = sub.add_parser("mcore-to-hf", help="torch_dist checkpoint (any TP/PP) -> HF folder")
     b.add_argument("--ckpt", required=True, help="run dir (uses latest), iter_* dir or converted weights dir")
     b.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
-    b.add_argument("--layout", required=True, choices=["llama", "internlm2"])
+    b.add_argument(
+        "--layout",
+        dest="family",
+        required=True,
+        choices=["llama", "internlm2"],
+        help="the HF family to write",
+    )
     b.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     b.add_argument("--iteration", type=int, default=None, help="checkpoint iteration (default: latest)")
     b.add_argument("--preset", default=None, help="refuse unless the checkpoint was saved with this preset")
@@ -60,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if args.direction == "hf-to-mcore":
         report = hf_to_mcore(
             args.hf,
-            layout=args.layout,
+            family=args.family,
             preset=args.preset,
             dtype=args.dtype,
             tp=args.tp,
@@ -74,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         report = mcore_to_hf(
             args.ckpt,
-            layout=args.layout,
+            family=args.family,
             dtype=args.dtype,
             iteration=args.iteration,
             preset=args.preset,

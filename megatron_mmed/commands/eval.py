@@ -97,18 +97,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:
-    import yaml
-
     from eval.run import EvalConfig
-    from megatron_mmed.common.config import ConfigError, apply_overrides
+    from megatron_mmed.common.config import ConfigError, apply_overrides, read_config_file
 
-    data: dict[str, Any] = {}
-    if args.config:
-        try:
-            with open(args.config, encoding="utf-8") as fh:
-                data = yaml.safe_load(fh) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read config {args.config}: {e.strerror}") from None
+    data: dict[str, Any] = read_config_file(args.config) if args.config else {}
     apply_overrides(data, args.overrides)
     flags = {
         "model": args.model,

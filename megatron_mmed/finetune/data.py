@@ -241,9 +241,9 @@ def check_tokenizer(data: SFTData, init_from: str | Path) -> None:
     """Refuse a tokenizer that is not the checkpoint's: ids beyond its vocabulary, or other EOS/BOS ids than
     the ones its conversion recorded (``model_config.yaml`` token ids)."""
     from conversion.mcore_io import checkpoint_arch
-    from megatron_mmed.training.checkpoint import resolve_init_dir
+    from megatron_mmed.models.weights import resolve_weights_dir
 
-    arch, name, _ = checkpoint_arch(resolve_init_dir(init_from))
+    arch, name, _ = checkpoint_arch(resolve_weights_dir(init_from))
     where = f"checkpoint.init_from {init_from} (model {name!r})"
     if data.vocab_size > arch.vocab_size:
         raise UserError(

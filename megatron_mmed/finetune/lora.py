@@ -3,7 +3,7 @@
 Each adapted linear gets, per *part* of its weight, ``A`` ``[rank, in]`` and ``B`` ``[rows, rank]`` and adds
 ``(alpha / rank) * B @ A @ dropout(x)`` to its output. Parts are the pieces a Hugging Face Llama keeps as
 separate modules (``linear_qkv``: q, k, v; ``linear_fc1``: gate, up; one part for ``linear_proj``,
-``linear_fc2``), taken from ``conversion.layouts.LLAMA``, so one LoRA step equals peft's on the converted
+``linear_fc2``), taken from ``conversion.families.LLAMA``, so one LoRA step equals peft's on the converted
 model and the adapters export to a PEFT adapter 1:1.
 
 Tensor parallelism: for a column-parallel base (``linear_qkv``, ``linear_fc1``; weight split by output rows)
@@ -37,7 +37,7 @@ class Target:
 
     @property
     def mcore_weight(self) -> str:
-        """The base weight's megatron-core name (``conversion.layouts`` form, ``{i}`` = layer)."""
+        """The base weight's megatron-core name (``conversion.families`` form, ``{i}`` = layer)."""
         return f"decoder.layers.{{i}}.{self.module}.weight"
 
 
@@ -53,8 +53,8 @@ TARGETS: dict[str, Target] = {
 
 
 def part_names(target: Target) -> tuple[str, ...]:
-    """The parts of ``target``: the module names of its HF Llama tensors (q_proj, k_proj, ... from layouts)."""
-    from conversion.layouts import LLAMA
+    """The parts of ``target``: the module names of its HF Llama tensors (q_proj, k_proj, ... from families)."""
+    from conversion.families import LLAMA
 
     rule = next(r for r in LLAMA.rules if r.mcore == target.mcore_weight)
     return tuple(n.split(".")[-2] for n in rule.hf)

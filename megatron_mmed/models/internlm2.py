@@ -7,14 +7,16 @@ All InternLM2 sizes share one architecture: RMSNorm (eps 1e-5), SwiGLU MLP, no b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from megatron_mmed.common.config import ConfigError
 
 
 @dataclass(frozen=True)
 class ModelPreset:
-    """Architecture of one model size (what a HF ``config.json`` fixes, in megatron-core terms)."""
+    """Architecture of one model (what a HF ``config.json`` fixes, in megatron-core terms): the one type that
+    presets, converted models (``conversion/arch.py`` maps HF configs to and from it) and training share."""
 
     name: str
     hidden_size: int
@@ -28,10 +30,23 @@ class ModelPreset:
     rotary_base: int = 1_000_000
     norm_epsilon: float = 1e-5
     init_method_std: float = 0.02
+    #: carried as the source config.json wrote it (megatron-core trains without it) and written back on export
+    rope_scaling: dict[str, Any] | None = None
+    token_ids: dict[str, Any] = field(default_factory=dict)  # bos/eos/pad ids of the source config.json
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def q_per_kv(self) -> int:
+        """Query heads per KV head (query group)."""
+        return self.num_attention_heads // self.num_query_groups
+
+    @property
+    def qkv_rows(self) -> int:
+        """Rows of the fused QKV weight: every query head plus one key and one value head per group."""
+        return (self.num_attention_heads + 2 * self.num_query_groups) * self.head_dim
 
 
 _HF = "https://huggingface.co/internlm/{}/blob/main/config.json"

@@ -1,6 +1,6 @@
 """The model a run trains, checked against the weights it starts from (init_from) or resumes (latest).
 
-Weights carry their architecture in ``model_config.yaml`` (see :mod:`megatron_mmed.models.saved`). Loading
+Weights carry their architecture in ``model_config.yaml`` (see :mod:`megatron_mmed.models.weights`). Loading
 them into a model of another architecture either fails deep in ``dist_checkpointing`` or, worse, succeeds:
 a different RoPE base or norm eps, or a vocabulary that pads to the same rows, loads silently and trains a
 broken model. So a run refuses, in one line naming each differing field, before anything is written.
@@ -8,32 +8,25 @@ broken model. So a run refuses, in one line naming each differing field, before 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from megatron_mmed.common.config import ConfigError
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.models.internlm2 import ModelPreset
-from megatron_mmed.models.saved import (
+from megatron_mmed.models.weights import (
     MODEL_CONFIG,
     SavedModel,
     architecture_diffs,
-    find_model_config,
-    read_model_config,
+    resolve_weights_dir,
+    saved_model_of,
 )
-
-
-def saved_model_of(folder: str | Path) -> SavedModel | None:
-    """The ``model_config.yaml`` of a checkpoint folder (or its run), None when there is none."""
-    found = find_model_config(folder)
-    return read_model_config(found) if found is not None else None
 
 
 def init_saved_model(init_from: str | Path) -> SavedModel:
     """The architecture ``checkpoint.init_from`` holds (for ``model.preset=from_init``)."""
-    from megatron_mmed.training.checkpoint import resolve_init_dir
-
-    saved = saved_model_of(resolve_init_dir(init_from))
+    saved = saved_model_of(resolve_weights_dir(init_from))
     if saved is None:
         raise ConfigError(
             f"model.preset=from_init: checkpoint.init_from {init_from} has no {MODEL_CONFIG} "
@@ -59,7 +52,7 @@ def run_model(
     ``UserError`` naming every differing field; a checkpoint without ``model_config.yaml`` (an older run,
     or weights saved by hand) is not checked.
     """
-    carried: dict[str, Any] = {}
+    carried: dict[str, Any] = {"rope_scaling": None, "token_ids": {}}
     if resume_from is not None:
         saved = saved_model_of(resume_from)
         if saved is not None:
@@ -70,11 +63,9 @@ def run_model(
                     f"{resume_from}: cannot resume a different model: {'; '.join(diffs)} (resume with the "
                     "settings it was saved with, or start a new checkpoint.dir)"
                 )
-            carried = {"rope_scaling": saved.rope_scaling, "token_ids": saved.token_ids}
+            carried = {"rope_scaling": saved.preset.rope_scaling, "token_ids": saved.preset.token_ids}
     elif cfg.checkpoint.init_from:
-        from megatron_mmed.training.checkpoint import resolve_init_dir
-
-        saved = saved_model_of(resolve_init_dir(cfg.checkpoint.init_from))
+        saved = saved_model_of(resolve_weights_dir(cfg.checkpoint.init_from))
         if saved is not None:
             from megatron_mmed.training.config import FROM_INIT
 
@@ -91,16 +82,12 @@ def run_model(
                     f"checkpoint.init_from {cfg.checkpoint.init_from} holds a different model: "
                     f"{'; '.join(diffs)}; {hint}"
                 )
-            carried = {"rope_scaling": saved.rope_scaling, "token_ids": saved.token_ids}
+            carried = {"rope_scaling": saved.preset.rope_scaling, "token_ids": saved.preset.token_ids}
     source = {
         "run": str(Path(cfg.checkpoint.dir).resolve()) if cfg.checkpoint.dir else None,
         "init_from": str(Path(cfg.checkpoint.init_from).resolve()) if cfg.checkpoint.init_from else None,
         "tokenizer": tokenizer,
     }
     return SavedModel(
-        preset=arch,
-        padded_vocab_size=padded_vocab,
-        rope_scaling=carried.get("rope_scaling"),
-        token_ids=dict(carried.get("token_ids") or {}),
-        source=source,
+        preset=dataclasses.replace(arch, **carried), padded_vocab_size=padded_vocab, source=source
     )

@@ -4,20 +4,17 @@ A checkpoint holds the model (megatron-core ``sharded_state_dict``, so it reload
 optimizer (model-shaped, so also any TP/PP; the distributed optimizer's state: see ``_optim_sharding``), the
 LR scheduler, the step, consumed samples and per-rank RNG states (restored when TP/PP are unchanged). It is
 written to ``iter_XXXXXXX.tmp`` with its ``config.yaml``, ``model_config.yaml`` and a ``manifest.json`` of
-every file's size and checksum (see ``training/integrity.py``), renamed, then ``latest`` is replaced
+every file's size and checksum (see ``common/integrity.py``), renamed, then ``latest`` is replaced
 atomically: a crash mid-save leaves the previous checkpoint as ``latest``. A resume verifies the checkpoint
 against its manifest and falls back to the newest intact ``iter_*`` (with a warning) when ``latest`` or the
 checkpoint it names is damaged.
 
-``checkpoint.init_from`` format (what ``mmed convert hf-to-mcore`` writes): a torch_dist directory saved by
-``dist_checkpointing.save({"model": gpt_model.sharded_state_dict()}, DIR)``, no optimizer, where
-``gpt_model`` is the unwrapped megatron-core ``GPTModel`` of the preset. A run directory (with ``latest``)
-or one of its ``iter_*`` directories is accepted too; only the model weights are read.
+The model part is the weights-only format of :mod:`megatron_mmed.models.weights` (what ``checkpoint.init_from``
+loads and ``mmed convert`` reads and writes); this module adds the rest of a run's checkpoint.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shutil
@@ -28,11 +25,12 @@ from typing import Any
 
 import torch
 
+from megatron_mmed.common import integrity
 from megatron_mmed.common.config import save_config
+from megatron_mmed.common.distributed import agree
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.models.saved import SavedModel, write_model_config
-from megatron_mmed.training import integrity
-from megatron_mmed.training.writers import storage_failure, writer_processes_safe
+from megatron_mmed.common.writers import storage_failure, writer_processes_safe
+from megatron_mmed.models.weights import SavedModel, model_key, write_model_config
 
 LATEST = "latest"
 
@@ -89,31 +87,6 @@ def iter_dirs(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda d: d.name, reverse=True)
 
 
-def _verify_on_all_ranks(path: Path) -> tuple[list[str], bool]:
-    """``(problems, has_manifest)`` of ``path``, each rank checksumming its share; the same on every rank."""
-    dist = torch.distributed
-    rank, world = dist.get_rank(), dist.get_world_size()
-    box: list[Any] = [None]
-    if rank == 0:
-        try:
-            box = [("ok", integrity.read_manifest(path) if (path / "metadata.json").is_file() else "missing")]
-        except UserError as e:
-            box = [("error", str(e))]
-    dist.broadcast_object_list(box, src=0)
-    kind, manifest = box[0]
-    if kind == "error":
-        return [manifest], True
-    if manifest == "missing":
-        return [f"{path} is not a torch_dist checkpoint (no metadata.json)"], False
-    if manifest is None:
-        return [], False
-    problems = integrity.size_problems(path, manifest) if rank == 0 else []
-    problems += integrity.checksum_problems(path, manifest, sorted(manifest)[rank::world])
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, problems)
-    return [p for g in gathered for p in g], True
-
-
 def _warn(message: str) -> None:
     if torch.distributed.get_rank() == 0:
         print(f"mmed train: warning: {message}", file=sys.stderr, flush=True)
@@ -135,7 +108,7 @@ def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
     candidates = ([target] if target else []) + [d for d in iter_dirs(run_dir) if d != target]
     damaged = []
     for path in candidates:
-        problems, has_manifest = _verify_on_all_ranks(path)
+        problems, has_manifest = integrity.verify_on_all_ranks(path)
         if problems:
             damaged.append(f"{path.name}: {'; '.join(problems[:3])}")
             _warn(f"{path} is damaged ({'; '.join(problems[:3])}); trying an older checkpoint")
@@ -162,12 +135,8 @@ class TrainState:
     consumed_samples: int = 0
 
 
-def _model_key(i: int, n: int) -> str:
-    return "model" if n == 1 else f"model{i}"
-
-
 def _model_sharded(models: list) -> dict[str, Any]:
-    return {_model_key(i, len(models)): m.sharded_state_dict() for i, m in enumerate(models)}
+    return {model_key(i, len(models)): m.sharded_state_dict() for i, m in enumerate(models)}
 
 
 def _rng_object(is_loading: bool):
@@ -199,16 +168,6 @@ def _layout() -> dict[str, int]:
     }
 
 
-def _agree(error: BaseException | None) -> None:
-    """Raise on every rank when any rank failed (a rank-0-only write must not leave the others waiting)."""
-    flag = torch.tensor([int(error is not None)], dtype=torch.int32)
-    if torch.cuda.is_available():
-        flag = flag.cuda()
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    if flag.item():
-        raise error or OSError(errno.EIO, "the checkpoint write failed on rank 0")
-
-
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -220,7 +179,7 @@ def save_checkpoint(
     model: SavedModel | None = None,
 ) -> Path:
     """Write ``RUN/iter_<step>`` on all ranks, then (rank 0) the config, ``model_config.yaml`` (the
-    architecture, see :mod:`megatron_mmed.models.saved`), the manifest and the ``latest`` pointer.
+    architecture, see :mod:`megatron_mmed.models.weights`), the manifest and the ``latest`` pointer.
 
     A storage failure (a full disk) is a ``UserError`` on every rank; the partial ``iter_<step>.tmp`` is
     removed and ``latest`` keeps naming the previous checkpoint.
@@ -255,7 +214,7 @@ def _save(run_dir: Path, step: int, models: list, optimizer, scheduler, state, c
             tmp.mkdir(parents=True)
         except OSError as e:
             error = e
-    _agree(error)
+    agree(error)
     model_sd = _model_sharded(models)
     sharding = _optim_sharding()
     sharded = {
@@ -280,8 +239,8 @@ def _save(run_dir: Path, step: int, models: list, optimizer, scheduler, state, c
                 write_model_config(tmp, model)
         except OSError as e:
             error = e
-    _agree(error)
-    _write_manifest_on_all_ranks(tmp)
+    agree(error)
+    integrity.write_manifest_on_all_ranks(tmp)
     if rank == 0:
         try:
             if final.exists():
@@ -292,7 +251,7 @@ def _save(run_dir: Path, step: int, models: list, optimizer, scheduler, state, c
             _point_latest_at(run_dir, final)
         except OSError as e:  # the checkpoint is whole; at worst latest still names the previous one
             error = e
-    _agree(error)
+    agree(error)
     return final
 
 
@@ -305,24 +264,6 @@ def _point_latest_at(run_dir: Path, checkpoint: Path) -> None:
         os.fsync(fh.fileno())
     os.replace(pointer_tmp, run_dir / LATEST)
     _fsync_dir(run_dir)
-
-
-def _write_manifest_on_all_ranks(folder: Path) -> None:
-    """Every rank checksums its share of ``folder``'s files; rank 0 writes ``manifest.json``."""
-    dist = torch.distributed
-    rank, world = dist.get_rank(), dist.get_world_size()
-    names: list[Any] = [integrity.checkpoint_files(folder) if rank == 0 else None]
-    dist.broadcast_object_list(names, src=0)
-    mine = integrity.file_digests(folder, names[0][rank::world])
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, mine)
-    error = None
-    if rank == 0:
-        try:
-            integrity.write_manifest(folder, {k: v for part in gathered for k, v in part.items()})
-        except OSError as e:
-            error = e
-    _agree(error)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -355,7 +296,7 @@ def load_checkpoint(path: str | Path, models: list, optimizer, scheduler) -> Tra
     configured = [{k: g[k] for k in _CONFIGURED_GROUP_KEYS if k in g} for g in optimizer.param_groups]
     with torch.no_grad():  # the optimizer copies into views of leaf parameters
         for i, m in enumerate(models):
-            m.load_state_dict(loaded[_model_key(i, len(models))])
+            m.load_state_dict(loaded[model_key(i, len(models))])
         optimizer.load_state_dict(loaded["optimizer"])
     for group, values in zip(optimizer.param_groups, configured, strict=True):
         group.update(
@@ -427,51 +368,3 @@ def _untie_adam_steps(optimizer, step: int) -> None:
             for state in opt.optimizer.state.values():
                 if "step" in state:
                     state["step"] = torch.tensor(float(step), dtype=state["step"].dtype)
-
-
-def resolve_init_dir(path: str | Path) -> Path:
-    """The torch_dist directory behind ``checkpoint.init_from`` (a weights dir, a run dir or an iter dir)."""
-    p = Path(path)
-    if not p.is_dir():
-        raise UserError(f"checkpoint.init_from: {p} is not a directory")
-    if (p / LATEST).is_file():
-        p = latest_checkpoint(p)  # type: ignore[assignment]
-    if not (p / "metadata.json").is_file():
-        raise UserError(f"checkpoint.init_from: {p} is not a torch_dist checkpoint (no metadata.json)")
-    return p
-
-
-def load_weights(path: str | Path, models: list) -> None:
-    """Load only model weights (continued pretraining from converted HF weights); optimizer stays fresh.
-
-    The folder is verified against its manifest first (every rank its share) and its ``.metadata`` read
-    with the restricted unpickler; a damaged one is a ``UserError``.
-    """
-    from megatron.core import dist_checkpointing
-
-    folder = resolve_init_dir(path)
-    problems, has_manifest = _verify_on_all_ranks(folder)
-    if problems:
-        raise UserError(f"checkpoint.init_from {folder} is damaged: {'; '.join(problems[:5])}")
-    integrity.check_metadata_pickle(folder)
-    if not has_manifest:
-        _warn(f"checkpoint.init_from {folder} has no {integrity.MANIFEST}: loading it unverified")
-    model_sd = _model_sharded(models)
-    loaded = dist_checkpointing.load(model_sd, str(folder))
-    for i, m in enumerate(models):
-        m.load_state_dict(loaded[_model_key(i, len(models))])
-
-
-def save_weights(path: str | Path, models: list) -> Path:
-    """Write the weights-only ``init_from`` format (used by tests; the converter writes the same)."""
-    from megatron.core import dist_checkpointing
-
-    path = Path(path)
-    if torch.distributed.get_rank() == 0:
-        path.mkdir(parents=True, exist_ok=True)
-    torch.distributed.barrier()
-    with writer_processes_safe():
-        dist_checkpointing.save(_model_sharded(models), str(path))
-    torch.distributed.barrier()
-    _write_manifest_on_all_ranks(path)
-    return path

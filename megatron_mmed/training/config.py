@@ -1,6 +1,6 @@
 """The typed ``mmed train`` config: one frozen dataclass per section, checked by ``validate()``.
 
-Cross-section checks that need the world size (TP x PP x CP x DP) live in :func:`resolve_layout`, so a
+Cross-section checks that need the world size (TP x PP x CP x DP) live in :func:`resolve_parallelism`, so a
 config can be validated on a laptop and laid out for any cluster in a dry run.
 """
 
@@ -82,7 +82,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ParallelConfig:
-    """Model/data parallel layout; DP is derived as world_size / (TP x PP x CP)."""
+    """Model/data parallelism; DP is derived as world_size / (TP x PP x CP)."""
 
     tp: int = 1
     pp: int = 1
@@ -325,8 +325,8 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class Layout:
-    """The parallel layout of a run: TP x PP x CP x DP = world size, and micro-batches per step."""
+class Parallelism:
+    """How a run is spread over its ranks: TP x PP x CP x DP = world size, and micro-batches per step."""
 
     world_size: int
     tp: int
@@ -358,7 +358,7 @@ def world_size_from_env(cfg: TrainConfig, override: int | None = None) -> int:
     return p.tp * p.pp * p.cp
 
 
-def resolve_layout(cfg: TrainConfig, world_size: int, vocab_size: int | None = None) -> Layout:
+def resolve_parallelism(cfg: TrainConfig, world_size: int, vocab_size: int | None = None) -> Parallelism:
     """Check that the config fits ``world_size`` ranks and derive DP and the micro-batch count."""
     p = cfg.parallel
     model_parallel = p.tp * p.pp * p.cp
@@ -378,7 +378,7 @@ def resolve_layout(cfg: TrainConfig, world_size: int, vocab_size: int | None = N
             "the interleaved schedule needs the micro-batch count to be a multiple of parallel.pp"
         )
     vocab = vocab_size or cfg.architecture().vocab_size
-    return Layout(
+    return Parallelism(
         world_size=world_size,
         tp=p.tp,
         pp=p.pp,

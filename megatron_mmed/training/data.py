@@ -1,27 +1,19 @@
-"""Tokenized data for training: read ``blend.json`` and build megatron-core GPT datasets from it.
+"""Tokenized data for training: the datasets of a ``blend.json`` as megatron-core GPT datasets.
 
-``blend.json`` (written by ``mmed tokenize``) is a JSON object with a list under ``"datasets"`` (or
-``"prefixes"``); each entry has ``prefix`` (absolute, or relative to the blend.json folder; without
-``.bin``/``.idx``; when missing there, ``name`` is looked up beside blend.json), ``weight`` and ``lang``
-(when absent, derived from a ``<lang>_text_document`` prefix). Optional ``vocab_size`` and ``eod``/``eod_id``,
-at the top level or under ``tokenizer``, describe the tokenizer.
-
-Training draws from the weighted blend; validation keeps one dataset per prefix, so every language gets
+``blend.json`` is read by :class:`megatron_mmed.common.blend_file.BlendFile` (its one reader: a file of another
+shape is a one-line error naming the field); here each dataset's files are checked before megatron-core maps
+them. Training draws from the weighted blend; validation keeps one dataset per prefix, so every language gets
 its own validation loss.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from megatron_mmed.common.blend_file import BlendFile
 from megatron_mmed.common.errors import UserError
-
-_LANG_FROM_PREFIX = re.compile(r"^(?P<lang>[A-Za-z]{2,3})_text_document$")
 
 
 @dataclass(frozen=True)
@@ -36,17 +28,12 @@ class BlendEntry:
         return iter((self.lang, self.prefix, self.weight))
 
 
-def _read_blend_json(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"data.blend: {p} not found (the blend.json written by `mmed tokenize`)")
+def read_blend_file(path: str | Path) -> BlendFile:
+    """``data.blend`` read by :class:`BlendFile`, its errors prefixed with the config key."""
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"data.blend: {p} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"data.blend: {p} must hold a JSON object")
-    return data
+        return BlendFile.read(path)
+    except UserError as e:
+        raise UserError(f"data.blend: {e}") from None
 
 
 #: megatron-core's ``.idx`` header: magic, version (u64 = 1), dtype code (u8), sequence and document counts.
@@ -101,75 +88,37 @@ def check_indexed_dataset(prefix: str | Path) -> None:
 
 
 def load_blend(path: str | Path) -> list[BlendEntry]:
-    """The blend as ``[(lang, absolute prefix, weight), ...]``; ``UserError`` on a missing or bad file."""
-    p = Path(path)
-    data = _read_blend_json(p)
-    entries = data.get("datasets", data.get("prefixes"))
-    if not isinstance(entries, list) or not entries:
-        raise UserError(f"data.blend: {p} has no non-empty 'datasets' (or 'prefixes') list")
+    """The blend as ``[(lang, absolute prefix, weight), ...]``, every dataset's files checked; ``UserError``
+    on a missing or malformed file."""
+    blend = read_blend_file(path)
     out = []
-    for i, e in enumerate(entries):
-        if not isinstance(e, dict) or not isinstance(e.get("prefix"), str):
-            raise UserError(f"data.blend: {p}: entry {i} has no 'prefix' string")
-        prefix = Path(re.sub(r"\.(bin|idx)$", "", e["prefix"]))
-        if not prefix.is_absolute():
-            prefix = p.parent / prefix
-        if not prefix.with_name(
-            prefix.name + ".idx"
-        ).is_file():  # the folder was moved: look beside blend.json
-            prefix = p.parent / str(e.get("name") or prefix.name)
-        prefix = prefix.resolve()
+    for i, d in enumerate(blend.datasets):
+        try:
+            prefix = Path(blend.prefix_on_disk(d)).resolve()
+        except UserError as e:
+            raise UserError(f"data.blend: {e}") from None
         for ext in (".bin", ".idx"):
             if not prefix.with_name(prefix.name + ext).is_file():
-                raise UserError(f"data.blend: {p}: entry {i}: {prefix}{ext} not found")
+                raise UserError(f"data.blend: {path}: datasets[{i}]: {prefix}{ext} not found")
         check_indexed_dataset(prefix)
-        lang = e.get("lang")
-        if not lang:
-            m = _LANG_FROM_PREFIX.match(prefix.name)
-            lang = m.group("lang") if m else prefix.name
-        try:
-            weight = float(e.get("weight", 1.0))
-        except (TypeError, ValueError):
-            raise UserError(
-                f"data.blend: {p}: entry {i}: weight {e.get('weight')!r} is not a number"
-            ) from None
-        if weight < 0:
-            raise UserError(f"data.blend: {p}: entry {i}: negative weight {weight}")
-        out.append(BlendEntry(lang=str(lang), prefix=str(prefix), weight=weight))
-    if sum(e.weight for e in out) <= 0:
-        raise UserError(f"data.blend: {p}: weights sum to zero")
-    langs = [e.lang for e in out]
-    if len(set(langs)) != len(langs):
-        raise UserError(f"data.blend: {p}: duplicate languages {langs}")
+        out.append(BlendEntry(lang=d.lang, prefix=str(prefix), weight=d.weight))
     return out
 
 
 def blend_eod(path: str | Path) -> int:
-    """The end-of-document id declared in ``blend.json`` (``eod``/``eod_id``, top level or under
-    ``tokenizer``); 0 when undeclared (training neither masks nor resets at EOD, so it is informational)."""
-    data = _read_blend_json(path)
-    for node in (data, data.get("tokenizer") if isinstance(data.get("tokenizer"), dict) else {}):
-        for key in ("eod", "eod_id"):
-            if isinstance(node.get(key), int):
-                return node[key]
-    return 0
+    """The end-of-document id of ``blend.json``'s tokenizer (informational: training neither masks nor
+    resets at EOD)."""
+    return read_blend_file(path).tokenizer.eod_id
 
 
-def blend_vocab_size(path: str | Path) -> int | None:
-    """The tokenizer vocab size declared in ``blend.json`` (top level or under ``tokenizer``), if any."""
-    data = _read_blend_json(path)
-    for node in (data, data.get("tokenizer") if isinstance(data.get("tokenizer"), dict) else {}):
-        v = node.get("vocab_size")
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
+def blend_vocab_size(path: str | Path) -> int:
+    """The vocabulary size of ``blend.json``'s tokenizer."""
+    return read_blend_file(path).tokenizer.vocab_size
 
 
 def blend_tokenizer_path(path: str | Path) -> str | None:
-    """The tokenizer ``blend.json`` names (``tokenizer.path``), if any: carried to the exported model."""
-    tok = _read_blend_json(path).get("tokenizer")
-    p = tok.get("path") if isinstance(tok, dict) else None
-    return p if isinstance(p, str) else None
+    """The tokenizer ``blend.json`` names, if any: carried to the exported model."""
+    return read_blend_file(path).tokenizer.path
 
 
 def max_token_id(prefix: str, limit: int | None = 1 << 24) -> int:
@@ -191,8 +140,8 @@ def max_token_id(prefix: str, limit: int | None = 1 << 24) -> int:
 def resolve_vocab(
     configured: int | None, blend_path: str | Path, blend: list[BlendEntry], preset: int
 ) -> int:
-    """The model vocab: ``model.vocab_size``, else blend.json's declared one, else the preset's; checked
-    against the declared size and the token ids at the start of every prefix."""
+    """The model vocab: ``model.vocab_size``, else that of blend.json's tokenizer (the preset's when it has
+    none); checked against the tokenizer's size and the token ids at the start of every prefix."""
     declared = blend_vocab_size(blend_path)
     vocab = configured or declared or preset
     if declared and declared > vocab:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from megatron_mmed.training.config import Layout, TrainConfig, resolve_layout
+from megatron_mmed.common.distributed import free_port
+from megatron_mmed.training.config import Parallelism, TrainConfig, resolve_parallelism
 
 
 @dataclass(frozen=True)
@@ -24,17 +24,11 @@ class DistEnv:
     rank: int
     world_size: int
     local_rank: int
-    layout: Layout
+    parallelism: Parallelism
 
     @property
     def is_last_rank(self) -> bool:
         return self.rank == self.world_size - 1
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def init_distributed(cfg: TrainConfig, vocab_size: int) -> DistEnv:
@@ -45,14 +39,14 @@ def init_distributed(cfg: TrainConfig, vocab_size: int) -> DistEnv:
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    layout = resolve_layout(cfg, world_size, vocab_size)
+    parallelism = resolve_parallelism(cfg, world_size, vocab_size)
     if not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         if world_size == 1 and "MASTER_PORT" not in os.environ:
             # a lone process: private rendezvous on a free port, leaving the environment untouched
-            init = f"tcp://127.0.0.1:{_free_port()}"
+            init = f"tcp://127.0.0.1:{free_port()}"
         else:  # torchrun / slurm / plain RANK+WORLD_SIZE env: the launcher's rendezvous
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", "29500")
@@ -71,7 +65,7 @@ def init_distributed(cfg: TrainConfig, vocab_size: int) -> DistEnv:
     np.random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     model_parallel_cuda_manual_seed(cfg.train.seed, force_reset_rng=True)
-    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, layout=layout)
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, parallelism=parallelism)
 
 
 def destroy_distributed() -> None:

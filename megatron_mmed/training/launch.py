@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from megatron_mmed.common.config import ConfigError, apply_overrides, load_config, to_dict
-from megatron_mmed.training.config import LaunchConfig, TrainConfig, resolve_layout
+from megatron_mmed.training.config import LaunchConfig, TrainConfig, resolve_parallelism
 
 #: config key -> the environment variables that set it, first one set wins (the launch knobs). Inside a slurm
 #: job the allocation's SLURM_NNODES stands in for NODES. An empty value sets a nullable key to null (FP8= is
@@ -122,7 +122,7 @@ def resolve(
 
 
 def _check_launchable(cfg: TrainConfig) -> None:
-    """What only a launch can get wrong: FP8 on CPU, and a job size the parallel layout does not divide."""
+    """What only a launch can get wrong: FP8 on CPU, and a job size the parallelism does not divide."""
     launch = cfg.launch or LaunchConfig()
     if launch.device == "cpu" and cfg.precision.fp8 is not None:
         raise ConfigError(
@@ -130,7 +130,7 @@ def _check_launchable(cfg: TrainConfig) -> None:
             "Transformer Engine): set FP8= (empty) or precision.fp8=null"
         )
     try:
-        resolve_layout(cfg, launch.nodes * launch.tasks_per_node)
+        resolve_parallelism(cfg, launch.nodes * launch.tasks_per_node)
     except ConfigError as e:
         raise ConfigError(
             f"{launch.nodes} node(s) x {launch.tasks_per_node} task(s) (launch.*): {e}"

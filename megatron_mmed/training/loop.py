@@ -132,7 +132,7 @@ class _Stepper:
 
 def train(cfg: TrainConfig) -> RunResult:
     """Run (or resume) training as configured; every rank of the job calls this."""
-    from megatron_mmed.training.cpu_shim import cpu_shim
+    from megatron_mmed.common.cpu_shim import cpu_shim
     from megatron_mmed.training.dist import destroy_distributed, init_distributed
     from megatron_mmed.training.setup import preflight
 
@@ -161,6 +161,7 @@ def train(cfg: TrainConfig) -> RunResult:
 
 def _train(cfg: TrainConfig, env, blend, arch, on_cpu: bool) -> RunResult:
     from megatron_mmed.common.config import save_config, to_dict
+    from megatron_mmed.models.weights import load_weights
     from megatron_mmed.training import checkpoint as ckpt
     from megatron_mmed.training.architecture import run_model
     from megatron_mmed.training.data import blend_eod, blend_tokenizer_path, build_datasets
@@ -168,7 +169,7 @@ def _train(cfg: TrainConfig, env, blend, arch, on_cpu: bool) -> RunResult:
     from megatron_mmed.training.metrics import MetricsLogger, truncate_metrics
     from megatron_mmed.training.setup import build_model_and_optimizer
 
-    layout = env.layout
+    layout = env.parallelism
     vocab = arch.vocab_size
     run_dir = Path(cfg.checkpoint.dir)
     # before anything is written: the newest intact checkpoint (verified against its manifest), and the
@@ -192,7 +193,7 @@ def _train(cfg: TrainConfig, env, blend, arch, on_cpu: bool) -> RunResult:
         if changed and env.rank == 0:
             print(f"mmed train: resuming with changed settings (applied): {'; '.join(changed)}", flush=True)
     elif cfg.checkpoint.init_from:
-        ckpt.load_weights(cfg.checkpoint.init_from, gpt_models)
+        load_weights(cfg.checkpoint.init_from, gpt_models)
         for m in ddp_models:  # the optimizer's fp32 main params must follow the loaded weights
             m.broadcast_params()
         optimizer.reload_model_params()

@@ -1,4 +1,4 @@
-"""The dry-run plan: resolved config, parallel layout, parameter count and FLOPs, with no torch import."""
+"""The dry-run plan: resolved config, parallelism, parameter count and FLOPs, with no torch import."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import yaml
 
 from megatron_mmed.common.config import to_dict
 from megatron_mmed.models.internlm2 import ModelPreset
-from megatron_mmed.training.config import Layout, TrainConfig, resolve_layout
+from megatron_mmed.training.config import Parallelism, TrainConfig, resolve_parallelism
 from megatron_mmed.training.flops import FlopsBreakdown, flops_per_token, parameter_count
 
 
@@ -17,7 +17,7 @@ from megatron_mmed.training.flops import FlopsBreakdown, flops_per_token, parame
 class Plan:
     """What a run will do, computed from the config alone."""
 
-    layout: Layout
+    parallelism: Parallelism
     arch: ModelPreset  # the preset with this run's depth/vocab
     parameters: int
     flops: FlopsBreakdown
@@ -33,8 +33,8 @@ class Plan:
             f"model: {arch.name} ({arch.source})",
             f"  layers={arch.num_layers} hidden={arch.hidden_size} heads={arch.num_attention_heads} "
             f"kv_heads={arch.num_query_groups} ffn={arch.ffn_hidden_size} vocab={arch.vocab_size} "
-            f"(padded {self.layout.padded_vocab_size})",
-            f"layout: {self.layout.describe()}",
+            f"(padded {self.parallelism.padded_vocab_size})",
+            f"layout: {self.parallelism.describe()}",
             f"parameters: {self.parameters:,} ({_human(self.parameters)})",
             f"flops/token (training, seq {cfg.model.seq_length}): {f.training:,} "
             f"= 3 x (qkv {f.qkv:,} + attention {f.attention:,} + out_proj {f.out_proj:,} "
@@ -46,15 +46,15 @@ class Plan:
 
 def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int | None = None) -> Plan:
     """Lay ``cfg`` out on ``world_size`` ranks (``ConfigError`` if it does not fit) and count its cost."""
-    layout = resolve_layout(cfg, world_size, vocab_size)
+    parallelism = resolve_parallelism(cfg, world_size, vocab_size)
     arch = cfg.architecture()
     if vocab_size is not None:
         arch = dataclasses.replace(arch, vocab_size=vocab_size)
     return Plan(
-        layout=layout,
+        parallelism=parallelism,
         arch=arch,
-        parameters=parameter_count(arch, layout.padded_vocab_size),
-        flops=flops_per_token(arch, cfg.model.seq_length, layout.padded_vocab_size),
+        parameters=parameter_count(arch, parallelism.padded_vocab_size),
+        flops=flops_per_token(arch, cfg.model.seq_length, parallelism.padded_vocab_size),
         tokens_per_step=cfg.train.global_batch_size * cfg.model.seq_length,
     )
 

@@ -1,6 +1,6 @@
 """Throughput of ``mmed tokenize`` against the raw tokenizer's own batched encode, per worker (docs/s, MB/s).
 
-    .venv/bin/python -m benchmarks.tokenize [--tokenizer FILE] [--repeat 8] [--workers 1,2] [--megatron-lm DIR]
+    .venv/bin/python -m benchmarks.bench_tokenize [--tokenizer FILE] [--repeat 8] [--workers 1,2] [--megatron-lm DIR]
 
 Without ``--tokenizer`` it trains a SentencePiece model on ``../shared/data/corpus`` (``--vocab``, ``--model-type``)
 and a byte-level BPE ``tokenizer.json``, and measures both. The same texts (the corpus repeated ``--repeat``
@@ -15,23 +15,18 @@ tokens must equal ours byte for byte. Goal: (2) >= 90% of (1) per worker.
 
 from __future__ import annotations
 
+import argparse
+import io
+import json
 import os
+import re
+import shutil
 import sys
+import tempfile
+import time
+from pathlib import Path
 
-# Run as a script, this folder comes first on sys.path and this file would shadow the stdlib ``tokenize``
-# module (used by linecache, inspect, torch...): drop the folder before importing anything else.
-_HERE = os.path.dirname(os.path.realpath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # single-threaded raw baseline, as in each worker
-
-import argparse  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,13 +1,16 @@
 """Tokenizer-free training data: UTF-8 bytes of corpus text as token ids, written like ``mmed tokenize``.
 
 Token ids are bytes 0..255 plus EOD = 256 (vocab 257). Used by the training tests and smoke runs where no
-tokenizer model is at hand; the files are megatron-core ``IndexedDataset``s plus a ``blend.json``.
+tokenizer model is at hand; the files are megatron-core ``IndexedDataset``s plus a ``blend.json`` (equal
+weights, so ``temperature`` is null).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from megatron_mmed.common.blend_file import BlendDataset, BlendFile, BlendTokenizer
 
 BYTE_VOCAB_SIZE = 257
 BYTE_EOD = 256
@@ -21,13 +24,13 @@ def write_byte_level_blend(
     import torch
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     datasets = []
     for lang in langs:
         prefix = out / f"{lang}_text_document"
         builder = IndexedDatasetBuilder(str(prefix) + ".bin", dtype=np.uint16)
-        n_tokens = 0
+        n_tokens = n_docs = 0
         with open(Path(corpus_dir) / f"{lang}.jsonl", encoding="utf-8") as f:
             for i, line in enumerate(f):
                 if i >= max_docs:
@@ -35,10 +38,16 @@ def write_byte_level_blend(
                 ids = list(json.loads(line)["text"].encode("utf-8")) + [BYTE_EOD]
                 builder.add_document(torch.tensor(ids, dtype=torch.int64), [len(ids)])
                 n_tokens += len(ids)
+                n_docs += 1
         builder.finalize(str(prefix) + ".idx")
-        datasets.append({"lang": lang, "prefix": prefix.name, "tokens": n_tokens, "weight": 1.0 / len(langs)})
-    blend = out / "blend.json"
-    blend.write_text(
-        json.dumps({"vocab_size": BYTE_VOCAB_SIZE, "eod": BYTE_EOD, "datasets": datasets}, indent=1)
+        datasets.append(
+            BlendDataset(lang, str(prefix), prefix.name, n_tokens, n_docs, 1.0, weight=1.0 / len(langs))
+        )
+    blend = BlendFile(
+        root=str(out),
+        temperature=None,
+        multipliers={lang: 1.0 for lang in langs},
+        tokenizer=BlendTokenizer("bytes", None, BYTE_EOD, None, BYTE_VOCAB_SIZE, "uint16"),
+        datasets=tuple(datasets),
     )
-    return blend
+    return blend.write(out)

@@ -5,7 +5,7 @@ lists every file with its size and an xxh3-128 checksum. Loading checks it, so a
 or a few flipped bytes in a ``.distcp`` (which torch_dist loads without complaint), are found before any
 weight is read. Hashing is parallel: each file is cut into 64 MiB blocks hashed on a thread pool (xxhash
 and ``readinto`` release the GIL); a file's checksum is the xxh3-128 of its blocks' checksums. In a job,
-every rank hashes its share of the files (see ``training/checkpoint.py``).
+every rank hashes its share of the files (:func:`verify_on_all_ranks`, :func:`write_manifest_on_all_ranks`).
 
 torch_dist's ``.metadata`` is a pickle that torch and megatron-core load with ``pickle.load``: a foreign
 checkpoint can run code. :func:`check_metadata_pickle` unpickles it first with only torch's
@@ -141,6 +141,58 @@ def verify(folder: Path) -> tuple[list[str], bool]:
         return [], False
     problems = size_problems(folder, manifest)
     return problems + checksum_problems(folder, manifest, sorted(manifest)), True
+
+
+def verify_on_all_ranks(path: Path) -> tuple[list[str], bool]:
+    """``(problems, has_manifest)`` of ``path``, each rank checksumming its share; the same on every rank.
+
+    Collective: every rank of the default process group calls it.
+    """
+    import torch
+
+    dist = torch.distributed
+    rank, world = dist.get_rank(), dist.get_world_size()
+    box: list[Any] = [None]
+    if rank == 0:
+        try:
+            box = [("ok", read_manifest(path) if (path / "metadata.json").is_file() else "missing")]
+        except UserError as e:
+            box = [("error", str(e))]
+    dist.broadcast_object_list(box, src=0)
+    kind, manifest = box[0]
+    if kind == "error":
+        return [manifest], True
+    if manifest == "missing":
+        return [f"{path} is not a torch_dist checkpoint (no metadata.json)"], False
+    if manifest is None:
+        return [], False
+    problems = size_problems(path, manifest) if rank == 0 else []
+    problems += checksum_problems(path, manifest, sorted(manifest)[rank::world])
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, problems)
+    return [p for g in gathered for p in g], True
+
+
+def write_manifest_on_all_ranks(folder: Path) -> None:
+    """Every rank checksums its share of ``folder``'s files; rank 0 writes ``manifest.json``. Collective."""
+    import torch
+
+    from megatron_mmed.common.distributed import agree
+
+    dist = torch.distributed
+    rank, world = dist.get_rank(), dist.get_world_size()
+    names: list[Any] = [checkpoint_files(folder) if rank == 0 else None]
+    dist.broadcast_object_list(names, src=0)
+    mine = file_digests(folder, names[0][rank::world])
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, mine)
+    error = None
+    if rank == 0:
+        try:
+            write_manifest(folder, {k: v for part in gathered for k, v in part.items()})
+        except OSError as e:
+            error = e
+    agree(error)
 
 
 # --- .metadata ----------------------------------------------------------------------------------------------

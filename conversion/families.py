@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from conversion.arch import Arch
+from megatron_mmed.common.errors import UserError
+from megatron_mmed.models.internlm2 import ModelPreset
 
 Tensor = torch.Tensor
 
@@ -24,7 +25,7 @@ Tensor = torch.Tensor
 # --- fused tensors -------------------------------------------------------------------------------------------
 
 
-def qkv_from_separate(q: Tensor, k: Tensor, v: Tensor, arch: Arch) -> Tensor:
+def qkv_from_separate(q: Tensor, k: Tensor, v: Tensor, arch: ModelPreset) -> Tensor:
     """Llama ``q_proj, k_proj, v_proj`` -> megatron-core ``linear_qkv``, interleaved per query group.
 
     ``q`` is ``[heads * d, hidden]``, ``k``/``v`` are ``[kv_heads * d, hidden]``. megatron-core's rows are::
@@ -35,14 +36,14 @@ def qkv_from_separate(q: Tensor, k: Tensor, v: Tensor, arch: Arch) -> Tensor:
 
     i.e. ``[kv_heads, p + 2, d, hidden]`` flattened; a plain ``cat([q, k, v])`` is wrong for GQA.
     """
-    g, p, d, h = arch.num_kv_heads, arch.q_per_kv, arch.head_dim, q.shape[-1]
+    g, p, d, h = arch.num_query_groups, arch.q_per_kv, arch.head_dim, q.shape[-1]
     packed = torch.cat([q.reshape(g, p * d, h), k.reshape(g, d, h), v.reshape(g, d, h)], dim=1)
     return packed.reshape(g * (p + 2) * d, h)
 
 
-def qkv_to_separate(qkv: Tensor, arch: Arch) -> tuple[Tensor, Tensor, Tensor]:
+def qkv_to_separate(qkv: Tensor, arch: ModelPreset) -> tuple[Tensor, Tensor, Tensor]:
     """megatron-core ``linear_qkv`` ``[kv_heads, p + 2, d, hidden]`` -> Llama ``(q_proj, k_proj, v_proj)``."""
-    g, p, d = arch.num_kv_heads, arch.q_per_kv, arch.head_dim
+    g, p, d = arch.num_query_groups, arch.q_per_kv, arch.head_dim
     grouped = qkv.reshape(g, (p + 2) * d, qkv.shape[-1])
     q, k, v = torch.split(grouped, [p * d, d, d], dim=1)
     h = qkv.shape[-1]
@@ -53,22 +54,24 @@ def qkv_to_separate(qkv: Tensor, arch: Arch) -> tuple[Tensor, Tensor, Tensor]:
     )
 
 
-def qkv_from_wqkv(wqkv: Tensor, arch: Arch) -> Tensor:
+def qkv_from_wqkv(wqkv: Tensor, arch: ModelPreset) -> Tensor:
     """InternLM2 ``attention.wqkv`` -> megatron-core ``linear_qkv``: the same layout, checked and copied.
 
     InternLM2 packs ``[kv_heads, p + 2, d, hidden]`` (per KV group: its p query heads, one key, one value),
     which is exactly megatron-core's per-query-group interleaving (``get_query_key_value_tensors``).
     """
-    arch.check_shape("attention.wqkv", wqkv, (arch.qkv_rows, arch.hidden_size))
+    expected = (arch.qkv_rows, arch.hidden_size)
+    if tuple(wqkv.shape) != expected:
+        raise UserError(f"attention.wqkv: shape {tuple(wqkv.shape)} does not match the config ({expected})")
     return wqkv
 
 
-def qkv_to_wqkv(qkv: Tensor, arch: Arch) -> tuple[Tensor]:
+def qkv_to_wqkv(qkv: Tensor, arch: ModelPreset) -> tuple[Tensor]:
     """megatron-core ``linear_qkv`` -> InternLM2 ``attention.wqkv`` (identical ``[kv_heads, p + 2, d, hidden]``)."""
     return (qkv,)
 
 
-def fc1_from_gate_up(gate: Tensor, up: Tensor, arch: Arch) -> Tensor:
+def fc1_from_gate_up(gate: Tensor, up: Tensor, arch: ModelPreset) -> Tensor:
     """``gate`` (Llama ``gate_proj`` / InternLM2 ``w1``) and ``up`` (``up_proj`` / ``w3``) -> ``linear_fc1``.
 
     megatron-core's SwiGLU computes ``silu(x @ W[:ffn].T) * (x @ W[ffn:].T)``, so ``W = [gate; up]``::
@@ -79,7 +82,7 @@ def fc1_from_gate_up(gate: Tensor, up: Tensor, arch: Arch) -> Tensor:
     return torch.cat([gate, up], dim=0)
 
 
-def fc1_to_gate_up(fc1: Tensor, arch: Arch) -> tuple[Tensor, Tensor]:
+def fc1_to_gate_up(fc1: Tensor, arch: ModelPreset) -> tuple[Tensor, Tensor]:
     """``linear_fc1`` ``[gate; up]`` -> ``(gate, up)``."""
     gate, up = torch.split(fc1, [arch.ffn_hidden_size, arch.ffn_hidden_size], dim=0)
     return gate.contiguous(), up.contiguous()
@@ -104,7 +107,7 @@ class Rule:
 
 @dataclass(frozen=True)
 class Family:
-    """A HF layout: its rules plus the ``config.json`` identity it writes."""
+    """A HF model family (`--layout`): its rules plus the ``config.json`` identity it writes."""
 
     name: str
     rules: tuple[Rule, ...]
@@ -206,7 +209,7 @@ def checkpoint_key(mcore_name: str) -> tuple[str, int | None]:
     return "decoder.layers." + LOCAL_TO_CHECKPOINT.get(sub, sub), int(layer)
 
 
-def hf_shapes(family: Family, arch: Arch) -> dict[str, tuple[int, ...]]:
+def hf_shapes(family: Family, arch: ModelPreset) -> dict[str, tuple[int, ...]]:
     """The shape every HF tensor of ``family`` must have for ``arch`` (the config/weight consistency check)."""
     h, d, ffn = arch.hidden_size, arch.head_dim, arch.ffn_hidden_size
     by_suffix = {
@@ -214,12 +217,12 @@ def hf_shapes(family: Family, arch: Arch) -> dict[str, tuple[int, ...]]:
         "tok_embeddings.weight": (arch.vocab_size, h),
         "lm_head.weight": (arch.vocab_size, h),
         "output.weight": (arch.vocab_size, h),
-        "q_proj.weight": (arch.num_heads * d, h),
-        "k_proj.weight": (arch.num_kv_heads * d, h),
-        "v_proj.weight": (arch.num_kv_heads * d, h),
+        "q_proj.weight": (arch.num_attention_heads * d, h),
+        "k_proj.weight": (arch.num_query_groups * d, h),
+        "v_proj.weight": (arch.num_query_groups * d, h),
         "wqkv.weight": (arch.qkv_rows, h),
-        "o_proj.weight": (h, arch.num_heads * d),
-        "wo.weight": (h, arch.num_heads * d),
+        "o_proj.weight": (h, arch.num_attention_heads * d),
+        "wo.weight": (h, arch.num_attention_heads * d),
         "gate_proj.weight": (ffn, h),
         "up_proj.weight": (ffn, h),
         "w1.weight": (ffn, h),
@@ -252,7 +255,7 @@ def _rules_in_layer_order(family: Family, num_layers: int) -> Iterator[tuple[Rul
 
 
 def hf_to_mcore_tensors(
-    family: Family, arch: Arch, get: Callable[[str], Tensor]
+    family: Family, arch: ModelPreset, get: Callable[[str], Tensor]
 ) -> Iterator[tuple[str, Tensor]]:
     """(megatron-core name, tensor) pairs built from HF tensors fetched one rule at a time by ``get``."""
     for rule, i in _rules_in_layer_order(family, arch.num_layers):
@@ -261,7 +264,7 @@ def hf_to_mcore_tensors(
 
 
 def mcore_to_hf_tensors(
-    family: Family, arch: Arch, get: Callable[[str], Tensor]
+    family: Family, arch: ModelPreset, get: Callable[[str], Tensor]
 ) -> Iterator[tuple[str, Tensor]]:
     """(HF name, tensor) pairs of ``family`` built from megatron-core tensors fetched one at a time by ``get``."""
     for rule, i in _rules_in_layer_order(family, arch.num_layers):
@@ -271,12 +274,12 @@ def mcore_to_hf_tensors(
             yield n.format(i=i), p
 
 
-def hf_names_in_order(family: Family, arch: Arch) -> list[str]:
+def hf_names_in_order(family: Family, arch: ModelPreset) -> list[str]:
     """HF tensor names in the order :func:`mcore_to_hf_tensors` produces them (the shard plan's order)."""
     return [n.format(i=i) for rule, i in _rules_in_layer_order(family, arch.num_layers) for n in rule.hf]
 
 
-def mcore_getter(family: Family, arch: Arch, get: Callable[[str], Tensor]) -> Callable[[str], Tensor]:
+def mcore_getter(family: Family, arch: ModelPreset, get: Callable[[str], Tensor]) -> Callable[[str], Tensor]:
     """``mcore name -> tensor`` computed on demand from HF tensors (no dict of the whole model is built)."""
     index = {rule.mcore.format(i=i): (rule, i) for rule, i in _rules_in_layer_order(family, arch.num_layers)}
 
