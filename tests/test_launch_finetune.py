@@ -98,6 +98,12 @@ def test_wrapper_reuses_pretrain_sh_and_its_header_is_the_recipes_job():
         )
         assert header["time"] == launch["time_limit"] and launch["job_name"].startswith(header["job-name"])
     assert "requeue" in header and header["signal"] == "B:USR1@600"
+    from megatron_mmed.training.launch import FINETUNE_ENV_KNOBS
+
+    help_text = _run(["bash", "launch/pretrain.sh", "--help"]).stdout
+    for names in FINETUNE_ENV_KNOBS.values():  # --help names every knob of the fine-tuning stage too
+        assert names[0] in help_text, names[0]
+    assert "STAGE" in help_text
 
 
 @pytest.mark.parametrize(
