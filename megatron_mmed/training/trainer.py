@@ -211,11 +211,13 @@ def start_run(
     model_state: ckpt.ModelState | None = None,
     extra_files: Callable[[Path], None] | None = None,
     load_init: bool = True,
+    layout_note: str | None = None,
 ) -> tuple[ModelParts, Checkpointer, ckpt.TrainState]:
     """Everything before the first step, on every rank: find the checkpoint to resume (verified), check the
     model against it or ``init_from``, write ``RUN/config.yaml`` (``run_config``: the stage's whole config),
     build model and optimizer, then resume or load ``init_from`` (unless ``load_init`` is False: the
-    ``model_hook`` loaded it) and cut ``metrics.jsonl`` back to the resumed step."""
+    ``model_hook`` loaded it) and cut ``metrics.jsonl`` back to the resumed step. ``layout_note`` replaces the
+    layout's micro-batch count in the startup line (a stage whose count varies per step)."""
     from megatron_mmed.common.config import save_config
     from megatron_mmed.training.architecture import run_model
     from megatron_mmed.training.metrics import truncate_metrics
@@ -231,7 +233,10 @@ def start_run(
     if env.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(run_config, run_dir / "config.yaml")
-        print(f"{name}: {arch.name}, {layout.describe()}; run dir {run_dir}", flush=True)
+        shape = (
+            layout.describe() if layout_note is None else f"{layout.describe().split(';')[0]}; {layout_note}"
+        )
+        print(f"{name}: {arch.name}, {shape}; run dir {run_dir}", flush=True)
     torch.distributed.barrier()
     gpt_models, ddp_models, optimizer, scheduler, _ = build_model_and_optimizer(
         cfg, arch, layout.padded_vocab_size, on_cpu, model_hook=model_hook, per_token_loss=per_token_loss
