@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -99,17 +100,67 @@ def test_end_to_end_finetune_convert_and_eval(repo_root, shared_data, sp, init, 
     assert 0 <= results["average"] <= 1
 
 
-def test_resume_equals_uninterrupted(repo_root, shared_data, sp, init, tmp_path):
-    common = ["train.steps=6", "checkpoint.save_interval=3", "data.languages=[en,zh]"]
+RESUME = ["train.steps=6", "checkpoint.save_interval=2", "data.languages=[en,zh]"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(repo_root, shared_data, sp, init, tmp_path_factory) -> dict[int, float]:
+    """The losses of a 6-step full fine-tuning run that nothing interrupts."""
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert main(_args(repo_root, shared_data / "qa", sp, init, run, *RESUME)) == 0
+    return _losses(run)
+
+
+@pytest.mark.slow
+def test_resume_equals_uninterrupted(repo_root, shared_data, sp, init, uninterrupted, tmp_path):
     qa = shared_data / "qa"
-    assert main(_args(repo_root, qa, sp, init, tmp_path / "full", *common)) == 0
-    assert main(_args(repo_root, qa, sp, init, tmp_path / "split", *common, "train.exit_at_step=3")) == 0
+    assert main(_args(repo_root, qa, sp, init, tmp_path / "split", *RESUME, "train.exit_at_step=3")) == 0
     assert (tmp_path / "split" / "latest").read_text().strip() == "iter_0000003"
-    assert main(_args(repo_root, qa, sp, init, tmp_path / "split", *common)) == 0
-    assert _losses(tmp_path / "split") == _losses(tmp_path / "full")  # bit for bit, same data order
+    assert main(_args(repo_root, qa, sp, init, tmp_path / "split", *RESUME)) == 0
+    assert _losses(tmp_path / "split") == uninterrupted  # bit for bit, same data order
 
 
+@pytest.mark.slow
+def test_kill_9_then_rerun_equals_uninterrupted(repo_root, shared_data, sp, init, uninterrupted, tmp_path):
+    """`kill -9` after the first checkpoint (possibly in the middle of the next one): the same command again
+    resumes from the newest intact checkpoint and ends with the uninterrupted run's losses."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    argv = [
+        sys.executable,
+        "-m",
+        "megatron_mmed.cli",
+        *_args(repo_root, shared_data / "qa", sp, init, run, *RESUME),
+    ]
+    for _ in range(3):
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not (run / "latest").exists():
+            time.sleep(0.01)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        latest = (run / "latest").read_text().strip() if (run / "latest").exists() else None
+        if proc.returncode == -signal.SIGKILL and latest not in (None, "iter_0000006"):
+            break
+        shutil.rmtree(run, ignore_errors=True)
+    else:
+        pytest.fail("could not kill the run between its first and last checkpoint")
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert _losses(run) == uninterrupted
+    assert [r["step"] for r in _records(run)] == list(range(1, 7))  # no step logged twice
+
+
+@pytest.mark.slow
 def test_lora_checkpoints_hold_adapters_and_resume_exactly(repo_root, shared_data, sp, init, tmp_path):
+    """LoRA runs: adapters-only checkpoints (+ their Adam state and the base's path) that resume bit for bit,
+    exported both ways: merged HF weights and a PEFT adapter that peft loads on the base, same logits."""
     from torch.distributed.checkpoint import FileSystemReader
 
     from megatron_mmed.finetune.adapters import read_adapter_meta
@@ -128,6 +179,27 @@ def test_lora_checkpoints_hold_adapters_and_resume_exactly(repo_root, shared_dat
     for where in (ckpt, tmp_path / "split"):  # the pointer to the frozen base, in the checkpoint and the run
         meta = read_adapter_meta(where)
         assert meta is not None and meta.base == str(init.resolve()) and meta.lora.rank == 8
+
+    from transformers import LlamaForCausalLM
+
+    from conversion.lora import peft_logits
+
+    run, merged, adapter = tmp_path / "split", tmp_path / "merged", tmp_path / "adapter"
+    to_hf = ["convert", "mcore-to-hf", "--ckpt", str(run), "--out", str(merged), "--layout", "llama"]
+    assert main([*to_hf, "--dtype", "fp32"]) == 0
+    base_hf = init.parent / "hf"
+    assert (
+        main(["convert", "lora-to-peft", "--ckpt", str(run), "--base", str(base_hf), "--out", str(adapter)])
+        == 0
+    )
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
+    ids = list(range(5, 45))
+    theirs = peft_logits(base_hf, adapter, ids)
+    with torch.no_grad():
+        folded = LlamaForCausalLM.from_pretrained(merged)(torch.tensor([ids])).logits[0]
+        base = LlamaForCausalLM.from_pretrained(base_hf)(torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(theirs, folded, atol=1e-4, rtol=0)
+    assert (folded - base).abs().max() > 1e-3  # the fine-tuned adapters changed the model
 
 
 def _one_line_error(capsys, argv) -> str:
