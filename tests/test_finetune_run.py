@@ -257,6 +257,7 @@ def test_dry_run_counts_the_steps_from_the_data(repo_root, shared_data, sp, init
     assert not Path("/nonexistent/run").exists()
 
 
+@pytest.mark.slow  # a 16-example step run twice by hand (about 45 s here)
 def test_step_gradient_is_the_mean_over_all_target_tokens(repo_root, shared_data, sp, init, tmp_path):
     """The first step's gradient norm equals that of the mean cross-entropy over every target token of the
     step (megatron-core's calculate_per_token_loss), not the mean of its micro-batches' means."""
