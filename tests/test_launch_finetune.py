@@ -19,10 +19,10 @@ KNOBS += ("WANDB_PROJECT", "CONFIG", "OVERRIDES", "SLURM_JOB_ID", "SLURM_NNODES"
 KNOBS += ("STAGE", "PEFT", "TOKENIZER")
 
 
-def _run(cmd, env=None):
+def _run(cmd, env=None, timeout=120):
     base = {k: v for k, v in os.environ.items() if k not in KNOBS}
     return subprocess.run(
-        cmd, cwd=REPO, env={**base, **(env or {})}, capture_output=True, text=True, timeout=120
+        cmd, cwd=REPO, env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -120,3 +120,100 @@ def test_launch_mistakes_are_one_line_errors(cmd, env, message):
     res = _run(["bash", *cmd, "--dry-run"], env=env)
     assert res.returncode == 2 and message in res.stderr, res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+# --- a real CPU run under a local slurm: the same requeue cycle as pretraining, for a LoRA fine-tuning job ---
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if os.geteuid() != 0:
+        pytest.skip("local slurm needs root (launch/local-slurm/start.sh starts munged/slurmctld/slurmd)")
+    from shutil import which
+
+    pid = Path(os.environ.get("MMED_SLURM_DIR", "/tmp/mmed-slurm")) / "slurmctld.pid"
+    was_up = bool(which("sinfo")) and pid.is_file() and _run(["sinfo", "-h"], timeout=20).returncode == 0
+    res = _run(["bash", "launch/local-slurm/start.sh"], timeout=600)
+    if res.returncode != 0:
+        pytest.skip(f"local slurm could not start here: {res.stderr.strip()[-300:]}")
+    yield
+    if not was_up:  # as tests/test_launch.py does: stop only what this module started
+        _run(["bash", "launch/local-slurm/stop.sh"], timeout=60)
+
+
+@pytest.fixture(scope="module")
+def ft_init(tmp_path_factory) -> Path:
+    """A tiny random Llama as `mmed convert hf-to-mcore` writes it (vocab 3072 > the SentencePiece model's)."""
+    from convert_helpers import save_llama, tiny_llama
+
+    from conversion import hf_to_mcore
+
+    d = tmp_path_factory.mktemp("ft_init")
+    hf_to_mcore(
+        save_llama(tiny_llama(vocab_size=3072, max_position_embeddings=512), d / "hf"),
+        d / "mcore",
+        skip_validation=True,
+    )
+    return d / "mcore"
+
+
+def _cpu_lora_env(qa: Path, sp: Path, init: Path, save: Path) -> dict[str, str]:
+    """The 7B LoRA recipe shrunk to the tiny init on 2 CPU ranks (DP=2), 8 steps, saving only at the end."""
+    overrides = (
+        "model.preset=from_init model.seq_length=512 data.max_length=512 precision.dtype=fp32 "
+        "data.languages=[en,zh] train.epochs=null train.steps=8 train.global_batch_size=16 "
+        "train.micro_batch_size=2 optimizer.lr=3e-3 schedule.warmup_ratio=0.0 schedule.warmup_steps=1 "
+        "lora.rank=8 lora.alpha=16 lora.dropout=0.0 logging.log_interval=1 checkpoint.save_interval=1000"
+    )
+    return {"PEFT": "lora", "DEVICE": "cpu", "TASKS_PER_NODE": "2", "DATA": str(qa), "TOKENIZER": str(sp)} | {
+        "INIT_FROM": str(init),
+        "SAVE": str(save),
+        "OVERRIDES": overrides,
+    }
+
+
+def _losses(save: Path) -> dict[int, float]:
+    import json
+
+    lines = (save / "metrics.jsonl").read_text().splitlines() if (save / "metrics.jsonl").exists() else []
+    return {r["step"]: r["loss"] for r in map(json.loads, filter(None, lines))}
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.timeout(1200)
+def test_sbatch_lora_finetune_requeues_and_resumes(slurm, shared_data, sp, ft_init, tmp_path: Path):
+    """`sbatch launch/finetune_internlm2_7b.sh` with PEFT=lora on 2 CPU ranks; a second job gets slurm's USR1:
+    it checkpoints, requeues itself, resumes from SAVE/latest as the same stage and ends with the same loss."""
+    import time
+
+    qa = shared_data / "qa"
+    full = tmp_path / "full"
+    log = tmp_path / "full.log"
+    env = _cpu_lora_env(qa, sp, ft_init, full)
+    res = _run(["sbatch", "--wait", "-o", str(log), SCRIPT], env=env, timeout=600)
+    text = log.read_text() if log.exists() else ""
+    assert res.returncode == 0, res.stderr + text[-3000:]
+    assert (full / "latest").read_text().strip() == "iter_0000008" and sorted(_losses(full)) == list(
+        range(1, 9)
+    )
+    assert (full / "adapter.yaml").is_file() and "mmed finetune" in text
+
+    pre, log = tmp_path / "pre", tmp_path / "pre.log"
+    res = _run(["sbatch", "--parsable", "-o", str(log), SCRIPT], env=_cpu_lora_env(qa, sp, ft_init, pre))
+    assert res.returncode == 0, res.stderr
+    job = res.stdout.strip().split(";")[0]
+    deadline = time.time() + 400
+    while time.time() < deadline and len(_losses(pre)) < 2:
+        time.sleep(0.5)
+    assert _run(["scancel", "--signal=USR1", "--batch", job]).returncode == 0
+    deadline = time.time() + 700
+    while time.time() < deadline and _run(["squeue", "-h", "-j", job]).stdout.strip():
+        time.sleep(1)
+    if _run(["squeue", "-h", "-j", job]).stdout.strip():
+        _run(["scancel", job])
+        pytest.fail(f"job {job} still queued")
+    text = log.read_text()
+    assert "requeueing job" in text and "(restart 1)" in text, text[-3000:]
+    assert "training exited with code 0" in text
+    assert _losses(pre)[8] == _losses(full)[8]  # the requeued LoRA job resumed exactly
