@@ -5,6 +5,7 @@
 #   NODES=8 DATA=/data/tok/blend.json INIT_FROM=/ckpt/internlm2-7b-mcore launch/pretrain.sh configs/train/internlm2_7b.yaml
 #   launch/pretrain.sh configs/train/internlm2_7b.yaml --dry-run      # values + their sources, sbatch/srun, layout
 #   DEVICE=cpu TASKS_PER_NODE=2 OVERRIDES="data.blend=TOK/blend.json" launch/pretrain.sh configs/train/tiny_cpu.yaml
+#   STAGE=finetune launch/pretrain.sh configs/finetune/mmedbench_lora.yaml   # what launch/finetune_*.sh run
 #
 # Run it: it submits itself. launch/pretrain_internlm2_{1_8b,7b,20b}.sh run it with their recipe, and those (not
 # this file) can also be given to sbatch directly, since their #SBATCH header is their recipe's job.
@@ -14,8 +15,10 @@
 # every value (yaml, env NAME, override, default):
 #   NODES (inside a job: the allocation's node count), TASKS_PER_NODE, DEVICE (cuda | cpu: no GPU request, gloo),
 #   JOB_NAME, TIME_LIMIT, FP8 (hybrid | e4m3 | empty: off), DATA (blend.json), SAVE (run dir; default
-#   runs/<job name>), INIT_FROM (hf-to-mcore output), WANDB_PROJECT
-# Launcher knobs: CONFIG (recipe instead of the argument), OVERRIDES, PARTITION, ACCOUNT, QOS, CONTAINER_IMAGE,
+#   runs/<job name>), INIT_FROM (hf-to-mcore output), WANDB_PROJECT; with STAGE=finetune, DATA is the MMedBench
+#   folder (data.train) and TOKENIZER (data.tokenizer) and PEFT (none | lora) are knobs too
+# Launcher knobs: STAGE (train: `mmed train`, the default | finetune: `mmed finetune` with a configs/finetune/
+# recipe), CONFIG (recipe instead of the argument), OVERRIDES, PARTITION, ACCOUNT, QOS, CONTAINER_IMAGE,
 # CONTAINER_MOUNTS, WANDB_MODE / WANDB_ENTITY, REQUEUE (1: requeue after a signal), MASTER_PORT, PYTHON, DRY_RUN,
 # WAIT (1: sbatch --wait). Relative paths are taken from the repo root, where the job runs.
 #
@@ -39,6 +42,10 @@ RECIPE=${CONFIG:-$RECIPE}
 [[ -n "$RECIPE" ]] || mmed_die "no recipe: launch/pretrain.sh configs/train/NAME.yaml (or CONFIG=...)"
 [[ -z "${LAYOUT:-}" ]] || mmed_die "LAYOUT is gone: the parallel layout is in the recipe; use OVERRIDES='parallel.tp=...'"
 
+STAGE=${STAGE:-train}
+[[ "$STAGE" == train || "$STAGE" == finetune ]] || mmed_die "STAGE must be train or finetune, got '$STAGE'"
+export STAGE # a self-submitted or requeued job runs the same stage (sbatch --export=ALL)
+
 REPO=$(mmed_repo)
 cd "$REPO"
 PY=$(mmed_python "$REPO")
@@ -47,7 +54,7 @@ DRY_RUN=${DRY_RUN:-0}
 USER_OVERRIDES=(${OVERRIDES:-})
 
 # The recipe + knobs + overrides, resolved by Python (one key=value a line; `arg` lines: the training arguments)
-values=$("$PY" -m megatron_mmed.cli train --config "$RECIPE" --from-env --launch-values "${USER_OVERRIDES[@]}")
+values=$("$PY" -m megatron_mmed.cli "$STAGE" --config "$RECIPE" --from-env --launch-values "${USER_OVERRIDES[@]}")
 declare -A V
 ARGS=()
 while IFS= read -r line; do
@@ -56,7 +63,7 @@ while IFS= read -r line; do
     *=*) V[${line%%=*}]=${line#*=} ;;
   esac
 done <<<"$values"
-TRAIN=(-m megatron_mmed.cli train --config "${V[recipe]}" "${ARGS[@]}")
+TRAIN=(-m megatron_mmed.cli "$STAGE" --config "${V[recipe]}" "${ARGS[@]}")
 SAVE=${V[save]}
 
 submit_cmd() {
@@ -88,8 +95,8 @@ if [[ "$DRY_RUN" == 1 ]]; then
   echo "job_name=${V[job_name]} save=$SAVE container=${CONTAINER_IMAGE:-<none>} wandb_mode=${WANDB_MODE:-offline}"
   echo "== submit:"; mapfile -t c < <(submit_cmd); mmed_show "${c[@]}"
   echo "== each node runs:"; mapfile -t c < <(srun_cmd); mmed_show "${c[@]}"
-  echo "== sources and layout check (mmed train --dry-run --world-size ${V[world_size]}):"
-  exec "$PY" -m megatron_mmed.cli train --config "${V[recipe]}" --from-env --dry-run --world-size "${V[world_size]}" \
+  echo "== sources and layout check (mmed $STAGE --dry-run --world-size ${V[world_size]}):"
+  exec "$PY" -m megatron_mmed.cli "$STAGE" --config "${V[recipe]}" --from-env --dry-run --world-size "${V[world_size]}" \
     "${USER_OVERRIDES[@]}"
 fi
 

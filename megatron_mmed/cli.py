@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "tokenize": "megatron_mmed.commands.tokenize",
     "pipeline": "megatron_mmed.commands.pipeline",
     "train": "megatron_mmed.commands.train",
+    "finetune": "megatron_mmed.commands.finetune",
     "convert": "megatron_mmed.commands.convert",
     "eval": "megatron_mmed.commands.eval",
     "demo": "megatron_mmed.commands.demo",

@@ -2,7 +2,10 @@
 
     data/   prep -> dedup -> decontam -> tokenize (SentencePiece model trained on the sample)
     run/    `mmed train` of the tiny InternLM2 preset (metrics.jsonl, loss_curve.png, torch_dist checkpoint)
-    hf/     `mmed convert mcore-to-hf --layout llama`, loaded back with transformers to generate a few tokens
+    ft/     `mmed finetune` of run/ for a few steps on the sample's MMedBench-format questions (the paper's
+            prompt, loss on the answer only); the sample has no separate train split, so the eval below sees
+            the questions it was tuned on: the demo shows the arrows, not a held-out score
+    hf/     `mmed convert mcore-to-hf --layout llama` of ft/, loaded back with transformers to generate a few tokens
     eval/   `mmed eval mmedbench --protocol loglik` on the sample's MMedBench-format questions: a model this
             small cannot write the paper's answer format, so free generation would score 0.00 everywhere;
             answer-letter log-likelihood gives a real (near-chance) number per language
@@ -28,6 +31,8 @@ SAMPLE = REPO / "examples" / "sample"
 DEMO_RECIPE = REPO / "configs" / "prep" / "demo.yaml"
 TRAIN_CONFIG = REPO / "configs" / "train" / "tiny_cpu.yaml"
 TRAIN_STEPS = 40
+FINETUNE_CONFIG = REPO / "configs" / "finetune" / "tiny_cpu.yaml"
+FINETUNE_STEPS = 8
 
 
 def run_demo(out_dir: str | Path, sample: str | Path = SAMPLE, show_progress: bool = True) -> dict[str, Any]:
@@ -43,8 +48,10 @@ def run_demo(out_dir: str | Path, sample: str | Path = SAMPLE, show_progress: bo
         [f"inputs=[{sample / 'raw'}]", f"output={out / 'data'}", f"benchmark={sample / 'qa'}"],
     )
     summary: dict[str, Any] = {"data": run_pipeline(cfg, show_progress=show_progress)}
-    summary["train"] = _train(out / "data" / "tok" / "blend.json", out / "run")
-    summary["convert"] = _convert(out / "run", out / "hf")
+    blend = out / "data" / "tok" / "blend.json"
+    summary["train"] = _train(blend, out / "run")
+    summary["finetune"] = _finetune(out / "run", blend, sample / "qa", out / "ft")
+    summary["convert"] = _convert(out / "ft", out / "hf")
     summary["eval"] = _evaluate(out / "hf", sample / "qa", out / "eval", show_progress)
     (out / "demo.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
     _print_summary(summary)
@@ -84,6 +91,46 @@ def _train(blend: Path, run_dir: Path) -> dict[str, Any]:
         "steps": metrics[-1]["step"],
         "loss_curve": str(curve),
         "dir": str(run_dir),
+    }
+
+
+def _finetune(run_dir: Path, blend: Path, qa: Path, ft_dir: Path) -> dict[str, Any]:
+    """A few steps of `mmed finetune` (tiny, CPU) from the pretraining run, with the blend's tokenizer."""
+    console.rule("[bold]finetune")
+    t0 = time.time()
+    tokenizer = json.loads(blend.read_text())["tokenizer"]["path"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "megatron_mmed.cli",
+        "finetune",
+        "--config",
+        str(FINETUNE_CONFIG),
+        f"data.train={qa}",
+        f"data.tokenizer={tokenizer}",
+        f"checkpoint.init_from={run_dir}",
+        f"checkpoint.dir={ft_dir}",
+        "model.preset=from_init",
+        f"train.steps={FINETUNE_STEPS}",
+        "schedule.warmup_steps=1",
+        "logging.log_interval=2",
+    ]
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in res.stdout.splitlines():
+        if line.startswith(("step=", "mmed finetune")):
+            console.print(line, highlight=False)
+    if res.returncode != 0:
+        raise UserError(f"demo fine-tuning failed (exit {res.returncode}):\n{res.stdout[-3000:]}")
+    from megatron_mmed.training.metrics import read_metrics
+
+    metrics = [m for m in read_metrics(ft_dir) if "loss" in m]
+    return {
+        "seconds": round(time.time() - t0, 1),
+        "first_loss": metrics[0]["loss"],
+        "last_loss": metrics[-1]["loss"],
+        "steps": metrics[-1]["step"],
+        "non_padding_share": metrics[-1]["non_padding_share"],
+        "dir": str(ft_dir),
     }
 
 
@@ -150,8 +197,17 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"{tr['seconds']:.1f}",
         tr["loss_curve"],
     )
+    ft = summary["finetune"]
+    table.add_row(
+        "finetune",
+        f"{ft['steps']} steps, target-token loss {ft['first_loss']:.2f} -> {ft['last_loss']:.2f}",
+        f"{ft['seconds']:.1f}",
+        ft["dir"],
+    )
     cv = summary["convert"]
-    table.add_row("convert", "HF Llama layout, logits validated", f"{cv['seconds']:.1f}", cv["dir"])
+    table.add_row(
+        "convert", "fine-tuned run -> HF Llama layout, logits validated", f"{cv['seconds']:.1f}", cv["dir"]
+    )
     ev = summary["eval"]
     table.add_row(
         "eval",

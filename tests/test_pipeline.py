@@ -79,6 +79,10 @@ def test_demo_trains_converts_and_evaluates(demo_run: Path):
     assert demo["train"]["steps"] == 40 and demo["train"]["last_loss"] < demo["train"]["first_loss"]
     assert (demo_run / "run" / "loss_curve.png").stat().st_size > 1000
     assert (demo_run / "run" / "latest").is_file()
+    from megatron_mmed.demo import FINETUNE_STEPS  # a few steps of `mmed finetune` before the export
+
+    assert demo["finetune"]["steps"] == FINETUNE_STEPS and (demo_run / "ft" / "latest").is_file()
+    assert demo["convert"]["dir"] == str(demo_run / "hf") and (demo_run / "ft" / "data_report.json").is_file()
     from transformers import LlamaForCausalLM
 
     model = LlamaForCausalLM.from_pretrained(demo_run / "hf")

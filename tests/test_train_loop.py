@@ -318,3 +318,17 @@ def test_a_changed_learning_rate_on_resume_is_applied_and_named(repo_root, tok, 
     ref = {r["step"]: r["lr"] for r in _records(tmp_path / "fresh")}
     assert [split[s] for s in (4, 5, 6)] == pytest.approx([ref[s] for s in (4, 5, 6)], rel=1e-12)
     assert split[3] == pytest.approx(3 * ref[3], rel=1e-6)  # steps 1-3 ran on the old lr (3e-3 vs 1e-3)
+
+
+def test_keep_last_prunes_old_checkpoints_and_the_run_resumes(repo_root, tok, tmp_path):
+    from megatron_mmed.training.loop import train
+
+    run = tmp_path / "run"
+    common = ["train.steps=8", "checkpoint.save_interval=2", "checkpoint.keep_last=2", "logging.eval_iters=0"]
+    first = train(_cfg(repo_root, tok, run, *common, "train.exit_at_step=6"))
+    assert first.end_step == 6
+    assert sorted(d.name for d in run.glob("iter_*")) == ["iter_0000004", "iter_0000006"]
+    second = train(_cfg(repo_root, tok, run, *common))
+    assert second.start_step == 6 and second.end_step == 8
+    assert sorted(d.name for d in run.glob("iter_*")) == ["iter_0000006", "iter_0000008"]
+    assert (run / "latest").read_text().strip() == "iter_0000008"

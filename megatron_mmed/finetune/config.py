@@ -17,6 +17,7 @@ from typing import Literal
 from megatron_mmed.common.config import ConfigError
 from megatron_mmed.training.config import (
     CheckpointConfig,
+    LaunchConfig,
     LoggingConfig,
     ModelConfig,
     OptimizerConfig,
@@ -162,8 +163,18 @@ class FinetuneConfig:
     train: FinetuneLoopConfig = field(default_factory=lambda: FinetuneLoopConfig(epochs=1))
     peft: Literal["none", "lora"] = "none"
     lora: LoraConfig = field(default_factory=LoraConfig)
+    launch: LaunchConfig | None = (
+        None  # the slurm job of launch/finetune_internlm2_7b.sh (as in configs/train/)
+    )
 
     def validate(self) -> None:
+        p = self.parallel
+        if p.cp > 1:  # packed rows would need per-example splitting across CP ranks
+            raise ConfigError("parallel.cp > 1 is not supported by mmed finetune (use TP/PP/DP)")
+        if p.vpp:  # the interleaved schedule needs a fixed micro-batch count; SFT steps vary
+            raise ConfigError(
+                "parallel.vpp is not supported by mmed finetune (a step's micro-batch count varies)"
+            )
         if self.data.max_length > self.model.seq_length:
             raise ConfigError(
                 f"data.max_length {self.data.max_length} exceeds model.seq_length {self.model.seq_length} "
@@ -194,6 +205,7 @@ class FinetuneConfig:
             schedule=self.schedule.resolved(total_steps),
             checkpoint=self.checkpoint,
             logging=self.logging,
+            launch=self.launch,
             train=TrainLoopConfig(
                 steps=total_steps,
                 micro_batch_size=t.micro_batch_size,

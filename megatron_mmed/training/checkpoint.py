@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,8 +136,13 @@ class TrainState:
     consumed_samples: int = 0
 
 
-def _model_sharded(models: list) -> dict[str, Any]:
-    return {model_key(i, len(models)): m.sharded_state_dict() for i, m in enumerate(models)}
+#: picks the sharded state dict entries of one model chunk a checkpoint holds (LoRA: only the adapters)
+ModelState = Callable[[Any], dict]
+
+
+def _model_sharded(models: list, model_state: ModelState | None = None) -> dict[str, Any]:
+    pick = model_state or (lambda m: m.sharded_state_dict())
+    return {model_key(i, len(models)): pick(m) for i, m in enumerate(models)}
 
 
 def _rng_object(is_loading: bool):
@@ -177,9 +183,12 @@ def save_checkpoint(
     state: TrainState,
     cfg,
     model: SavedModel | None = None,
+    model_state: ModelState | None = None,
+    extra_files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``RUN/iter_<step>`` on all ranks, then (rank 0) the config, ``model_config.yaml`` (the
-    architecture, see :mod:`megatron_mmed.models.weights`), the manifest and the ``latest`` pointer.
+    architecture, see :mod:`megatron_mmed.models.weights`), ``extra_files(folder)``, the manifest and the
+    ``latest`` pointer. ``model_state(model)`` chooses the model entries saved (default: all of them).
 
     A storage failure (a full disk) is a ``UserError`` on every rank; the partial ``iter_<step>.tmp`` is
     removed and ``latest`` keeps naming the previous checkpoint.
@@ -187,7 +196,7 @@ def save_checkpoint(
     run_dir = Path(run_dir)
     tmp = run_dir / (iter_dir_name(step) + ".tmp")
     try:
-        return _save(run_dir, step, models, optimizer, scheduler, state, cfg, model)
+        return _save(run_dir, step, models, optimizer, scheduler, state, cfg, model, model_state, extra_files)
     except BaseException as e:  # torch's CheckpointException derives from BaseException
         reason = None if isinstance(e, KeyboardInterrupt | SystemExit) else storage_failure(e, run_dir)
         if reason is None:
@@ -201,7 +210,9 @@ def save_checkpoint(
         ) from None
 
 
-def _save(run_dir: Path, step: int, models: list, optimizer, scheduler, state, cfg, model) -> Path:
+def _save(
+    run_dir: Path, step: int, models: list, optimizer, scheduler, state, cfg, model, model_state, extra_files
+) -> Path:
     from megatron.core import dist_checkpointing
 
     final = run_dir / iter_dir_name(step)
@@ -215,7 +226,7 @@ def _save(run_dir: Path, step: int, models: list, optimizer, scheduler, state, c
         except OSError as e:
             error = e
     agree(error)
-    model_sd = _model_sharded(models)
+    model_sd = _model_sharded(models, model_state)
     sharding = _optim_sharding()
     sharded = {
         **model_sd,
@@ -237,6 +248,8 @@ def _save(run_dir: Path, step: int, models: list, optimizer, scheduler, state, c
             save_config(cfg, tmp / "config.yaml")
             if model is not None:
                 write_model_config(tmp, model)
+            if extra_files is not None:
+                extra_files(tmp)
         except OSError as e:
             error = e
     agree(error)
@@ -275,8 +288,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: str | Path, models: list, optimizer, scheduler) -> TrainState:
-    """Restore model, optimizer, scheduler (and RNG when the TP/PP layout is unchanged) from ``path``."""
+def load_checkpoint(
+    path: str | Path, models: list, optimizer, scheduler, model_state: ModelState | None = None
+) -> TrainState:
+    """Restore model, optimizer, scheduler (and RNG when the TP/PP layout is unchanged) from ``path``.
+
+    With ``model_state`` (the entries :func:`save_checkpoint` was given), only those weights are loaded; the
+    model's other weights stay as they are (LoRA: the frozen base, loaded from ``init_from`` first).
+    """
     from megatron.core import dist_checkpointing
 
     integrity.check_metadata_pickle(Path(path))
@@ -284,7 +303,7 @@ def load_checkpoint(path: str | Path, models: list, optimizer, scheduler) -> Tra
     _materialize_optimizer_state(optimizer)
     common = dist_checkpointing.load_common_state_dict(path)
     same_layout = common.get("layout") == _layout()
-    model_sd = _model_sharded(models)
+    model_sd = _model_sharded(models, model_state)
     metadata = {"distrib_optim_sharding_type": common.get("optim_sharding", _optim_sharding())}
     sharded = {
         **model_sd,
@@ -296,7 +315,7 @@ def load_checkpoint(path: str | Path, models: list, optimizer, scheduler) -> Tra
     configured = [{k: g[k] for k in _CONFIGURED_GROUP_KEYS if k in g} for g in optimizer.param_groups]
     with torch.no_grad():  # the optimizer copies into views of leaf parameters
         for i, m in enumerate(models):
-            m.load_state_dict(loaded[model_key(i, len(models))])
+            _load_model_state(m, loaded[model_key(i, len(models))], partial=model_state is not None)
         optimizer.load_state_dict(loaded["optimizer"])
     for group, values in zip(optimizer.param_groups, configured, strict=True):
         group.update(
@@ -313,6 +332,39 @@ def load_checkpoint(path: str | Path, models: list, optimizer, scheduler) -> Tra
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
     return TrainState(step=int(loaded["step"]), consumed_samples=int(loaded["consumed_samples"]))
+
+
+def _load_model_state(model, state: dict, partial: bool) -> None:
+    """``model.load_state_dict``; ``partial``: a subset of the model's entries, every one of which must land."""
+    if not partial:
+        model.load_state_dict(state)
+        return
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(state) & set(missing):
+        raise UserError(f"the checkpoint's weights do not match the model ({(unexpected or missing)[:3]})")
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
+    """Remove all but the newest ``keep`` ``iter_*`` of a run (0 keeps all; one process calls it), never the
+    one ``latest`` names. Each is renamed to ``iter_*.tmp`` first, so a kill mid-removal leaves a leftover
+    that a resume deletes, never a half-deleted folder that looks like a checkpoint. Returns the removed."""
+    run_dir = Path(run_dir)
+    if keep < 1:
+        return []
+    latest, _ = _pointer_target(run_dir)
+    removed = []
+    for old in iter_dirs(run_dir)[keep:]:
+        if latest is not None and old.name == latest.name:
+            continue
+        doomed = old.with_name(old.name + ".tmp")
+        try:
+            os.replace(old, doomed)
+            shutil.rmtree(doomed)
+        except OSError as e:  # only disk space is lost; training goes on
+            print(f"warning: could not remove the old checkpoint {old}: {e}", file=sys.stderr, flush=True)
+            continue
+        removed.append(old)
+    return removed
 
 
 #: per-group optimizer settings that come from the config: a resume with a changed ``optimizer.lr`` (or

@@ -200,10 +200,13 @@ class CheckpointConfig:
     init_from: str | None = None  # weights-only torch_dist dir (see training/checkpoint.py)
     exit_duration_minutes: float | None = None  # training minutes (after setup), then save and exit
     save_on_signal: bool = True  # SIGTERM/SIGUSR1: save and exit cleanly
+    keep_last: int = 0  # keep the newest K iter_* after each save (0: all); the one `latest` names is kept
 
     def validate(self) -> None:
         if self.save_interval < 1:
             raise ConfigError("checkpoint.save_interval must be >= 1")
+        if self.keep_last < 0:
+            raise ConfigError("checkpoint.keep_last must be >= 0 (0 keeps every checkpoint)")
         if self.exit_duration_minutes is not None and self.exit_duration_minutes <= 0:
             raise ConfigError("checkpoint.exit_duration_minutes must be > 0")
 

@@ -1,8 +1,8 @@
 """A training recipe as ``launch/pretrain.sh`` runs it: YAML, then environment knobs, then dot-list overrides.
 
-The shell never parses YAML: it asks ``mmed train --from-env --launch-values`` for the resolved job size, save
-dir and training arguments, and ``--dry-run`` prints the source of every value (yaml, env NAME, override,
-default), so a launch cannot silently contradict its recipe.
+The shell never parses YAML: it asks ``mmed train --from-env --launch-values`` (``mmed finetune`` for a
+fine-tuning recipe) for the resolved job size, save dir and training arguments, and ``--dry-run`` prints the
+source of every value (yaml, env NAME, override, default), so a launch cannot silently contradict its recipe.
 """
 
 from __future__ import annotations
@@ -36,14 +36,33 @@ ENV_KNOBS: dict[str, tuple[str, ...]] = {
     "logging.wandb_project": ("WANDB_PROJECT",),
 }
 
+#: ``mmed finetune``'s knobs: pretraining's, with the MMedBench folder, the tokenizer and PEFT for the blend.
+FINETUNE_ENV_KNOBS: dict[str, tuple[str, ...]] = {
+    **{k: v for k, v in ENV_KNOBS.items() if k != "data.blend"},
+    "data.train": ("DATA",),
+    "data.tokenizer": ("TOKENIZER",),
+    "peft": ("PEFT",),
+}
+
 Source = str  # "yaml" | "env NAME" | "override" | "default"
+
+
+def command_config(command: str) -> tuple[type, dict[str, tuple[str, ...]]]:
+    """The config class and the launch knobs of ``mmed <command>`` (train or finetune)."""
+    if command == "finetune":
+        from megatron_mmed.finetune.config import FinetuneConfig
+
+        return FinetuneConfig, FINETUNE_ENV_KNOBS
+    if command == "train":
+        return TrainConfig, ENV_KNOBS
+    raise ConfigError(f"no launch recipe kind {command!r} (train or finetune)")
 
 
 @dataclass(frozen=True)
 class Resolved:
     """A validated config, where each of its values came from, and the arguments that rebuild it."""
 
-    config: TrainConfig
+    config: Any  # TrainConfig, or FinetuneConfig for `mmed finetune`
     recipe: Path
     sources: dict[str, Source]  # every leaf key of the config
     train_args: tuple[
@@ -95,18 +114,20 @@ def resolve(
     recipe: str | Path,
     overrides: Sequence[str] = (),
     environ: Mapping[str, str] | None = None,
+    command: str = "train",
 ) -> Resolved:
-    """Load ``recipe`` with the launch knobs of ``environ`` (None: none) and then ``overrides`` applied.
+    """Load ``recipe`` (a ``command`` config) with the knobs of ``environ`` (None: none), then ``overrides``.
 
     With an environment (the launcher), ``checkpoint.dir`` left unset by everyone defaults to
     ``runs/<job name>`` under the working directory, and a CPU launch of an FP8 recipe is refused before any job
     is submitted. ``ConfigError`` names the environment variable when one supplied the bad value.
     """
     recipe = Path(recipe).absolute()
-    env_args, env_sources = _env_overrides(environ) if environ is not None else ([], {})
+    cls, knobs = command_config(command)
+    env_args, env_sources = _env_overrides(environ, knobs, cls) if environ is not None else ([], {})
     args = [*env_args, *overrides]
     try:
-        cfg = load_config(TrainConfig, recipe, args)
+        cfg = load_config(cls, recipe, args)
     except ConfigError as e:
         raise _blame_env(e, env_sources) from None
     extra: list[str] = []
@@ -114,16 +135,20 @@ def resolve(
         launch = cfg.launch or LaunchConfig()
         save = Path("runs", launch.job_name or f"mmed-{recipe.stem}").absolute()
         extra = [f"checkpoint.dir={_scalar(str(save))}"]
-        cfg = load_config(TrainConfig, recipe, [*env_args, *extra, *overrides])
+        cfg = load_config(cls, recipe, [*env_args, *extra, *overrides])
     sources = _sources(recipe, cfg, env_sources, overrides, extra)
     if environ is not None:
         _check_launchable(cfg)
     return Resolved(cfg, recipe, sources, tuple([*env_args, *extra, *overrides]))
 
 
-def _check_launchable(cfg: TrainConfig) -> None:
+def _check_launchable(cfg) -> None:
     """What only a launch can get wrong: FP8 on CPU, and a job size the parallelism does not divide."""
     launch = cfg.launch or LaunchConfig()
+    if not isinstance(cfg, TrainConfig):  # a fine-tuning config: its training view at this job size
+        cfg = cfg.train_config(
+            cfg.train.steps or cfg.schedule.warmup_steps + 1, launch.nodes * launch.tasks_per_node
+        )
     if launch.device == "cpu" and cfg.precision.fp8 is not None:
         raise ConfigError(
             f"launch.device=cpu cannot train with precision.fp8={cfg.precision.fp8} (FP8 needs H100s with "
@@ -137,12 +162,14 @@ def _check_launchable(cfg: TrainConfig) -> None:
         ) from None
 
 
-def _env_overrides(environ: Mapping[str, str]) -> tuple[list[str], dict[str, tuple[str, str]]]:
+def _env_overrides(
+    environ: Mapping[str, str], knobs: dict[str, tuple[str, ...]] = ENV_KNOBS, cls: type = TrainConfig
+) -> tuple[list[str], dict[str, tuple[str, str]]]:
     """The launch knobs set in ``environ`` as dot-list overrides, and key -> (variable, raw value)."""
     args, sources = [], {}
-    for key, names in ENV_KNOBS.items():
+    for key, names in knobs.items():
         for name in (n for n in names if n in environ):
-            value = _env_value(name, key, environ[name])
+            value = _env_value(name, key, environ[name], cls)
             if value is not None:
                 args.append(f"{key}={value}")
                 sources[key] = (name, environ[name])
@@ -150,9 +177,9 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[list[str], dict[str, tup
     return args, sources
 
 
-def _env_value(name: str, key: str, raw: str) -> str | None:
+def _env_value(name: str, key: str, raw: str, cls: type = TrainConfig) -> str | None:
     """``raw`` as override text for ``key`` (None: ignore it), checked so errors name the variable."""
-    tp, nullable = _field_type(key)
+    tp, nullable = _field_type(key, cls)
     if raw == "":
         return "null" if nullable else None
     if typing.get_origin(tp) is Literal:
@@ -169,9 +196,9 @@ def _env_value(name: str, key: str, raw: str) -> str | None:
     return raw
 
 
-def _field_type(key: str) -> tuple[Any, bool]:
+def _field_type(key: str, cls: type = TrainConfig) -> tuple[Any, bool]:
     """The annotated type of a dotted config key, Optional unwrapped, and whether it accepts null."""
-    tp: Any = TrainConfig
+    tp: Any = cls
     nullable = False
     for part in key.split("."):
         tp = typing.get_type_hints(tp)[part]
@@ -194,7 +221,7 @@ def _blame_env(err: ConfigError, env_sources: dict[str, tuple[str, str]]) -> Con
 
 def _sources(
     recipe: Path,
-    cfg: TrainConfig,
+    cfg: Any,
     env_sources: dict[str, tuple[str, str]],
     overrides: Sequence[str],
     extra: Sequence[str],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from megatron_mmed.common.errors import UserError
@@ -35,7 +37,7 @@ def preflight(cfg: TrainConfig) -> None:
         )
 
 
-def _core_config(cfg: TrainConfig, arch: ModelPreset, on_cpu: bool):
+def _core_config(cfg: TrainConfig, arch: ModelPreset, on_cpu: bool, per_token_loss: bool = False):
     p, pr = cfg.parallel, cfg.precision
     dtype = torch.bfloat16 if pr.dtype == "bf16" else torch.float32
     fp8 = {}
@@ -62,12 +64,27 @@ def _core_config(cfg: TrainConfig, arch: ModelPreset, on_cpu: bool):
         pipeline_dtype=dtype,
         use_cpu_initialization=on_cpu,  # CPU: identical init at any TP (weights built whole, then split)
         batch_p2p_comm=not on_cpu,
+        # fine-tuning: a step's loss (and gradient) is the mean over all its target tokens, not a mean of
+        # micro-batch means (SFT micro-batches hold different numbers of target tokens)
+        calculate_per_token_loss=per_token_loss,
         **fp8,
     )
 
 
-def build_model_and_optimizer(cfg: TrainConfig, arch: ModelPreset, padded_vocab: int, on_cpu: bool):
-    """Returns ``(gpt_models, ddp_models, optimizer, scheduler, core_config)`` for this rank."""
+def build_model_and_optimizer(
+    cfg: TrainConfig,
+    arch: ModelPreset,
+    padded_vocab: int,
+    on_cpu: bool,
+    model_hook: Callable[[list], None] | None = None,
+    per_token_loss: bool = False,
+):
+    """Returns ``(gpt_models, ddp_models, optimizer, scheduler, core_config)`` for this rank.
+
+    ``model_hook(gpt_models)`` runs on the bare model chunks before DDP / Float16Module wrapping and before
+    the optimizer sees their parameters (LoRA: load the frozen base, add the adapters). ``per_token_loss``:
+    megatron-core's ``calculate_per_token_loss`` (fine-tuning).
+    """
     from megatron.core import parallel_state as ps
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.distributed.finalize_model_grads import finalize_model_grads
@@ -75,7 +92,7 @@ def build_model_and_optimizer(cfg: TrainConfig, arch: ModelPreset, padded_vocab:
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
     from megatron.core.transformer.module import Float16Module
 
-    core = _core_config(cfg, arch, on_cpu)
+    core = _core_config(cfg, arch, on_cpu, per_token_loss)
     chunks = cfg.parallel.vpp or 1
     gpt_models = []
     for vp in range(chunks):
@@ -92,6 +109,8 @@ def build_model_and_optimizer(cfg: TrainConfig, arch: ModelPreset, padded_vocab:
                 vp_stage=vp_stage,
             )
         )
+    if model_hook is not None:  # before .cuda(): what the hook adds moves to the GPU with the model
+        model_hook(gpt_models)
     if not on_cpu:
         for m in gpt_models:
             m.cuda(torch.cuda.current_device())
