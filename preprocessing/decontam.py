@@ -24,19 +24,10 @@ import numpy as np
 import xxhash
 
 from eval import data as qa
-from megatron_mmed.common.config import ConfigError, save_config, to_dict
+from megatron_mmed.common.config import ConfigError, to_dict
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import (
-    DoneMarkers,
-    JsonlZstWriter,
-    atomic_write_text,
-    ensure_writable_dir,
-    iter_jsonl_zst_records,
-    output_errors,
-    refuse_output_inside,
-)
-from megatron_mmed.common.lock import folder_lock
-from megatron_mmed.common.tasks import run_tasks
+from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, atomic_write_text, iter_jsonl_zst_records
+from megatron_mmed.common.tasks import resume_tasks
 from preprocessing.document import CJK_LANGS, LANGUAGE_NAMES
 from preprocessing.layout import (
     StageStats,
@@ -48,6 +39,7 @@ from preprocessing.layout import (
     unreadable_record,
     write_stage_report,
 )
+from preprocessing.stage import open_stage
 
 STAGE = "decontam"
 REASON = "contaminated"
@@ -374,40 +366,28 @@ def run_decontam(
     t0 = time.time()
     inp = require_stage_output(input_dir)
     bench = load_benchmark(benchmark_dir)
-    refuse_output_inside(out_dir, [inp])
-    out = ensure_writable_dir(out_dir)
-    with folder_lock(out, "mmed decontam"), output_errors(out):
-        rule = {k: v for k, v in to_dict(cfg).items() if k not in ("workers",)}
-        files_fp = {
-            n: [Path(p).stat().st_size, xxhash.xxh3_64_hexdigest(Path(p).read_bytes())]
-            for n, p in bench.files.items()
-        }
-        fingerprint = {"settings": rule, "benchmark": files_fp, "input": input_digest(inp)}
-        DoneMarkers(out, STAGE).check_same_run(fingerprint, "decontam run")
-        save_config(cfg, out / "config.yaml")
+    files_fp = {
+        n: [Path(p).stat().st_size, xxhash.xxh3_64_hexdigest(Path(p).read_bytes())]
+        for n, p in bench.files.items()
+    }
+    with open_stage(STAGE, out_dir, cfg, reads=[inp], input=input_digest(inp), benchmark=files_fp) as out:
         _INDEX = NgramIndex(bench, cfg)
-        tasks = [(lang, f) for lang, files in kept_files(inp).items() for f in files]
-        markers = DoneMarkers(out, STAGE)
-        results: dict[str, dict[str, Any]] = {}
-        pending = []
-        for lang, f in tasks:
-            sid = _shard_id(lang, f)
-            if markers.is_done(sid):
-                results[sid] = markers.read(sid)
-            else:
-                pending.append((lang, str(f), str(out), cfg.keep_rejected_text))
+        tasks = {
+            _shard_id(lang, f): (lang, str(f), str(out), cfg.keep_rejected_text)
+            for lang, files in kept_files(inp).items()
+            for f in files
+        }
         # forked workers share the index built above
-        run_tasks(
+        done = resume_tasks(
             "decontam",
-            pending,
+            tasks,
             _work,
-            markers,
-            results,
-            total=len(tasks),
+            DoneMarkers(out, STAGE),
             unit="files",
             workers=cfg.workers,
             show_progress=show_progress,
         )
+        results = done.results
         stats = StageStats()
         matched: dict[str, int] = {}
         for sid in sorted(results):
@@ -437,8 +417,9 @@ def run_decontam(
             config=to_dict(cfg),
         )
         atomic_write_text(out / "report.md", render_report_md(report))
-        skipped = len(tasks) - len(pending)
-        return DecontamResult(out, stats, per_lang, matched, len(tasks), skipped, time.time() - t0, report)
+        return DecontamResult(
+            out, stats, per_lang, matched, len(tasks), done.skipped, time.time() - t0, report
+        )
 
 
 def render_report_md(report: dict[str, Any]) -> str:

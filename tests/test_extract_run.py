@@ -220,6 +220,7 @@ def test_cli_errors_are_one_line(raw, full, tmp_path: Path, shared_data):
         (["--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")], "does not exist"),
         (["--input", str(f), "--output", str(tmp_path / "o")], "no supported input files"),
         (["--input", str(raw), "--output", str(f / "sub")], "not writable"),
+        (["--input", str(raw), "--output", str(raw / "o")], "inside the input"),
         (["--input", str(raw), "--output", str(tmp_path / "o"), "--lang-hint", "de"], "lang_hint"),
         (["--input", str(raw), "--output", str(tmp_path / "o"), "tesseract.dpi=5"], "tesseract.dpi"),
         (
