@@ -411,3 +411,19 @@ def test_a_folder_in_use_is_refused(planted: dict, tmp_path: Path):
     ):
         run_dedup(planted["input"], tmp_path / "o", DedupConfig(), **QUIET)
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [".lock"]
+
+
+def test_a_full_disk_while_saving_an_array_carries_its_errno(tmp_path: Path):
+    """numpy's own ``tofile`` reports a full disk as a bare "N requested and M written" (no errno), which the
+    stages could not tell from a bug; the work arrays are written so that ENOSPC reaches output_errors."""
+    import errno
+
+    from fault_helpers import small_disk
+
+    from preprocessing.dedup.stages import _save
+
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        with pytest.raises(OSError) as info:
+            _save(disk / "big.npy", np.arange(1 << 16, dtype=np.uint32))
+        assert info.value.errno == errno.ENOSPC
+        assert not list(disk.iterdir())  # the temp file is gone too

@@ -122,6 +122,14 @@ class _RawZstWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+class _Sink:
+    """Only a file's ``write``: numpy then writes an array through Python, whose write errors carry their
+    errno (its direct ``tofile`` reports a full disk as a bare "N requested and M written")."""
+
+    def __init__(self, fh: Any):
+        self.write = fh.write
+
+
 def _save(path: Path, arr: np.ndarray | None = None, **arrays: np.ndarray) -> None:
     """``np.save`` (or ``np.savez`` of ``arrays``) through a temp file, which a failed write deletes."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +137,7 @@ def _save(path: Path, arr: np.ndarray | None = None, **arrays: np.ndarray) -> No
     try:
         with open(tmp, "wb") as fh:
             if arr is not None:
-                np.save(fh, arr)
+                np.save(_Sink(fh), arr)
             else:
                 np.savez(fh, **arrays)
         os.replace(tmp, path)
