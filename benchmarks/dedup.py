@@ -35,6 +35,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import unicodedata  # noqa: E402
 from collections import defaultdict  # noqa: E402
+from dataclasses import replace  # noqa: E402
 
 from megatron_mmed.common.io import JsonlZstWriter, read_jsonl_zst  # noqa: E402
 from preprocessing.dedup import DedupConfig, run_dedup  # noqa: E402
@@ -139,7 +140,9 @@ def _one(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     if args.method == "ours":
         with tempfile.TemporaryDirectory(dir=args.tmp) as out:
-            res = run_dedup(in_dir, out, cfg, workers=args.workers, show_progress=False, log=lambda s: None)
+            res = run_dedup(
+                in_dir, out, replace(cfg, workers=args.workers), show_progress=False, log=lambda s: None
+            )
             removed = res.stats.docs_in.total() - res.stats.docs_out.total()
     else:
         removed = _baseline(args.method, in_dir, cfg)

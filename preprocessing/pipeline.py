@@ -145,6 +145,7 @@ def _with_workers(cfg: PipelineConfig) -> PipelineConfig:
         extract=replace(cfg.extract, workers=w),
         prep=replace(cfg.prep, workers=w),
         decontam=replace(cfg.decontam, workers=w),
+        dedup=replace(cfg.dedup, workers=w),
         tokenize=replace(cfg.tokenize, workers=w),
     )
 
@@ -223,7 +224,6 @@ def _run_stage(
             prev,
             dirs[stage],
             cfg.dedup,
-            workers=cfg.workers or 1,
             show_progress=show_progress,
             log=console.print,
         )
