@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_mmed.common.config import ConfigError, to_dict
-from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, files_digest
-from megatron_mmed.common.tasks import resume_tasks
+from megatron_mmed.common.io import JsonlZstWriter, files_digest
 from preprocessing.clean import CleanConfig, clean_text
 from preprocessing.document import Doc
 from preprocessing.ingest import BadRecord, IngestConfig, Shard, discover, plan_shards, read_shard
@@ -22,7 +21,7 @@ from preprocessing.langid import LangIdConfig, LanguageIdentifier
 from preprocessing.layout import StageStats, kept_file, rejected_file
 from preprocessing.medical import MedicalConfig, MedicalFilter
 from preprocessing.quality import QualityConfig, QualityFilter
-from preprocessing.stage import open_stage
+from preprocessing.stage import open_stage, resume_shards
 
 #: The steps of ``mmed prep`` in order; the report counts documents in and out of each.
 STEPS: tuple[str, ...] = ("ingest", "clean", "langid", "medical", "quality")
@@ -184,21 +183,6 @@ class ShardProcessor:
         }
 
 
-# ---- worker-process plumbing (one ShardProcessor per process) ----
-_PROCESSOR: ShardProcessor | None = None
-
-
-def _init_worker(cfg: PrepConfig) -> None:
-    global _PROCESSOR
-    _PROCESSOR = ShardProcessor(cfg)
-
-
-def _work(args: tuple[Shard, str]) -> tuple[str, dict[str, Any]]:
-    shard, out_dir = args
-    assert _PROCESSOR is not None
-    return shard.shard_id, _PROCESSOR.run_shard(shard, Path(out_dir))
-
-
 @dataclass
 class PrepResult:
     out_dir: Path
@@ -234,22 +218,9 @@ def run_prep(
     ) as out:
         # build the filters once up front: a bad keywords file fails here, before any worker starts
         local = ShardProcessor(cfg)
-        shards = {s.shard_id: s for s in plan_shards(files, cfg.ingest)}
-        done = resume_tasks(
-            "prep",
-            {sid: (s, str(out)) for sid, s in shards.items()},
-            _work,
-            DoneMarkers(out, "prep"),
-            rank=rank,
-            world_size=world_size,
-            valid=lambda sid, marker: marker.get("shard") == shards[sid].describe(),
-            unit="shards",
-            workers=cfg.workers,
-            show_progress=show_progress,
-            start_method="spawn",
-            initializer=_init_worker,
-            initargs=(cfg,),
-            run_here=lambda task: (task[0].shard_id, local.run_shard(task[0], out)),
+        shards = plan_shards(files, cfg.ingest)
+        done = resume_shards(
+            "prep", shards, out, cfg, local, rank=rank, world_size=world_size, show_progress=show_progress
         )
         results, skipped = done.results, done.skipped
         if not done.complete:

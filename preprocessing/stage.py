@@ -11,10 +11,10 @@ tokenize) opens its output folder, so that each one refuses, locks, resumes and 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from megatron_mmed.common.config import save_config, to_dict
 from megatron_mmed.common.io import (
@@ -24,6 +24,7 @@ from megatron_mmed.common.io import (
     refuse_output_inside,
 )
 from megatron_mmed.common.lock import folder_lock
+from megatron_mmed.common.tasks import TaskRun, resume_tasks
 
 #: fields of a stage config that never change its output, unless the config names its own
 #: (``OUTPUT_NEUTRAL``, a class variable): a run may resume with other values of these
@@ -66,3 +67,64 @@ def open_stage(
         same_run(out, stage, cfg, input, **data)
         save_config(cfg, out / "config.yaml")
         yield out
+
+
+class Shard(Protocol):
+    """A shard of raw inputs (prep's and extract's): its id, and a description its marker must match."""
+
+    shard_id: str
+
+    def describe(self) -> Any: ...
+
+
+class ShardRunner(Protocol):
+    """What processes shards: built once per process from the stage's config."""
+
+    def run_shard(self, shard: Any, out_dir: Path) -> dict[str, Any]: ...
+
+
+_RUNNER: ShardRunner | None = None  # in a worker process: its own runner
+
+
+def _init_shard_worker(make: Callable[[Any], ShardRunner], cfg: Any) -> None:
+    global _RUNNER
+    _RUNNER = make(cfg)
+
+
+def _run_shard(task: tuple[Shard, str]) -> tuple[str, dict[str, Any]]:
+    shard, out = task
+    assert _RUNNER is not None
+    return shard.shard_id, _RUNNER.run_shard(shard, Path(out))
+
+
+def resume_shards(
+    stage: str,
+    shards: Sequence[Shard],
+    out: Path,
+    cfg: Any,
+    local: ShardRunner,
+    *,
+    rank: int,
+    world_size: int,
+    show_progress: bool,
+) -> TaskRun:
+    """Step 4 for a stage over shards of raw inputs (prep, extract): this rank's shards whose marker does not
+    describe the same shard run in ``local``, or in ``cfg.workers`` spawned processes that each build their
+    own ``type(local)(cfg)``."""
+    by_id = {s.shard_id: s for s in shards}
+    return resume_tasks(
+        stage,
+        {sid: (s, str(out)) for sid, s in by_id.items()},
+        _run_shard,
+        DoneMarkers(out, stage),
+        rank=rank,
+        world_size=world_size,
+        valid=lambda sid, marker: marker.get("shard") == by_id[sid].describe(),
+        unit="shards",
+        workers=cfg.workers,
+        show_progress=show_progress,
+        start_method="spawn",
+        initializer=_init_shard_worker,
+        initargs=(type(local), cfg),
+        run_here=lambda task: (task[0].shard_id, local.run_shard(task[0], out)),
+    )

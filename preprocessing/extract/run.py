@@ -28,13 +28,12 @@ from typing import Any
 import xxhash
 
 from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, files_digest, read_jsonl_zst
-from megatron_mmed.common.tasks import resume_tasks
 from preprocessing.extract.config import ExtractConfig
 from preprocessing.extract.html import HtmlExtractor, normalize_url
 from preprocessing.extract.pdf import PdfExtractor
 from preprocessing.extract.sources import Shard, Unit, discover, plan_shards
 from preprocessing.extract.stats import ExtractStats
-from preprocessing.stage import open_stage
+from preprocessing.stage import open_stage, resume_shards
 
 DOCS = "docs"
 REJECTED = "rejected"
@@ -118,21 +117,6 @@ class ShardExtractor:
             rejected.abort()
             raise
         return {"shard": shard.describe(), "stats": stats.to_dict(), "urls": urls}
-
-
-# ---- worker-process plumbing (one ShardExtractor per process) ----
-_EXTRACTOR: ShardExtractor | None = None
-
-
-def _init_worker(cfg: ExtractConfig) -> None:
-    global _EXTRACTOR
-    _EXTRACTOR = ShardExtractor(cfg)
-
-
-def _work(args: tuple[Shard, str]) -> tuple[str, dict[str, Any]]:
-    shard, out = args
-    assert _EXTRACTOR is not None
-    return shard.shard_id, _EXTRACTOR.run_shard(shard, Path(out))
 
 
 @contextmanager
@@ -228,22 +212,8 @@ def run_extract(
         # built up front: a missing Tesseract (--ocr always) fails before any work
         local = ShardExtractor(cfg)
         shards = plan_shards(units, cfg.html_per_shard)
-        by_id = {s.shard_id: s for s in shards}
-        done = resume_tasks(
-            "extract",
-            {sid: (s, str(out)) for sid, s in by_id.items()},
-            _work,
-            DoneMarkers(out, STAGE),
-            rank=rank,
-            world_size=world_size,
-            valid=lambda sid, marker: marker.get("shard") == by_id[sid].describe(),
-            unit="shards",
-            workers=cfg.workers,
-            show_progress=show_progress,
-            start_method="spawn",
-            initializer=_init_worker,
-            initargs=(cfg,),
-            run_here=lambda task: (task[0].shard_id, local.run_shard(task[0], out)),
+        done = resume_shards(
+            STAGE, shards, out, cfg, local, rank=rank, world_size=world_size, show_progress=show_progress
         )
         results, skipped = done.results, done.skipped
         if not done.complete:
