@@ -23,17 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from megatron_mmed.commands.stage_args import print_array_wait, rank_world, stage_config
+    from megatron_mmed.commands.stage_args import run_array_stage, stage_config
     from preprocessing.extract import ExtractConfig, run_extract
     from preprocessing.extract.report import print_extract_summary
 
     cfg = stage_config(ExtractConfig, "extract", args, ocr=args.ocr, lang_hint=args.lang_hint)
-    rank, world = rank_world(args)
-    result = run_extract(
-        args.input, args.output, cfg, show_progress=not args.no_progress, rank=rank, world_size=world
-    )
-    if result.report:
-        print_extract_summary(result)
-    else:
-        print_array_wait("extract", rank, world)
-    return 0
+    return run_array_stage("extract", run_extract, print_extract_summary, args, cfg)

@@ -23,18 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from megatron_mmed.commands.stage_args import print_array_wait, rank_world, stage_config
+    from megatron_mmed.commands.stage_args import run_array_stage, stage_config
     from preprocessing.prep import PrepConfig, run_prep
     from preprocessing.prep_report import print_prep_summary
 
     flags = {"medical.preset": args.preset, "medical.keywords_file": args.keywords}
     cfg = stage_config(PrepConfig, "prep", args, **flags)
-    rank, world = rank_world(args)
-    result = run_prep(
-        args.input, args.output, cfg, show_progress=not args.no_progress, rank=rank, world_size=world
-    )
-    if result.report:
-        print_prep_summary(result)
-    else:
-        print_array_wait("prep", rank, world)
-    return 0
+    return run_array_stage("prep", run_prep, print_prep_summary, args, cfg)

@@ -4,6 +4,7 @@ they become the stage's config: one place, so the five commands cannot drift apa
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -53,10 +54,21 @@ def rank_world(args: argparse.Namespace) -> tuple[int, int]:
     return array_rank_world(args.rank, args.world_size)
 
 
-def print_array_wait(command: str, rank: int, world_size: int) -> None:
-    """What an array task prints when others still have work: the report comes from the last one."""
+def run_array_stage(
+    command: str, run: Callable[..., Any], summary: Callable[[Any], None], args: argparse.Namespace, cfg: Any
+) -> int:
+    """Run a stage over raw inputs (prep, extract) as this array task: ``summary`` prints its result when
+    this task wrote the report, else one line says the last task to finish will."""
     from megatron_mmed.common.progress import console
 
-    console.print(
-        f"mmed {command}: task {rank}/{world_size} done; the report is written by the last task to finish"
+    rank, world = rank_world(args)
+    result = run(
+        args.input, args.output, cfg, show_progress=not args.no_progress, rank=rank, world_size=world
     )
+    if result.report:
+        summary(result)
+    else:
+        console.print(
+            f"mmed {command}: task {rank}/{world} done; the report is written by the last task to finish"
+        )
+    return 0
