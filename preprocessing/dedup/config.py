@@ -1,9 +1,9 @@
 """``DedupConfig``: one config shared by every dedup stage (saved as ``OUT/config.yaml`` and in the work dir).
 
-Defaults come from measurements on ``../shared/data/corpus`` (see ``shingles.py``): word 2-grams for
-en/fr/es/ru, character 2-grams for zh/ja, and a Jaccard threshold of 0.6. At 0.8, copies with 10% of their
-tokens edited fall to a shingle Jaccard of 0.55-0.75 for every n >= 2, so 0.8 only finds copies with <= 3%
-edits; 0.6 finds them at 10% while the most similar distinct documents of the corpus stay below it.
+Defaults come from ``benchmarks/dedup.py shingles`` (see ``shingles.py``): word 2-grams for en/fr/es/ru,
+character 2-grams for zh/ja, and a Jaccard threshold of 0.6. Copies with 10% of their tokens edited fall
+well below 0.8 for every n >= 2, so 0.8 would only find copies with a few % of edits; 0.6 finds them at 10%
+while the most similar distinct documents of the corpus stay below it.
 """
 
 from __future__ import annotations
