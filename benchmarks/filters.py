@@ -1,12 +1,16 @@
 """Language ID and quality filters of ``mmed prep`` on the shared corpus: the figures their defaults rest on.
 
-    .venv/bin/python benchmarks/filters.py [langid|quality|all] [--data ../shared/data]
+    .venv/bin/python -m benchmarks.filters [langid|quality|decontam|all] [--data ../shared/data]
 
 langid: per language, accuracy of ``LanguageIdentifier.detect`` with the defaults, the lowest confidence of
 a correct label, the labels of wrong answers, and ms per document.
 quality: per language and domain (``medical``/``general`` of each corpus record), the share of documents
 that pass ``QualityFilter`` with the defaults after ``clean_text`` (as in ``mmed prep``), the rules that
 reject the others, and the seconds for the whole corpus.
+decontam: per language, how many corpus documents share at least one n-gram with a benchmark item of
+``qa/`` (GPT-3's "any shared n-gram") for zh/ja character n-grams of 13 and 20 units (word n-grams: the
+default 13), the largest shared fraction of an item's n-grams, and what the default rule
+(``min_fraction``) removes.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import argparse
 import json
 import time
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from preprocessing.clean import CleanConfig, clean_text
+from preprocessing.decontam import DecontamConfig, NgramIndex, load_benchmark
 from preprocessing.document import LANGS
 from preprocessing.langid import LangIdConfig, LanguageIdentifier
 from preprocessing.quality import QualityConfig, QualityFilter
@@ -69,9 +75,23 @@ def quality(docs: dict[str, list[dict]]) -> None:
     print(f"quality filter: {sum(n for _, n in passed.values())} docs in {seconds:.2f} s")
 
 
+def decontam(docs: dict[str, list[dict]], qa: Path) -> None:
+    bench, default = load_benchmark(qa), DecontamConfig()
+    print(f"{'lang':>4} {'docs':>5} {'char n':>6} {'any shared':>10} {'max fraction':>12} {'removed':>7}")
+    for n in (13, 20):
+        anyone = replace(default, min_fraction=0.0, char=replace(default.char, n=n))
+        index, rule = NgramIndex(bench, anyone), NgramIndex(bench, replace(default, char=anyone.char))
+        for lang, recs in docs.items():
+            hits = [index.match(r["text"]) for r in recs]
+            top = max((m["fraction"] for h in hits for m in h), default=0.0)
+            removed = sum(1 for r in recs if rule.match(r["text"]))
+            shared = sum(1 for h in hits if h)
+            print(f"{lang:>4} {len(recs):>5} {n:>6} {shared:>10} {top:>12.2f} {removed:>7}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="?", choices=["langid", "quality", "all"], default="all")
+    ap.add_argument("what", nargs="?", choices=["langid", "quality", "decontam", "all"], default="all")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder holding corpus/<lang>.jsonl")
     args = ap.parse_args()
     docs = corpus(args.data)
@@ -79,6 +99,8 @@ def main() -> None:
         langid(docs)
     if args.what in ("quality", "all"):
         quality(docs)
+    if args.what in ("decontam", "all"):
+        decontam(docs, args.data / "qa")
 
 
 if __name__ == "__main__":

@@ -79,11 +79,11 @@ class DecontamConfig:
     """The overlap rule of ``mmed decontam``; saved as ``OUT/config.yaml``.
 
     Why ``char.n = 20``: 13 English words are ~70 characters; 20 zh/ja characters are about 10-13 words.
-    Measured on ``shared/data/corpus`` against ``shared/data/qa``: 70 of the 163 Japanese documents share a
-    13-character n-gram with some other IgakuQA item (boilerplate such as 心音と呼吸音とに異常を認めない), 28
-    share a 20-character one, and none shares more than 5% of an item's 20-grams. So GPT-3's "any shared
-    n-gram" (``min_fraction: 0``) over-removes; ``min_fraction: 0.5`` keeps every clean document and still
-    finds the 4 CasiMedicos training texts that repeat MIR test questions (67-100% of their n-grams).
+    Clean Japanese documents share 13- and even 20-character n-grams with IgakuQA items (boilerplate such
+    as 心音と呼吸音とに異常を認めない), but only a small fraction of an item's n-grams, so GPT-3's "any
+    shared n-gram" (``min_fraction: 0``) over-removes; ``min_fraction: 0.5`` keeps every clean document and
+    still finds the CasiMedicos training texts that repeat MIR test questions. The counts on the shared
+    corpus: ``python -m benchmarks.filters decontam``.
     """
 
     #: en/fr/es/ru segments: word n-grams (13 as in GPT-3)

@@ -15,7 +15,8 @@ URLs and e-mail addresses are removed from the sample first: they are language-n
 label a link-heavy English post ``zxx`` (no language).
 
 Accuracy per language, the lowest confidence of a correct label and the time per document on the shared
-corpus: ``benchmarks/filters.py langid``; other languages' text is rejected (``tests/test_langid.py``).
+corpus: ``python -m benchmarks.filters langid``; other languages' text is rejected
+(``tests/test_langid.py``).
 
 ``min_confidence`` = 0.5: correct labels score well above it (see the benchmark), while text the detector
 cannot place spreads its mass (a one-word "Patient": 0.07, a table of codes: 0.12), so 0.5 rejects "no

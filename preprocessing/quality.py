@@ -10,8 +10,8 @@ words / 30 characters (short medical QA contexts are real documents), alpha rati
 " — " / " : " tokens not counted as words, duplicate n-grams count repeats only (not the first occurrence),
 the top n-gram must occur >= 3 times, line-ratio rules need >= 3 lines (an exam stem ending in "..." is one
 line of two), Russian mean word length up to 12, higher CJK duplicate-n-gram limits. Pass rates per
-language and domain, and the time per corpus: ``benchmarks/filters.py quality``. Cost is linear in the
-text (n-gram statistics read the first ``ngram_max_tokens`` tokens only).
+language and domain, and the time per corpus: ``python -m benchmarks.filters quality``. Cost is linear in
+the text (n-gram statistics read the first ``ngram_max_tokens`` tokens only).
 """
 
 from __future__ import annotations
