@@ -42,7 +42,6 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import unicodedata  # noqa: E402
 from collections import defaultdict  # noqa: E402
-from dataclasses import replace  # noqa: E402
 
 from megatron_mmed.common.io import JsonlZstWriter, read_jsonl_zst  # noqa: E402
 from preprocessing.dedup import DedupConfig, run_dedup  # noqa: E402
@@ -140,16 +139,14 @@ def _one(args: argparse.Namespace) -> None:
     """Child process: run one method on one input, print JSON with docs/s and peak RSS."""
     import datasketch  # noqa: F401  (imported before the clock starts, for every method alike)
 
-    cfg = DedupConfig()
+    cfg = DedupConfig(workers=args.workers)  # the baselines run in one process
     in_dir = Path(args.input)
     n = sum(1 for f in (in_dir / "kept").glob("*/*.jsonl.zst") for _ in read_jsonl_zst(f))
     cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
     if args.method == "ours":
         with tempfile.TemporaryDirectory(dir=args.tmp) as out:
-            res = run_dedup(
-                in_dir, out, replace(cfg, workers=args.workers), show_progress=False, log=lambda s: None
-            )
+            res = run_dedup(in_dir, out, cfg, show_progress=False, log=lambda s: None)
             removed = res.stats.docs_in.total() - res.stats.docs_out.total()
     else:
         removed = _baseline(args.method, in_dir, cfg)
