@@ -2,12 +2,19 @@
 
     .venv/bin/python benchmarks/dedup.py speed [--sizes 10000 50000] [--workers 1]
     .venv/bin/python benchmarks/dedup.py quality [--rates 0.02 0.05 0.10]
+    .venv/bin/python benchmarks/dedup.py shingles
 
 speed: synthetic ~2 KB documents (sentences sampled from ../shared/data/corpus, all six languages, 3% near
 copies) written once per size in the prep layout; each method runs in its own subprocess on the same files,
 reading included: ours (``run_dedup``), (a) naive datasketch (``MinHash.update_batch`` per document +
 ``MinHashLSH`` query/insert) and (b) ``MinHash.bulk`` with its defaults + the same LSH. Baselines use the
 same shingles (word/char bigrams of the same normalised view) as Python sets of strings.
+
+shingles: exact shingle Jaccard per shingle size (word 1/2/3-grams for en/fr/es/ru, character 1/2/5-grams
+for zh/ja): the most similar pair of distinct corpus documents, the least similar 10%-edited near copy
+(deleted/inserted/substituted/swapped/misspelt tokens; documents of >= 100 tokens) and the most similar
+pair of unrelated ~15-50 KB "books" (consecutive corpus documents of one language, no document shared): the
+figures behind the default shingles and threshold (``preprocessing/dedup/shingles.py``, ``config.py``).
 
 quality: every corpus document plus one near copy of each (edit kinds of ``synthetic.KINDS`` at the given
 rates, round robin) through ``run_dedup``; precision, recall, F1 of "is a near duplicate" per language and
@@ -128,14 +135,14 @@ def _one(args: argparse.Namespace) -> None:
     """Child process: run one method on one input, print JSON with docs/s and peak RSS."""
     import datasketch  # noqa: F401  (imported before the clock starts, for every method alike)
 
-    cfg = DedupConfig()
+    cfg = DedupConfig(workers=args.workers)  # the baselines run in one process
     in_dir = Path(args.input)
     n = sum(1 for f in (in_dir / "kept").glob("*/*.jsonl.zst") for _ in read_jsonl_zst(f))
     cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
     if args.method == "ours":
         with tempfile.TemporaryDirectory(dir=args.tmp) as out:
-            res = run_dedup(in_dir, out, cfg, workers=args.workers, show_progress=False, log=lambda s: None)
+            res = run_dedup(in_dir, out, cfg, show_progress=False, log=lambda s: None)
             removed = res.stats.docs_in.total() - res.stats.docs_out.total()
     else:
         removed = _baseline(args.method, in_dir, cfg)
@@ -278,6 +285,55 @@ def quality(args: argparse.Namespace) -> dict:
     return results
 
 
+def _jaccard(a: set, b: set) -> float:
+    return len(a & b) / max(len(a | b), 1)
+
+
+def _books(texts: list[str], rng: random.Random) -> list[str]:
+    """Consecutive documents joined into books of 15-50 KB (each document in one book at most)."""
+    books, cur, target = [], [], rng.randint(15_000, 50_000)
+    for t in texts:
+        cur.append(t)
+        if sum(len(x.encode()) for x in cur) >= target:
+            books.append("\n".join(cur))
+            cur, target = [], rng.randint(15_000, 50_000)
+    return books
+
+
+def shingle_sizes(args: argparse.Namespace) -> None:
+    """The shingle-size table: distinct documents' max J, 10%-edited copies' min J, unrelated books' max J."""
+    rng = random.Random(args.seed)
+    docs = {lg: [d["text"] for d in corpus(lg)] for lg in LANGS}
+    print(
+        f"{'n':>9} {'distinct docs, max J':>22} {'10%-edit copies, min J':>23} {'unrelated books, max J':>23}"
+    )
+    for unit, sizes in (("words", (1, 2, 3)), ("chars", (1, 2, 5))):
+        langs = [lg for lg in LANGS if (lg in CJK_LANGS) == (unit == "chars")]
+        for n in sizes:
+            cfg = DedupConfig(word_ngram=n, cjk_ngram=n)
+            distinct, copies, books = (0.0, ""), (1.0, ""), (0.0, "")
+            for lang in langs:
+                sets = [set(_py_shingles(t, lang, cfg)) for t in docs[lang]]
+                for i in range(len(sets)):
+                    for j in range(i + 1, len(sets)):
+                        distinct = max(distinct, (_jaccard(sets[i], sets[j]), lang))
+                vocab = [t for d in docs[lang][:200] for t in tokens_of(d, lang)]
+                for k, t in enumerate(docs[lang]):
+                    if len(tokens_of(t, lang)) < 100:  # 10% of fewer tokens is not a 10% edit
+                        continue
+                    kind = KINDS[k % (len(KINDS) - 1)]  # every kind but boilerplate
+                    copy = near_copy(t, lang, 0.10, kind, rng, vocab)
+                    copies = min(copies, (_jaccard(sets[k], set(_py_shingles(copy, lang, cfg))), lang))
+                shuffled = docs[lang][:]
+                rng.shuffle(shuffled)
+                bsets = [set(_py_shingles(b, lang, cfg)) for b in _books(shuffled, rng)]
+                for i in range(len(bsets)):
+                    for j in range(i + 1, len(bsets)):
+                        books = max(books, (_jaccard(bsets[i], bsets[j]), lang))
+            cells = [f"{v:.2f} ({lg})" for v, lg in (distinct, copies, books)]
+            print(f"{unit:>7} {n} {cells[0]:>22} {cells[1]:>23} {cells[2]:>23}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -294,13 +350,15 @@ def main() -> None:
     q.add_argument("--threshold", type=float, default=DedupConfig().threshold)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--tmp", default=None)
+    sh = sub.add_parser("shingles")
+    sh.add_argument("--seed", type=int, default=0)
     one = sub.add_parser("_one")
     one.add_argument("--method", choices=["ours", "naive", "bulk"], required=True)
     one.add_argument("--input", required=True)
     one.add_argument("--workers", type=int, default=1)
     one.add_argument("--tmp", default=None)
     args = ap.parse_args()
-    {"speed": speed, "quality": quality, "_one": _one}[args.cmd](args)
+    {"speed": speed, "quality": quality, "shingles": shingle_sizes, "_one": _one}[args.cmd](args)
 
 
 if __name__ == "__main__":

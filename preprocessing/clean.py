@@ -10,7 +10,7 @@ turn into a spurious space. Decisions worth knowing:
   unescaped: our inputs are plain text, so "&amp;" is a leftover, and ftfy's "auto" mode would skip a whole
   line as soon as it contains "<" ("p < 0.05").
 * U+3000 (ideographic space), NBSP, tabs and the other Unicode spaces become one ASCII space. They are
-  layout (indentation, alignment of names/columns), every later stage splits on them anyway, and one
+  formatting (indentation, alignment of names/columns), every later stage splits on them anyway, and one
   canonical space lets exact/near-dup detection match copies that differ only in spacing.
 * Lines are stripped at both ends, runs of blank lines become one blank line (the paragraph separator).
 * Control characters: C0/C1 except ``\\n``/``\\t`` (and ``\\r``, a line ending) are removed, as are invisible format characters that

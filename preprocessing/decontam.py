@@ -24,19 +24,10 @@ import numpy as np
 import xxhash
 
 from eval import data as qa
-from megatron_mmed.common.config import ConfigError, save_config, to_dict
+from megatron_mmed.common.config import ConfigError, to_dict
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import (
-    DoneMarkers,
-    JsonlZstWriter,
-    atomic_write_text,
-    ensure_writable_dir,
-    iter_jsonl_zst_records,
-    output_errors,
-    refuse_output_inside,
-)
-from megatron_mmed.common.lock import folder_lock
-from megatron_mmed.common.tasks import run_tasks
+from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, atomic_write_text, iter_jsonl_zst_records
+from megatron_mmed.common.tasks import resume_tasks
 from preprocessing.document import CJK_LANGS, LANGUAGE_NAMES
 from preprocessing.layout import (
     StageStats,
@@ -48,6 +39,7 @@ from preprocessing.layout import (
     unreadable_record,
     write_stage_report,
 )
+from preprocessing.stage import open_stage
 
 STAGE = "decontam"
 REASON = "contaminated"
@@ -87,11 +79,11 @@ class DecontamConfig:
     """The overlap rule of ``mmed decontam``; saved as ``OUT/config.yaml``.
 
     Why ``char.n = 20``: 13 English words are ~70 characters; 20 zh/ja characters are about 10-13 words.
-    Measured on ``shared/data/corpus`` against ``shared/data/qa``: 70 of the 163 Japanese documents share a
-    13-character n-gram with some other IgakuQA item (boilerplate such as 心音と呼吸音とに異常を認めない), 28
-    share a 20-character one, and none shares more than 5% of an item's 20-grams. So GPT-3's "any shared
-    n-gram" (``min_fraction: 0``) over-removes; ``min_fraction: 0.5`` keeps every clean document and still
-    finds the 4 CasiMedicos training texts that repeat MIR test questions (67-100% of their n-grams).
+    Clean Japanese documents share 13- and even 20-character n-grams with IgakuQA items (boilerplate such
+    as 心音と呼吸音とに異常を認めない), but only a small fraction of an item's n-grams, so GPT-3's "any
+    shared n-gram" (``min_fraction: 0``) over-removes; ``min_fraction: 0.5`` keeps every clean document and
+    still finds the CasiMedicos training texts that repeat MIR test questions. The counts on the shared
+    corpus: ``python -m benchmarks.filters decontam``.
     """
 
     #: en/fr/es/ru segments: word n-grams (13 as in GPT-3)
@@ -374,40 +366,28 @@ def run_decontam(
     t0 = time.time()
     inp = require_stage_output(input_dir)
     bench = load_benchmark(benchmark_dir)
-    refuse_output_inside(out_dir, [inp])
-    out = ensure_writable_dir(out_dir)
-    with folder_lock(out, "mmed decontam"), output_errors(out):
-        rule = {k: v for k, v in to_dict(cfg).items() if k not in ("workers",)}
-        files_fp = {
-            n: [Path(p).stat().st_size, xxhash.xxh3_64_hexdigest(Path(p).read_bytes())]
-            for n, p in bench.files.items()
-        }
-        fingerprint = {"settings": rule, "benchmark": files_fp, "input": input_digest(inp)}
-        DoneMarkers(out, STAGE).check_same_run(fingerprint, "decontam run")
-        save_config(cfg, out / "config.yaml")
+    files_fp = {
+        n: [Path(p).stat().st_size, xxhash.xxh3_64_hexdigest(Path(p).read_bytes())]
+        for n, p in bench.files.items()
+    }
+    with open_stage(STAGE, out_dir, cfg, reads=[inp], input=input_digest(inp), benchmark=files_fp) as out:
         _INDEX = NgramIndex(bench, cfg)
-        tasks = [(lang, f) for lang, files in kept_files(inp).items() for f in files]
-        markers = DoneMarkers(out, STAGE)
-        results: dict[str, dict[str, Any]] = {}
-        pending = []
-        for lang, f in tasks:
-            sid = _shard_id(lang, f)
-            if markers.is_done(sid):
-                results[sid] = markers.read(sid)
-            else:
-                pending.append((lang, str(f), str(out), cfg.keep_rejected_text))
+        tasks = {
+            _shard_id(lang, f): (lang, str(f), str(out), cfg.keep_rejected_text)
+            for lang, files in kept_files(inp).items()
+            for f in files
+        }
         # forked workers share the index built above
-        run_tasks(
+        done = resume_tasks(
             "decontam",
-            pending,
+            tasks,
             _work,
-            markers,
-            results,
-            total=len(tasks),
+            DoneMarkers(out, STAGE),
             unit="files",
             workers=cfg.workers,
             show_progress=show_progress,
         )
+        results = done.results
         stats = StageStats()
         matched: dict[str, int] = {}
         for sid in sorted(results):
@@ -437,8 +417,9 @@ def run_decontam(
             config=to_dict(cfg),
         )
         atomic_write_text(out / "report.md", render_report_md(report))
-        skipped = len(tasks) - len(pending)
-        return DecontamResult(out, stats, per_lang, matched, len(tasks), skipped, time.time() - t0, report)
+        return DecontamResult(
+            out, stats, per_lang, matched, len(tasks), done.skipped, time.time() - t0, report
+        )
 
 
 def render_report_md(report: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """Ingest: turn input paths into shards and stream raw documents out of each shard.
 
 Formats: ``.jsonl``/``.json`` (one object a line), ``.jsonl.gz``, ``.jsonl.zst``, ``.parquet``, ``.txt`` (one
-document per file) and ``.zip`` archives of ``.txt`` files (MMedC's distribution layout). Reading is streaming:
+document per file) and ``.zip`` archives of ``.txt`` files (how MMedC is distributed). Reading is streaming:
 memory does not grow with input size (one line or one parquet batch at a time).
 
 Plain JSONL files larger than ``shard_bytes`` are cut into byte ranges at line boundaries, so a single large

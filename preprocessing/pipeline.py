@@ -11,14 +11,17 @@
 
 Every stage resumes from its own completion markers, so rerunning the same command after a crash redoes
 only unfinished work; a stage whose input changed since (new raw files, an earlier stage redone) is redone
-with every stage after it.
+with every stage after it. The stages are the entries of ``REGISTRY``, run in its order; extract runs
+whenever ``extract_inputs`` are given and prep runs (a recipe's inputs are never silently ignored).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,10 +39,6 @@ from preprocessing.layout import iter_kept
 from preprocessing.prep import PrepConfig, run_prep
 from preprocessing.tokenization import TokenizeConfig, run_tokenize
 
-STAGES: tuple[str, ...] = ("extract", "prep", "dedup", "decontam", "tokenize")
-#: what a recipe runs unless it names ``stages``: extract only when asked for (it needs ``extract_inputs``)
-DEFAULT_STAGES: tuple[str, ...] = STAGES[1:]
-
 
 @dataclass(frozen=True)
 class SentencePieceConfig:
@@ -56,6 +55,77 @@ class SentencePieceConfig:
 
 
 @dataclass(frozen=True)
+class StageCall:
+    """What a registry entry gets to run its stage: the folders and the progress switch."""
+
+    root: Path  # the pipeline's output folder
+    out: Path  # this stage's folder
+    prev: Path | None  # the folder of the stage before it (None before prep)
+    dirs: dict[str, Path]  # every stage's folder
+    show_progress: bool
+
+
+@dataclass(frozen=True)
+class PipelineStage:
+    """One entry of the registry: a stage name (also its config section and ``stages`` entry), its folder
+    under OUT, whether it reads the previous stage's folder, and how a recipe runs it (returning what the
+    stage adds to ``pipeline.json`` besides its totals)."""
+
+    name: str
+    folder: str
+    run: Callable[[PipelineConfig, StageCall], dict[str, Any]]
+    reads_previous: bool = True
+
+
+def _extract(cfg: PipelineConfig, call: StageCall) -> dict[str, Any]:
+    run_extract(list(cfg.extract_inputs), call.out, cfg.extract, show_progress=call.show_progress)
+    return {}
+
+
+def _prep(cfg: PipelineConfig, call: StageCall) -> dict[str, Any]:
+    inputs = list(cfg.inputs)
+    if cfg.extract_inputs and (call.dirs["extract"] / "report.json").is_file():
+        inputs.append(str(call.dirs["extract"] / "docs"))
+    run_prep(inputs, call.out, cfg.prep, show_progress=call.show_progress)
+    return {}
+
+
+def _dedup(cfg: PipelineConfig, call: StageCall) -> dict[str, Any]:
+    assert call.prev is not None
+    run_dedup(call.prev, call.out, cfg.dedup, show_progress=call.show_progress, log=console.print)
+    return {}
+
+
+def _decontam(cfg: PipelineConfig, call: StageCall) -> dict[str, Any]:
+    assert call.prev is not None
+    run_decontam(call.prev, cfg.benchmark, call.out, cfg.decontam, show_progress=call.show_progress)
+    return {}
+
+
+def _tokenize(cfg: PipelineConfig, call: StageCall) -> dict[str, Any]:
+    assert call.prev is not None
+    tokenizer = cfg.tokenizer or str(
+        train_sentencepiece(call.prev, call.root / "tokenizer", cfg.sentencepiece)
+    )
+    run_tokenize(call.prev, tokenizer, call.out, cfg.tokenize, show_progress=call.show_progress)
+    return {"tokenizer": tokenizer}
+
+
+#: the preprocessing stages in pipeline order: ``mmed pipeline`` runs the planned ones through this table
+REGISTRY: tuple[PipelineStage, ...] = (
+    PipelineStage("extract", "extract", _extract, reads_previous=False),
+    PipelineStage("prep", "prep", _prep, reads_previous=False),
+    PipelineStage("dedup", "dedup", _dedup),
+    PipelineStage("decontam", "decontam", _decontam),
+    PipelineStage("tokenize", "tok", _tokenize),
+)
+#: the stage names (what recipes' ``stages`` list), defined by the registry alone
+STAGES: tuple[str, ...] = tuple(s.name for s in REGISTRY)
+#: what a recipe runs unless it names ``stages``; extract joins whenever ``extract_inputs`` are given
+DEFAULT_STAGES: tuple[str, ...] = STAGES[1:]
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """The whole preprocessing chain; ``configs/prep/*.yaml`` are recipes of this."""
 
@@ -67,6 +137,7 @@ class PipelineConfig:
     benchmark: str = ""
     #: SentencePiece ``.model`` or HF ``tokenizer.json``; empty: train a small SentencePiece model on the data
     tokenizer: str = ""
+    #: the stages to run, in pipeline order; extract is added when ``extract_inputs`` are given and prep runs
     stages: tuple[str, ...] = DEFAULT_STAGES
     #: worker processes for every stage (overrides the stages' own ``workers`` when set)
     workers: int | None = None
@@ -76,6 +147,13 @@ class PipelineConfig:
     decontam: DecontamConfig = field(default_factory=DecontamConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     sentencepiece: SentencePieceConfig = field(default_factory=SentencePieceConfig)
+
+    def planned(self) -> tuple[str, ...]:
+        """The stages this recipe runs: ``stages``, with extract in front when ``extract_inputs`` are given
+        and prep runs (prep is what reads extract's output)."""
+        if self.extract_inputs and "prep" in self.stages and "extract" not in self.stages:
+            return ("extract", *self.stages)
+        return self.stages
 
     def validate(self) -> None:
         unknown = [s for s in self.stages if s not in STAGES]
@@ -137,59 +215,59 @@ def train_sentencepiece(data_dir: Path, out_dir: Path, cfg: SentencePieceConfig)
 
 
 def _with_workers(cfg: PipelineConfig) -> PipelineConfig:
+    """``workers``, when set, replaces every stage's own."""
     if cfg.workers is None:
         return cfg
-    w = cfg.workers
-    return replace(
-        cfg,
-        extract=replace(cfg.extract, workers=w),
-        prep=replace(cfg.prep, workers=w),
-        decontam=replace(cfg.decontam, workers=w),
-        tokenize=replace(cfg.tokenize, workers=w),
-    )
+    return replace(cfg, **{s: replace(getattr(cfg, s), workers=cfg.workers) for s in STAGES})
 
 
 def run_pipeline(cfg: PipelineConfig, show_progress: bool = True) -> dict[str, Any]:
-    """Run the configured stages in order; returns the summary also written to ``OUT/pipeline.json``.
+    """Run the planned stages in registry order; returns the summary also written to ``OUT/pipeline.json``.
 
     A stage whose input changed since its folder was made (new raw files, or an earlier stage redone) is
     redone, and so is every stage after it: their folders are cleared first (``redone`` in the summary). A
     stage whose own settings changed is refused, as by its single command: the recipe is the user's to
-    change, and deleting the folder is theirs to decide.
+    change, and deleting the folder is theirs to decide. ``OUT/config.yaml`` is written when the run ends
+    (and before it starts in a new folder), so a refused run leaves the recipe of the last one in place.
     """
     cfg = _with_workers(cfg)
+    planned = cfg.planned()
     root = ensure_writable_dir(cfg.output)
     with folder_lock(root, "mmed pipeline"), output_errors(root):
         for leftover in root.glob(f"{_TRASH}*"):  # a clear interrupted by kill -9
             shutil.rmtree(leftover, ignore_errors=True)
-        save_config(cfg, root / "config.yaml")
-        dirs = {s: root / ("tok" if s == "tokenize" else s) for s in STAGES}
+        if not (root / "config.yaml").is_file():
+            save_config(cfg, root / "config.yaml")
+        dirs = {st.name: root / st.folder for st in REGISTRY}
         summary: dict[str, Any] = {"stages": {}, "dirs": {s: str(d) for s, d in dirs.items()}, "redone": []}
         prev: Path | None = None
-        for i, stage in enumerate(STAGES):
-            if stage not in cfg.stages:
-                if (dirs[stage] / "report.json").is_file():
-                    prev = dirs[stage]  # a later stage may start from an earlier run's output
+        for i, st in enumerate(REGISTRY):
+            if st.name not in planned:
+                if (dirs[st.name] / "report.json").is_file():
+                    prev = dirs[st.name]  # a later stage may start from an earlier run's output
                 continue
-            if stage not in ("extract", "prep") and prev is None:
-                raise UserError(f"stage {stage} needs the output of the stage before it (run it first)")
+            if st.reads_previous and prev is None:
+                raise UserError(f"stage {st.name} needs the output of the stage before it (run it first)")
             t0 = time.time()
-            console.rule(f"[bold]{stage}")
+            console.rule(f"[bold]{st.name}")
+            call = StageCall(root, dirs[st.name], prev, dirs, show_progress)
             try:
-                info = _run_stage(stage, cfg, root, dirs, prev, summary, show_progress)
+                extra = st.run(cfg, call)
             except StaleOutputError as e:
                 if not set(e.changed) <= _INPUT_KEYS:
                     raise
-                later = [s for s in STAGES[i:] if s in cfg.stages or dirs[s].exists()]
+                later = [s for s in STAGES[i:] if s in planned or dirs[s].exists()]
                 console.print(
-                    f"{stage}: {e.folder} was made from another input; redoing {', '.join(later)} "
+                    f"{st.name}: {e.folder} was made from another input; redoing {', '.join(later)} "
                     "(their old folders are cleared)"
                 )
                 _clear(root, [dirs[s] for s in STAGES[i:]], cfg)
-                summary["redone"] = [s for s in STAGES[i:] if s in cfg.stages]
-                info = _run_stage(stage, cfg, root, dirs, prev, summary, show_progress)
-            summary["stages"][stage] = {"seconds": round(time.time() - t0, 2), **info}
-            prev = dirs[stage]
+                summary["redone"] = [s for s in STAGES[i:] if s in planned]
+                extra = st.run(cfg, call)
+            summary["stages"][st.name] = {"seconds": round(time.time() - t0, 2), **_totals(call.out)}
+            summary.update(extra)
+            prev = call.out
+        save_config(cfg, root / "config.yaml")
         atomic_write_json(root / "pipeline.json", summary)
         return summary
 
@@ -197,44 +275,6 @@ def run_pipeline(cfg: PipelineConfig, show_progress: bool = True) -> dict[str, A
 #: fingerprint entries that are data a stage reads (a change redoes the stage), not its settings
 _INPUT_KEYS = frozenset({"input", "benchmark", "tokenizer"})
 _TRASH = ".cleared-"
-
-
-def _run_stage(
-    stage: str,
-    cfg: PipelineConfig,
-    root: Path,
-    dirs: dict[str, Path],
-    prev: Path | None,
-    summary: dict[str, Any],
-    show_progress: bool,
-) -> dict[str, Any]:
-    """Run one stage into its folder; returns its totals."""
-    if stage == "extract":
-        res = run_extract(list(cfg.extract_inputs), dirs[stage], cfg.extract, show_progress=show_progress)
-        return res.report["totals"]
-    if stage == "prep":
-        inputs = list(cfg.inputs)
-        if cfg.extract_inputs and (dirs["extract"] / "report.json").is_file():
-            inputs.append(str(dirs["extract"] / "docs"))
-        return run_prep(inputs, dirs[stage], cfg.prep, show_progress=show_progress).report["totals"]
-    assert prev is not None
-    if stage == "dedup":
-        run_dedup(
-            prev,
-            dirs[stage],
-            cfg.dedup,
-            workers=cfg.workers or 1,
-            show_progress=show_progress,
-            log=console.print,
-        )
-        return _totals(dirs[stage])
-    if stage == "decontam":
-        res = run_decontam(prev, cfg.benchmark, dirs[stage], cfg.decontam, show_progress=show_progress)
-        return res.report["totals"]
-    tokenizer = cfg.tokenizer or str(train_sentencepiece(prev, root / "tokenizer", cfg.sentencepiece))
-    run_tokenize(prev, tokenizer, dirs[stage], cfg.tokenize, show_progress=show_progress)
-    summary["tokenizer"] = tokenizer
-    return _totals(dirs[stage])
 
 
 def _clear(root: Path, folders: list[Path], cfg: PipelineConfig) -> None:
@@ -261,7 +301,5 @@ def _clear(root: Path, folders: list[Path], cfg: PipelineConfig) -> None:
 
 
 def _totals(stage_dir: Path) -> dict[str, Any]:
-    import json
-
     rep = json.loads((stage_dir / "report.json").read_text(encoding="utf-8"))
     return rep.get("totals", {})

@@ -12,17 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from megatron_mmed.common.config import ConfigError, save_config, to_dict
-from megatron_mmed.common.io import (
-    DoneMarkers,
-    JsonlZstWriter,
-    ensure_writable_dir,
-    files_digest,
-    output_errors,
-    refuse_output_inside,
-)
-from megatron_mmed.common.lock import folder_lock
-from megatron_mmed.common.tasks import run_tasks
+from megatron_mmed.common.config import ConfigError, to_dict
+from megatron_mmed.common.io import JsonlZstWriter, files_digest
 from preprocessing.clean import CleanConfig, clean_text
 from preprocessing.document import Doc
 from preprocessing.ingest import BadRecord, IngestConfig, Shard, discover, plan_shards, read_shard
@@ -30,9 +21,10 @@ from preprocessing.langid import LangIdConfig, LanguageIdentifier
 from preprocessing.layout import StageStats, kept_file, rejected_file
 from preprocessing.medical import MedicalConfig, MedicalFilter
 from preprocessing.quality import QualityConfig, QualityFilter
+from preprocessing.stage import open_stage, resume_shards
 
-#: The stages of ``mmed prep`` in order; the report counts documents in and out of each.
-STAGES: tuple[str, ...] = ("ingest", "clean", "langid", "medical", "quality")
+#: The steps of ``mmed prep`` in order; the report counts documents in and out of each.
+STEPS: tuple[str, ...] = ("ingest", "clean", "langid", "medical", "quality")
 
 
 @dataclass(frozen=True)
@@ -86,7 +78,7 @@ class ShardProcessor:
         if not any(stage == "langid" for stage, _ in passed):
             doc.lang = None
         c_in = chars
-        for i, stage in enumerate(STAGES):
+        for i, stage in enumerate(STEPS):
             st = funnel[stage]
             st.seen(doc.lang, c_in)
             if i < len(passed):
@@ -130,7 +122,7 @@ class ShardProcessor:
 
     def run_shard(self, shard: Shard, out_dir: Path) -> dict[str, Any]:
         """Process one shard into its output files; returns the counters written into its marker."""
-        funnel = {s: StageStats() for s in STAGES}
+        funnel = {s: StageStats() for s in STEPS}
         overall = StageStats()
         writers: dict[str, JsonlZstWriter] = {}
         rejected = JsonlZstWriter(rejected_file(out_dir, shard.shard_id))
@@ -191,21 +183,6 @@ class ShardProcessor:
         }
 
 
-# ---- worker-process plumbing (one ShardProcessor per process) ----
-_PROCESSOR: ShardProcessor | None = None
-
-
-def _init_worker(cfg: PrepConfig) -> None:
-    global _PROCESSOR
-    _PROCESSOR = ShardProcessor(cfg)
-
-
-def _work(args: tuple[Shard, str]) -> tuple[str, dict[str, Any]]:
-    shard, out_dir = args
-    assert _PROCESSOR is not None
-    return shard.shard_id, _PROCESSOR.run_shard(shard, Path(out_dir))
-
-
 @dataclass
 class PrepResult:
     out_dir: Path
@@ -235,55 +212,26 @@ def run_prep(
 
     t0 = time.time()
     files, skipped_files = discover(inputs)
-    refuse_output_inside(out_dir, inputs)
-    out = ensure_writable_dir(out_dir)
-    with folder_lock(out, "mmed prep", rank, world_size), output_errors(out):
-        markers = DoneMarkers(out, "prep")
-        settings = {
-            k: v for k, v in to_dict(cfg).items() if k != "workers"
-        }  # workers never change the output
-        fingerprint = {"settings": settings, "input": files_digest((name, path) for path, name in files)}
-        markers.check_same_run(fingerprint, "prep run")
-        save_config(cfg, out / "config.yaml")
+    digest = files_digest((name, path) for path, name in files)
+    with open_stage(
+        "prep", out_dir, cfg, reads=inputs, input=digest, rank=rank, world_size=world_size
+    ) as out:
         # build the filters once up front: a bad keywords file fails here, before any worker starts
         local = ShardProcessor(cfg)
         shards = plan_shards(files, cfg.ingest)
-        pending, results = [], {}
-        mine = [s for i, s in enumerate(shards) if i % world_size == rank]
-        for s in mine:
-            done = markers.read(s.shard_id) if markers.is_done(s.shard_id) else None
-            if done is not None and done.get("shard") == s.describe():
-                results[s.shard_id] = done
-            else:
-                pending.append(s)
-        skipped = len(mine) - len(pending)
-        run_tasks(
-            "prep",
-            [(s, str(out)) for s in pending],
-            _work,
-            markers,
-            results,
-            total=len(mine),
-            unit="shards",
-            workers=cfg.workers,
-            start_method="spawn",
-            initializer=_init_worker,
-            initargs=(cfg,),
-            run_here=lambda task: (task[0].shard_id, local.run_shard(task[0], out)),
-            show_progress=show_progress,
+        done = resume_shards(
+            "prep", shards, out, cfg, local, rank=rank, world_size=world_size, show_progress=show_progress
         )
-        for s in shards:  # other array tasks' shards, when they are done
-            if s.shard_id not in results and markers.is_done(s.shard_id):
-                results[s.shard_id] = markers.read(s.shard_id)
-        if len(results) < len(shards):
+        results, skipped = done.results, done.skipped
+        if not done.complete:
             return PrepResult(
                 out, StageStats(), {}, len(shards), skipped, skipped_files, time.time() - t0, {}
             )
         overall = StageStats()
-        stages = {s: StageStats() for s in STAGES}
+        stages = {s: StageStats() for s in STEPS}
         for sid in sorted(results):
             overall.merge(StageStats.from_dict(results[sid]["overall"]))
-            for s in STAGES:
+            for s in STEPS:
                 stages[s].merge(StageStats.from_dict(results[sid]["stages"][s]))
         seconds = time.time() - t0
         report = write_prep_report(

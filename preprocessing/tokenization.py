@@ -18,23 +18,15 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import xxhash
 
-from megatron_mmed.common.config import ConfigError, save_config, to_dict
+from megatron_mmed.common.config import ConfigError, to_dict
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import (
-    DoneMarkers,
-    JsonlZstWriter,
-    ensure_writable_dir,
-    iter_jsonl_zst_records,
-    output_errors,
-    refuse_output_inside,
-)
-from megatron_mmed.common.lock import folder_lock
-from megatron_mmed.common.tasks import run_tasks
+from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, iter_jsonl_zst_records
+from megatron_mmed.common.tasks import resume_tasks
 from preprocessing.blend import BlendConfig, build_blend, write_blend, write_tokenize_report
 from preprocessing.layout import (
     StageStats,
@@ -44,6 +36,7 @@ from preprocessing.layout import (
     require_stage_output,
     unreadable_record,
 )
+from preprocessing.stage import open_stage
 
 STAGE = "tokenize"
 INT32_MAX = 2**31 - 1
@@ -54,6 +47,9 @@ EOD_CANDIDATES: tuple[str, ...] = ("</s>", "<|endoftext|>", "<|end_of_text|>", "
 @dataclass(frozen=True)
 class TokenizeConfig:
     """Everything ``mmed tokenize`` does besides its paths; saved as ``OUT/config.yaml``."""
+
+    #: fields that never change the token files (the blend is recomputed by every run)
+    OUTPUT_NEUTRAL: ClassVar[frozenset[str]] = frozenset({"workers", "batch_docs", "keep_parts", "blend"})
 
     #: EOD appended to every document; default: the tokenizer's own (SentencePiece ``eos_id()``)
     eod_id: int | None = None
@@ -382,21 +378,9 @@ def run_tokenize(
     inp = require_stage_output(input_dir)
     tok = load_tokenizer(tokenizer_path, cfg)
     ids = TokenIds.resolve(tok, cfg)
-    refuse_output_inside(out_dir, [inp])
-    out = ensure_writable_dir(out_dir)
-    with folder_lock(out, "mmed tokenize"), output_errors(out):
-        tok_info = {"kind": tok.kind, "path": str(Path(tok.path).resolve()), **to_dict(ids)}
-        settings = {
-            k: v for k, v in to_dict(cfg).items() if k not in ("workers", "batch_docs", "keep_parts", "blend")
-        }
-        fingerprint = {
-            "settings": settings,
-            "tokenizer": xxhash.xxh3_64_hexdigest(Path(tok.path).read_bytes()),
-            "input": input_digest(inp),
-        }
-        DoneMarkers(out, STAGE).check_same_run(fingerprint, "tokenize run")
-        save_config(cfg, out / "config.yaml")
-
+    tok_info = {"kind": tok.kind, "path": str(Path(tok.path).resolve()), **to_dict(ids)}
+    tok_digest = xxhash.xxh3_64_hexdigest(Path(tok.path).read_bytes())
+    with open_stage(STAGE, out_dir, cfg, reads=[inp], input=input_digest(inp), tokenizer=tok_digest) as out:
         files = kept_files(inp)
         markers = DoneMarkers(out, STAGE)
         for lang in files:  # final files deleted since the merge: redo that language's parts
@@ -404,16 +388,17 @@ def run_tokenize(
                 for m in (markers.dir / lang).glob("*.json") if (markers.dir / lang).is_dir() else []:
                     m.unlink()
                 markers.path(f"merge-{lang}").unlink()
-        tasks, results = [], {}
-        for lang, paths in files.items():
-            for k, p in enumerate(paths):
-                sid = f"{lang}/{k:06d}"
-                part = out / ".parts" / lang / f"{k:06d}"
-                if markers.is_done(sid) or markers.is_done(f"merge-{lang}"):
-                    results[sid] = markers.read(sid)
-                else:
-                    tasks.append((sid, lang, str(p), str(part), str(rejected_file(out, f"{lang}-{k:06d}"))))
-        n_files = sum(len(v) for v in files.values())
+        tasks = {
+            f"{lang}/{k:06d}": (
+                f"{lang}/{k:06d}",
+                lang,
+                str(p),
+                str(out / ".parts" / lang / f"{k:06d}"),
+                str(rejected_file(out, f"{lang}-{k:06d}")),
+            )
+            for lang, paths in files.items()
+            for k, p in enumerate(paths)
+        }
         if cfg.workers > 1:
             _builder_cls()  # imported before the fork, so that no worker re-imports torch/megatron-core
 
@@ -422,20 +407,19 @@ def run_tokenize(
             return sid, tokenize_file(tok, ids, cfg, lang, Path(p), Path(part), Path(rej))
 
         # each worker loads its own tokenizer; in this process the one loaded above serves
-        run_tasks(
+        done = resume_tasks(
             "tokenize",
             tasks,
             _work,
             markers,
-            results,
-            total=n_files,
             unit="files",
             workers=cfg.workers,
+            show_progress=show_progress,
             initializer=_init_worker,
             initargs=(str(tok.path), ids, cfg),
             run_here=run_here,
-            show_progress=show_progress,
         )
+        results = done.results
 
         counts: dict[str, dict[str, int]] = {}
         for lang, paths in files.items():
@@ -457,6 +441,4 @@ def run_tokenize(
         blend = build_blend(out, counts, cfg.blend, tok_info)
         write_blend(out, blend)
         report = write_tokenize_report(out, inp, stats, counts, blend, to_dict(cfg))
-        return TokenizeResult(
-            out, stats, counts, blend, n_files, n_files - len(tasks), time.time() - t0, report
-        )
+        return TokenizeResult(out, stats, counts, blend, done.total, done.skipped, time.time() - t0, report)

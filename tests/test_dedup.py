@@ -23,7 +23,7 @@ from megatron_mmed.common.config import ConfigError, load_config
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.common.io import JsonlZstWriter, read_jsonl_zst
 from megatron_mmed.common.slurm import array_rank_world
-from preprocessing.dedup import STAGES, DedupConfig, run_dedup
+from preprocessing.dedup import SUBSTAGES, DedupConfig, run_dedup
 from preprocessing.dedup.clusters import choose_kept, connected_components
 from preprocessing.dedup.lsh import bucket_pairs, choose_banding
 from preprocessing.dedup.minhash import agreement, signatures_datasketch, signatures_numpy
@@ -99,7 +99,7 @@ def planted(shared_data: Path, tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def reference(planted: dict, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dedup_ref")
-    result = run_dedup(planted["input"], out, DedupConfig(), workers=1, **QUIET)
+    result = run_dedup(planted["input"], out, DedupConfig(workers=1), **QUIET)
     assert result.complete and not (out / ".work").exists()  # work folder dropped by default
     return out
 
@@ -153,6 +153,8 @@ def test_config_validation_and_slurm_env(monkeypatch):
         load_config(DedupConfig, None, ["threshold=1.5"])
     with pytest.raises(ConfigError, match="bands and rows"):
         load_config(DedupConfig, None, ["bands=10"])
+    with pytest.raises(ConfigError, match="workers must be >= 1"):  # a config field, as in every stage
+        load_config(DedupConfig, None, ["workers=0"])
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "4")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
@@ -217,9 +219,10 @@ def test_no_false_merges_on_the_shared_corpus(shared_data: Path, tmp_path: Path)
 @pytest.mark.slow  # a process pool, then 3 ranks x 4 stages
 def test_same_output_for_workers_and_rank_splits(planted: dict, reference: Path, tmp_path: Path):
     want = _tree_bytes(reference)
-    run_dedup(planted["input"], tmp_path / "w2", DedupConfig(), workers=2, **QUIET)
+    run_dedup(planted["input"], tmp_path / "w2", DedupConfig(workers=2), **QUIET)
     assert _tree_bytes(tmp_path / "w2") == want
-    for stage in STAGES:  # as a slurm array of 3 tasks per stage, each stage after the previous one
+    assert "workers: 2" in (tmp_path / "w2" / "config.yaml").read_text()
+    for stage in SUBSTAGES:  # as a slurm array of 3 tasks per stage, each stage after the previous one
         for rank in range(3):
             run_dedup(
                 planted["input"],
@@ -411,3 +414,19 @@ def test_a_folder_in_use_is_refused(planted: dict, tmp_path: Path):
     ):
         run_dedup(planted["input"], tmp_path / "o", DedupConfig(), **QUIET)
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [".lock"]
+
+
+def test_a_full_disk_while_saving_an_array_carries_its_errno(tmp_path: Path):
+    """numpy's own ``tofile`` reports a full disk as a bare "N requested and M written" (no errno), which the
+    stages could not tell from a bug; the work arrays are written so that ENOSPC reaches output_errors."""
+    import errno
+
+    from fault_helpers import small_disk
+
+    from preprocessing.dedup.stages import _save
+
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        with pytest.raises(OSError) as info:
+            _save(disk / "big.npy", np.arange(1 << 16, dtype=np.uint32))
+        assert info.value.errno == errno.ENOSPC
+        assert not list(disk.iterdir())  # the temp file is gone too

@@ -220,6 +220,7 @@ def test_cli_errors_are_one_line(raw, full, tmp_path: Path, shared_data):
         (["--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")], "does not exist"),
         (["--input", str(f), "--output", str(tmp_path / "o")], "no supported input files"),
         (["--input", str(raw), "--output", str(f / "sub")], "not writable"),
+        (["--input", str(raw), "--output", str(raw / "o")], "inside the input"),
         (["--input", str(raw), "--output", str(tmp_path / "o"), "--lang-hint", "de"], "lang_hint"),
         (["--input", str(raw), "--output", str(tmp_path / "o"), "tesseract.dpi=5"], "tesseract.dpi"),
         (
@@ -292,6 +293,23 @@ def test_pipeline_runs_extract_then_prep(raw, tmp_path: Path, shared_data):
             REPO / "configs" / "prep" / "mmedc.yaml",
             [f"output={out}", "benchmark=q", "stages=[extract,prep]"],
         )
+
+
+@pytest.mark.slow  # extracts two books, then preps their docs
+def test_pipeline_runs_extract_whenever_extract_inputs_are_given(raw, tmp_path: Path):
+    """A recipe's extract_inputs are never silently ignored: extract runs before prep even when ``stages``
+    (the recipe's default included) leaves it out."""
+    from preprocessing.pipeline import run_pipeline
+
+    recipe = REPO / "configs" / "prep" / "mmedc.yaml"
+    out = tmp_path / "pipe"
+    args = [f"output={out}", f"extract_inputs=[{raw / 'books'}]", "extract.ocr=never", "benchmark=q"]
+    summary = run_pipeline(load_config(PipelineConfig, recipe, [*args, "stages=[prep]"]), show_progress=False)
+    assert list(summary["stages"]) == ["extract", "prep"]
+    extracted = {r["id"] for f in (out / "extract" / "docs").glob("*.zst") for r in read_jsonl_zst(f)}
+    prepped = {r["id"] for r in iter_kept(out / "prep")} | {r["id"] for r in iter_rejected(out / "prep")}
+    assert extracted and extracted <= prepped
+    assert load_config(PipelineConfig, recipe, args).planned()[:2] == ("extract", "prep")  # default stages
 
 
 def test_launch_runs_extract_array_before_prep(tmp_path: Path):

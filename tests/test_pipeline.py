@@ -120,6 +120,15 @@ def test_pipeline_config_validation(tmp_path: Path):
         load_config(PipelineConfig, recipe, [f"output={tmp_path}", "inputs=[x]", "benchmark=q"])
 
 
+def test_pipeline_workers_reach_every_stage(tmp_path: Path):
+    from preprocessing.pipeline import STAGES, _with_workers
+
+    cfg = load_config(
+        PipelineConfig, DEMO_RECIPE, [f"output={tmp_path}", "inputs=[x]", "benchmark=q", "workers=3"]
+    )
+    assert {s: getattr(_with_workers(cfg), s).workers for s in STAGES} == dict.fromkeys(STAGES, 3)
+
+
 def _stage_counts(data: Path) -> dict[str, tuple[int, int]]:
     """(docs in, docs out) of every stage folder, read from its report."""
     out = {}
@@ -164,10 +173,13 @@ def test_pipeline_redoes_every_stage_after_a_changed_input(tmp_path: Path):
     # a changed setting is refused (the recipe is the user's), naming the folder to delete; once deleted,
     # that stage is redone and so is every stage after it
     langs = "prep.langid.languages=[en,zh,fr,es]"
+    configs = {p: p.read_text() for p in data.rglob("config.yaml")}
     with pytest.raises(UserError, match=r"other settings.*delete"):
         run_pipeline(load_config(PipelineConfig, DEMO_RECIPE, [*args, langs]), show_progress=False)
+    assert {p: p.read_text() for p in data.rglob("config.yaml")} == configs  # the refused run changed none
     shutil.rmtree(data / "prep")
     summary = run_pipeline(load_config(PipelineConfig, DEMO_RECIPE, [*args, langs]), show_progress=False)
+    assert "- es" in (data / "config.yaml").read_text()  # the recipe of the run that made the folders
     assert summary["redone"] == ["dedup", "decontam", "tokenize"]
     _assert_chained(data)
     assert not (data / "tok" / "ru_text_document.bin").exists()

@@ -303,6 +303,7 @@ def test_array_tasks_equal_one_run(prep_run, tmp_path: Path, monkeypatch):
 
 def test_resume_with_other_settings_is_refused(prep_run, tmp_path: Path, shared_data: Path):
     base, _, _ = prep_run
+    config_before = (base / "out" / "config.yaml").read_text()
     res = subprocess.run(
         [
             *MMED,
@@ -323,6 +324,7 @@ def test_resume_with_other_settings_is_refused(prep_run, tmp_path: Path, shared_
         timeout=300,
     )
     assert res.returncode == 2 and "made with another config" in res.stderr, res.stderr
+    assert (base / "out" / "config.yaml").read_text() == config_before  # the refused run left it as it was
 
 
 def test_input_file_names_that_are_not_utf8(tmp_path: Path, shared_data: Path):

@@ -4,39 +4,28 @@ from __future__ import annotations
 
 import argparse
 
+from megatron_mmed.commands.stage_args import STAGE_INPUT, add_input_output, add_run_arguments
+
 HELP = "drop documents that contain benchmark test questions (n-gram overlap; IN/kept -> OUT/kept)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--input", required=True, metavar="DIR", help="a prep/dedup output folder (DIR/kept/<lang>/)"
-    )
+    add_input_output(p, STAGE_INPUT)
     p.add_argument(
         "--benchmark",
         required=True,
         metavar="QA_DIR",
         help="folder of MMedBench-schema <Language>.jsonl files (or MMedBench's QA_DIR/Test/)",
     )
-    p.add_argument("--output", required=True, metavar="DIR", help="output folder (rerun to resume)")
-    p.add_argument("--workers", type=int, help="worker processes (output is the same for any number)")
-    p.add_argument(
-        "--config", metavar="YAML", help="a DecontamConfig YAML, or a pipeline recipe (its decontam: section)"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. char.n=25 min_fraction=0.3"
-    )
+    add_run_arguments(p, "DecontamConfig", "decontam", "char.n=25 min_fraction=0.3")
 
 
 def run(args: argparse.Namespace) -> int:
-    from megatron_mmed.common.config import load_config
+    from megatron_mmed.commands.stage_args import stage_config
     from megatron_mmed.common.progress import console
     from preprocessing.decontam import DecontamConfig, run_decontam
 
-    overrides = list(args.overrides)
-    if args.workers is not None:
-        overrides.append(f"workers={args.workers}")
-    cfg = load_config(DecontamConfig, args.config, overrides, section="decontam")
+    cfg = stage_config(DecontamConfig, "decontam", args)
     res = run_decontam(args.input, args.benchmark, args.output, cfg, show_progress=not args.no_progress)
     t = res.stats.to_dict()["totals"]
     removed = sum(res.contaminated_per_language.values())

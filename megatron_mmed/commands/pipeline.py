@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "prep -> dedup -> decontam -> tokenize from one config (configs/prep/<name>.yaml), resumable"
+HELP = (
+    "[extract ->] prep -> dedup -> decontam -> tokenize from one config (configs/prep/<name>.yaml), resumable"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -4,43 +4,29 @@ from __future__ import annotations
 
 import argparse
 
+from megatron_mmed.commands.stage_args import STAGE_INPUT, add_input_output, add_run_arguments
+
 HELP = "tokenize kept documents into OUT/<lang>_text_document.{bin,idx} and OUT/blend.json"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", required=True, metavar="DIR", help="a prep/dedup/decontam output folder")
+    add_input_output(p, STAGE_INPUT)
     p.add_argument(
         "--tokenizer",
         required=True,
         metavar="PATH",
         help="SentencePiece *.model or Hugging Face tokenizer.json (or a folder holding one)",
     )
-    p.add_argument("--output", required=True, metavar="DIR", help="output folder (rerun to resume)")
-    p.add_argument("--workers", type=int, help="worker processes (output is byte-identical for any number)")
     p.add_argument("--eod-id", type=int, help="end-of-document id (default: the tokenizer's EOS)")
-    p.add_argument(
-        "--config", metavar="YAML", help="a TokenizeConfig YAML, or a pipeline recipe (its tokenize: section)"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key=value",
-        help="config overrides, e.g. blend.temperature=3 blend.weights.ru=2 add_bos=true",
-    )
+    add_run_arguments(p, "TokenizeConfig", "tokenize", "blend.temperature=3 blend.weights.ru=2 add_bos=true")
 
 
 def run(args: argparse.Namespace) -> int:
-    from megatron_mmed.common.config import load_config
+    from megatron_mmed.commands.stage_args import stage_config
     from megatron_mmed.common.progress import console
     from preprocessing.tokenization import TokenizeConfig, run_tokenize
 
-    overrides = list(args.overrides)
-    if args.workers is not None:
-        overrides.append(f"workers={args.workers}")
-    if args.eod_id is not None:
-        overrides.append(f"eod_id={args.eod_id}")
-    cfg = load_config(TokenizeConfig, args.config, overrides, section="tokenize")
+    cfg = stage_config(TokenizeConfig, "tokenize", args, eod_id=args.eod_id)
     res = run_tokenize(args.input, args.tokenizer, args.output, cfg, show_progress=not args.no_progress)
     drops = res.stats.to_dict()["totals"]["drops"]
     console.print(

@@ -1,22 +1,41 @@
 """``DedupConfig``: one config shared by every dedup stage (saved as ``OUT/config.yaml`` and in the work dir).
 
-Defaults come from measurements on ``../shared/data/corpus`` (see ``shingles.py``): word 2-grams for
-en/fr/es/ru, character 2-grams for zh/ja, and a Jaccard threshold of 0.6. At 0.8, copies with 10% of their
-tokens edited fall to a shingle Jaccard of 0.55-0.75 for every n >= 2, so 0.8 only finds copies with <= 3%
-edits; 0.6 finds them at 10% while the most similar distinct documents of the corpus stay below it.
+Defaults come from ``benchmarks/dedup.py shingles`` (see ``shingles.py``): word 2-grams for en/fr/es/ru,
+character 2-grams for zh/ja, and a Jaccard threshold of 0.6. Copies with 10% of their tokens edited fall
+well below 0.8 for every n >= 2, so 0.8 would only find copies with a few % of edits; 0.6 finds them at 10%
+while the most similar distinct documents of the corpus stay below it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from megatron_mmed.common.config import ConfigError
+
+#: the dedup stages in order, each runnable alone (``mmed dedup --stage``, one slurm array each)
+SUBSTAGES: tuple[str, ...] = ("signatures", "buckets", "clusters", "filter")
 
 
 @dataclass(frozen=True)
 class DedupConfig:
     """Exact + MinHash near-duplicate removal. ``bands``/``rows`` 0 = chosen from ``threshold``."""
+
+    #: fields outside the fingerprint of a run: an output or work folder made with other values of these may
+    #: be resumed (every other field, such as the threshold or the shingle sizes, must match)
+    OUTPUT_NEUTRAL: ClassVar[frozenset[str]] = frozenset(
+        {
+            "fp_weight",
+            "fn_weight",
+            "backend",
+            "batch_chars",
+            "max_bucket_pairs",
+            "work_dir",
+            "keep_work",
+            "peer_timeout_s",
+            "workers",
+        }
+    )
 
     threshold: float = 0.6  # estimated Jaccard of shingle sets at/above which two documents are near-dups
     num_perm: int = 128  # MinHash permutations (signature length)
@@ -37,6 +56,8 @@ class DedupConfig:
     keep_work: bool = False  # keep signatures/buckets/edges after a successful run
     #: ``--stage all`` over several ranks: how long a rank waits for a peer that is not running (no lock)
     peer_timeout_s: float = 300.0
+    #: worker processes (the output is byte-identical for any number)
+    workers: int = 1
 
     def validate(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -57,5 +78,7 @@ class DedupConfig:
             raise ConfigError("batch_chars and partition_docs must be >= 1000")
         if self.peer_timeout_s <= 0:
             raise ConfigError(f"peer_timeout_s must be > 0, got {self.peer_timeout_s}")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
         if self.max_bucket_pairs < 2:
             raise ConfigError(f"max_bucket_pairs must be >= 2, got {self.max_bucket_pairs}")

@@ -20,7 +20,7 @@ _PRIME = np.uint64(0x100000001B3)
 
 @dataclass(frozen=True)
 class Banding:
-    """An LSH layout: ``bands`` bands of ``rows`` signature values each, and its S-curve error areas."""
+    """An LSH banding: ``bands`` bands of ``rows`` signature values each, and its S-curve error areas."""
 
     bands: int
     rows: int

@@ -9,26 +9,23 @@ place atomically before its marker is written), so the result is byte-identical 
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_all_start_methods, get_context
+from multiprocessing import get_all_start_methods
+from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any
 
-from megatron_mmed.common.config import save_config, to_dict
+from megatron_mmed.common.config import save_config
 from megatron_mmed.common.errors import UserError
-from megatron_mmed.common.io import DoneMarkers, ensure_writable_dir, output_errors, refuse_output_inside
-from megatron_mmed.common.lock import folder_lock, lock_is_held, rank_lock_path
-from megatron_mmed.common.tasks import die_with_parent
-from preprocessing.dedup.config import DedupConfig
+from megatron_mmed.common.lock import lock_is_held, rank_lock_path
+from megatron_mmed.common.tasks import resume_tasks, worker_pool
+from preprocessing.dedup.config import SUBSTAGES, DedupConfig
 from preprocessing.dedup.lsh import Banding, choose_banding, fixed_banding
 from preprocessing.dedup.report import build_extra, write_markdown
 from preprocessing.dedup.stages import (
-    STAGES,
     Ctx,
     bucket_task,
     bucket_task_id,
@@ -44,9 +41,10 @@ from preprocessing.layout import (
     require_stage_output,
     write_stage_report,
 )
+from preprocessing.stage import open_stage, same_run
 
-#: settings that change the result (a work folder made with other values cannot be resumed)
-_RESULT_KEYS = ("threshold", "num_perm", "seed", "word_ngram", "cjk_ngram", "bands", "rows", "partition_docs")
+#: dedup's task pools fork (the tasks need no re-import) where the platform can
+_START_METHOD = "fork" if "fork" in get_all_start_methods() else "spawn"
 
 
 @dataclass
@@ -96,7 +94,7 @@ def plan(stage: str, ctx: Ctx) -> list[Task]:
         return [Task(lg, cluster_task, (lg,)) for lg, _ in ctx.files]
     if stage == "filter":
         return [Task(f"{lg}-{i:05d}", filter_task, (lg, i)) for lg, fs in ctx.files for i in range(len(fs))]
-    raise UserError(f"unknown stage {stage!r} (choose from all, {', '.join(STAGES)})")
+    raise UserError(f"unknown stage {stage!r} (choose from all, {', '.join(SUBSTAGES)})")
 
 
 #: the stage whose output each stage reads, and the flag that runs it
@@ -117,36 +115,18 @@ def require_previous(ctx: Ctx, stage: str) -> None:
         )
 
 
-def _call(ctx: Ctx, task: Task) -> dict[str, Any]:
-    return task.fn(ctx, *task.args)
+# ---- worker-process plumbing (the context is set once per worker, not sent with every task) ----
+_CTX: Ctx | None = None
 
 
-def _run_tasks(ctx: Ctx, stage: str, tasks: list[Task], pool: Executor | None, show_progress: bool) -> None:
-    if not tasks:
-        return
-    import sys
-
-    from rich.progress import Progress
-
-    with Progress(disable=not (show_progress and sys.stderr.isatty()), transient=True) as bar:
-        job = bar.add_task(f"dedup {stage}", total=len(tasks))
-        if pool is None or len(tasks) == 1:
-            for t in tasks:
-                _call(ctx, t)
-                bar.advance(job)
-            return
-        for _ in pool.map(_call, [ctx] * len(tasks), tasks):
-            bar.advance(job)
+def _set_ctx(ctx: Ctx) -> None:
+    global _CTX
+    _CTX = ctx
 
 
-def _pool(workers: int) -> Executor | None:
-    """One pool for all stages (forked before any thread starts: workers need no re-import)."""
-    if workers <= 1:
-        return None
-    method = "fork" if "fork" in get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(
-        workers, mp_context=get_context(method), initializer=die_with_parent, initargs=(os.getpid(),)
-    )
+def _call(task: Task) -> tuple[str, dict[str, Any]]:
+    assert _CTX is not None
+    return task.id, task.fn(_CTX, *task.args)
 
 
 def _wait_for(ctx: Ctx, stage: str, tasks: list[Task], world_size: int) -> None:
@@ -175,17 +155,9 @@ def _wait_for(ctx: Ctx, stage: str, tasks: list[Task], world_size: int) -> None:
         time.sleep(min(2.0, timeout / 4))
 
 
-def _check_same_run(ctx: Ctx, cfg: DedupConfig, folder: str, what: str) -> None:
-    """Refuse to resume (or skip) a folder made with other result-changing settings or from another input."""
-    settings = {k: v for k, v in to_dict(cfg).items() if k in _RESULT_KEYS}
-    fingerprint = {"settings": settings, "input": input_digest(ctx.in_dir)}
-    DoneMarkers(folder, "dedup").check_same_run(fingerprint, what)
-
-
 def make_context(in_dir: str | Path, out_dir: str | Path, cfg: DedupConfig) -> tuple[Ctx, Banding]:
     in_dir = require_stage_output(in_dir).resolve()
-    refuse_output_inside(out_dir, [in_dir])
-    out_dir = ensure_writable_dir(out_dir).resolve()
+    out_dir = Path(out_dir).resolve()
     work_dir = Path(cfg.work_dir).resolve() if cfg.work_dir else out_dir / ".work"
     banding = banding_for(cfg)
     files = tuple((lg, tuple(str(p) for p in fs)) for lg, fs in kept_files(in_dir).items())
@@ -194,7 +166,7 @@ def make_context(in_dir: str | Path, out_dir: str | Path, cfg: DedupConfig) -> t
 
 
 def finalize(ctx: Ctx, banding: Banding) -> tuple[StageStats, dict[str, Any]]:
-    """Merge the filter markers into OUT/report.json|md and OUT/config.yaml (and drop the work folder)."""
+    """Merge the filter markers into OUT/report.json|md (and drop the work folder)."""
     stats = StageStats()
     filt = ctx.markers("filter")
     for t in plan("filter", ctx):
@@ -208,7 +180,6 @@ def finalize(ctx: Ctx, banding: Banding) -> tuple[StageStats, dict[str, Any]]:
     extra = build_extra(ctx.cfg, banding, cluster_info, no_sh, CJK_LANGS)
     report = write_stage_report(ctx.out_dir, "dedup", stats, input_dir=ctx.in_dir, **extra)
     write_markdown(Path(ctx.out_dir) / "report.md", report)
-    save_config(ctx.cfg, Path(ctx.out_dir) / "config.yaml")
     if not ctx.cfg.keep_work:
         shutil.rmtree(ctx.work_dir, ignore_errors=True)
     return stats, report
@@ -220,23 +191,32 @@ def _run_stages(
     stage: str,
     rank: int,
     world_size: int,
-    pool: Executor | None,
     show_progress: bool,
     log: Callable[[str], None],
     result: DedupResult,
+    pool: Pool | None,
 ) -> None:
     for st in stages:
         t0 = time.perf_counter()
         require_previous(ctx, st)
-        tasks = plan(st, ctx)
-        markers = ctx.markers(st)
-        mine = [t for k, t in enumerate(tasks) if k % world_size == rank]
-        pending = [t for t in mine if not markers.is_done(t.id)]
-        log(f"dedup {st}: {len(tasks)} task(s), rank {rank}/{world_size}: {len(pending)} to run")
-        _run_tasks(ctx, st, pending, pool, show_progress)
-        result.ran[st] = len(pending)
+        tasks = {t.id: t for t in plan(st, ctx)}
+        done = resume_tasks(
+            f"dedup {st}",
+            tasks,
+            _call,
+            ctx.markers(st),
+            rank=rank,
+            world_size=world_size,
+            unit="tasks",
+            workers=ctx.cfg.workers,
+            show_progress=show_progress,
+            log=log,
+            pool=pool,
+            run_here=lambda t: (t.id, t.fn(ctx, *t.args)),
+        )
+        result.ran[st] = done.mine - done.skipped
         if stage == "all" and world_size > 1:
-            _wait_for(ctx, st, tasks, world_size)
+            _wait_for(ctx, st, list(tasks.values()), world_size)
         result.seconds[st] = time.perf_counter() - t0
 
 
@@ -247,23 +227,23 @@ def run_dedup(
     stage: str = "all",
     rank: int = 0,
     world_size: int = 1,
-    workers: int = 1,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> DedupResult:
-    """Run ``stage`` (or all four) for this rank; the last filter task to finish writes the report."""
+    """Run ``stage`` (or all four) for this rank with ``cfg.workers`` processes; the last filter task to
+    finish writes the report."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise UserError(f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
-    if workers < 1:
-        raise UserError(f"workers must be >= 1, got {workers}")
-    stages = STAGES if stage == "all" else (stage,)
-    if stage != "all" and stage not in STAGES:
-        raise UserError(f"unknown stage {stage!r} (choose from all, {', '.join(STAGES)})")
+    stages = SUBSTAGES if stage == "all" else (stage,)
+    if stage != "all" and stage not in SUBSTAGES:
+        raise UserError(f"unknown stage {stage!r} (choose from all, {', '.join(SUBSTAGES)})")
     ctx, banding = make_context(in_dir, out_dir, cfg)
-    with folder_lock(ctx.out_dir, "mmed dedup", rank, world_size), output_errors(ctx.out_dir):
+    digest = input_digest(ctx.in_dir)
+    with open_stage(
+        "dedup", ctx.out_dir, cfg, reads=[ctx.in_dir], input=digest, rank=rank, world_size=world_size
+    ):
         result = DedupResult(Path(ctx.out_dir), banding)
         log(f"dedup: threshold {cfg.threshold}, {cfg.num_perm} permutations -> {banding.describe()}")
-        _check_same_run(ctx, cfg, ctx.out_dir, "dedup run")
         filt = ctx.markers("filter")
         if (
             all(filt.is_done(t.id) for t in plan("filter", ctx))
@@ -272,14 +252,11 @@ def run_dedup(
             log("dedup: already complete (every filter task has its marker)")
             result.complete = True
             return result
-        _check_same_run(ctx, cfg, ctx.work_dir, "dedup work folder")
+        same_run(ctx.work_dir, "dedup", cfg, digest, what="dedup work folder")
         save_config(cfg, Path(ctx.work_dir) / "config.yaml")
-        pool = _pool(workers)
-        try:
-            _run_stages(ctx, stages, stage, rank, world_size, pool, show_progress, log, result)
-        finally:
-            if pool is not None:
-                pool.shutdown()
+        # one pool for all the stages (forked before any thread starts: workers need no re-import)
+        with worker_pool(cfg.workers, _START_METHOD, _set_ctx, (ctx,)) as pool:
+            _run_stages(ctx, stages, stage, rank, world_size, show_progress, log, result, pool)
         if all(filt.is_done(t.id) for t in plan("filter", ctx)):
             try:
                 result.stats, result.report = finalize(ctx, banding)

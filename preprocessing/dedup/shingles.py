@@ -5,26 +5,16 @@ punctuation/symbols/whitespace separate words (and are dropped for zh/ja). Shing
 space-separated scripts and character n-grams for zh/ja, where whitespace does not separate words.
 Everything runs on the code-point array of a whole batch of documents: per-code-point NFKC/casefold/class
 tables, polynomial hashes of each token from prefix sums, and a second polynomial over token hashes for the
-n-grams, so no Python object is made per token or shingle (per-document NFKC and regexes cost 3x more).
+n-grams, so no Python object is made per token or shingle (per-document NFKC and regexes cost more).
 Exact-duplicate keys (128 bits) are hashed from the same folded code points, whitespace removed.
 
-Choice of n, measured on ``../shared/data/corpus`` (exact Jaccard, ~1,160 documents; near copies with 10% of
-tokens deleted/inserted/substituted/swapped/misspelt):
-
-=========  =====================  ======================  =================================
- n          distinct docs, max J   10%-edit copies, min J  unrelated ~15-50 KB "books", max J
-=========  =====================  ======================  =================================
- words 1    0.68 (fr)              0.76                    0.25
- words 2    0.57 (fr: same case)   0.65                    0.08
- words 3    0.52                   0.54                    0.03
- chars 1    0.61 (ja)              0.88                    0.60 (CJK character sets saturate)
- chars 2    0.49 (ja exam forms)   0.58                    0.22
- chars 5    0.40                   0.32                    0.07
-=========  =====================  ======================  =================================
+Choice of n: ``benchmarks/dedup.py shingles`` measures, per shingle size, the exact Jaccard of the most
+similar distinct corpus documents, of the least similar 10%-edited near copies and of the most similar
+unrelated ~15-50 KB "books".
 
 Bigrams (words for en/fr/es/ru, characters for zh/ja, where two characters are about one word) are the only
-size that keeps 10%-edited copies above a threshold (0.6) that distinct documents stay below. Character
-5-grams only find copies with a few % edits; character unigrams merge long unrelated texts.
+size that keeps 10%-edited copies at or above a threshold (0.6) that distinct documents stay below.
+Character 5-grams only find copies with a few % edits; character unigrams merge long unrelated texts.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The four dedup stages as independent tasks: each reads files, writes files atomically, then its marker.
+"""The four dedup stages as independent tasks: each reads files and writes files atomically; the stage
+protocol (``common.tasks.resume_tasks``) then writes its marker from the payload it returns.
 
 signatures (one task per input file) -> buckets (one per language x hash range: exact hashes and every band)
 -> clusters (one per language) -> filter (one per input file). Documents of different languages are never
@@ -38,7 +39,6 @@ from preprocessing.dedup.work import ShardArrays, ShardIds, Work, pack, unpack
 from preprocessing.document import CJK_LANGS
 from preprocessing.layout import StageStats, kept_file, rejected_file, unreadable_record
 
-STAGES: tuple[str, ...] = ("signatures", "buckets", "clusters", "filter")
 FILTER_MARKERS = "dedup-filter"  # under OUT/.done (the other stages mark under WORK/.done)
 _VERIFY_CHUNK = 200_000
 
@@ -122,6 +122,14 @@ class _RawZstWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+class _Sink:
+    """Only a file's ``write``: numpy then writes an array through Python, whose write errors carry their
+    errno (its direct ``tofile`` reports a full disk as a bare "N requested and M written")."""
+
+    def __init__(self, fh: Any):
+        self.write = fh.write
+
+
 def _save(path: Path, arr: np.ndarray | None = None, **arrays: np.ndarray) -> None:
     """``np.save`` (or ``np.savez`` of ``arrays``) through a temp file, which a failed write deletes."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +137,7 @@ def _save(path: Path, arr: np.ndarray | None = None, **arrays: np.ndarray) -> No
     try:
         with open(tmp, "wb") as fh:
             if arr is not None:
-                np.save(fh, arr)
+                np.save(_Sink(fh), arr)
             else:
                 np.savez(fh, **arrays)
         os.replace(tmp, path)
@@ -190,7 +198,6 @@ def signatures_task(ctx: Ctx, lang: str, i: int) -> dict[str, Any]:
     _save(work.arr(lang, i, "len"), np.array(lengths, dtype=np.int64))
     atomic_write_json(work.ids(lang, i), ids)
     info = {"docs": n_docs, "no_shingles": int(n_docs - len(docs)), "seconds": time.perf_counter() - t0}
-    ctx.markers("signatures").mark(f"{lang}-{i:05d}", info)
     return info
 
 
@@ -250,7 +257,6 @@ def bucket_task(ctx: Ctx, lang: str, part: int, parts: int) -> dict[str, Any]:
         a, b, j = a[first], b[first], j[first]
     _save(ctx.work.edges(lang, bucket_task_id(lang, part)), a=a, b=b, jaccard=j)
     info = {"candidates": int(candidates), "verified": int(len(a)), "seconds": time.perf_counter() - t0}
-    ctx.markers("buckets").mark(bucket_task_id(lang, part), info)
     return info
 
 
@@ -300,7 +306,6 @@ def cluster_task(ctx: Ctx, lang: str) -> dict[str, Any]:
             cluster_sizes=size_histogram(labels),
         )
     info["seconds"] = time.perf_counter() - t0
-    ctx.markers("clusters").mark(lang, info)
     return info
 
 
@@ -347,5 +352,4 @@ def filter_task(ctx: Ctx, lang: str, i: int) -> dict[str, Any]:
         rej_w.abort()
         raise
     info = {"stats": stats.to_dict(), "seconds": time.perf_counter() - t0}
-    ctx.markers("filter").mark(f"{lang}-{i:05d}", info)
     return info

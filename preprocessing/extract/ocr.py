@@ -225,7 +225,7 @@ class PageReader:
     def _japanese(self, gray: np.ndarray) -> OcrResult:
         vertical = is_vertical(gray)
         res = self._recognize_ja(gray, vertical)
-        if res.confidence < self.min_confidence:  # the layout guess may be wrong: try the other model
+        if res.confidence < self.min_confidence:  # the writing-direction guess may be wrong: try the other
             other = self._recognize_ja(gray, not vertical)
             if other.confidence > res.confidence:
                 res = other

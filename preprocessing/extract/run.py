@@ -27,14 +27,13 @@ from typing import Any
 
 import xxhash
 
-from megatron_mmed.common.config import save_config, to_dict
-from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, ensure_writable_dir, read_jsonl_zst
-from megatron_mmed.common.tasks import run_tasks
+from megatron_mmed.common.io import DoneMarkers, JsonlZstWriter, files_digest, read_jsonl_zst
 from preprocessing.extract.config import ExtractConfig
 from preprocessing.extract.html import HtmlExtractor, normalize_url
 from preprocessing.extract.pdf import PdfExtractor
 from preprocessing.extract.sources import Shard, Unit, discover, plan_shards
 from preprocessing.extract.stats import ExtractStats
+from preprocessing.stage import open_stage, resume_shards
 
 DOCS = "docs"
 REJECTED = "rejected"
@@ -118,21 +117,6 @@ class ShardExtractor:
             rejected.abort()
             raise
         return {"shard": shard.describe(), "stats": stats.to_dict(), "urls": urls}
-
-
-# ---- worker-process plumbing (one ShardExtractor per process) ----
-_EXTRACTOR: ShardExtractor | None = None
-
-
-def _init_worker(cfg: ExtractConfig) -> None:
-    global _EXTRACTOR
-    _EXTRACTOR = ShardExtractor(cfg)
-
-
-def _work(args: tuple[Shard, str]) -> tuple[str, dict[str, Any]]:
-    shard, out = args
-    assert _EXTRACTOR is not None
-    return shard.shard_id, _EXTRACTOR.run_shard(shard, Path(out))
 
 
 @contextmanager
@@ -223,48 +207,24 @@ def run_extract(
 
     t0 = time.time()
     units, skipped_files = discover(inputs)
-    out = ensure_writable_dir(out_dir)
-    markers = DoneMarkers(out, STAGE)
-    settings = {k: v for k, v in to_dict(cfg).items() if k != "workers"}  # workers never change the output
-    # checked before config.yaml is written: a refused run must not leave its config in the folder
-    markers.check_same_run({"config": settings, "inputs": [u.name for u in units]}, "extract run")
-    save_config(cfg, out / "config.yaml")
-    local = ShardExtractor(cfg)  # built up front: a missing Tesseract (--ocr always) fails before any work
-    shards = plan_shards(units, cfg.html_per_shard)
-    mine = [s for i, s in enumerate(shards) if i % world_size == rank]
-    pending, results = [], {}
-    for s in mine:
-        done = markers.read(s.shard_id) if markers.is_done(s.shard_id) else None
-        if done is not None and done.get("shard") == s.describe():
-            results[s.shard_id] = done
-        else:
-            pending.append(s)
-    skipped = len(mine) - len(pending)
-    run_tasks(
-        "extract",
-        [(s, str(out)) for s in pending],
-        _work,
-        markers,
-        results,
-        total=len(mine),
-        unit="shards",
-        workers=cfg.workers,
-        start_method="spawn",
-        initializer=_init_worker,
-        initargs=(cfg,),
-        run_here=lambda task: (task[0].shard_id, local.run_shard(task[0], out)),
-        show_progress=show_progress,
-    )
-    for s in shards:  # other array tasks' shards, when they are done
-        if s.shard_id not in results and markers.is_done(s.shard_id):
-            results[s.shard_id] = markers.read(s.shard_id)
-    if len(results) < len(shards):
-        return ExtractResult(out, ExtractStats(), len(shards), skipped, skipped_files, time.time() - t0, {})
-    with _finalize_lock(out):
-        stats = ExtractStats()
-        for sid in sorted(results):
-            stats.merge(ExtractStats.from_dict(results[sid]["stats"]))
-        if cfg.html.dedup_urls:
-            stats.merge(dedup_urls(out, shards, results))
-        report = write_extract_report(out, stats, n_shards=len(shards), skipped_files=skipped_files)
-    return ExtractResult(out, stats, len(shards), skipped, skipped_files, time.time() - t0, report)
+    digest = files_digest((u.name, u.path) for u in units)
+    with open_stage(STAGE, out_dir, cfg, reads=inputs, input=digest, rank=rank, world_size=world_size) as out:
+        # built up front: a missing Tesseract (--ocr always) fails before any work
+        local = ShardExtractor(cfg)
+        shards = plan_shards(units, cfg.html_per_shard)
+        done = resume_shards(
+            STAGE, shards, out, cfg, local, rank=rank, world_size=world_size, show_progress=show_progress
+        )
+        results, skipped = done.results, done.skipped
+        if not done.complete:
+            return ExtractResult(
+                out, ExtractStats(), len(shards), skipped, skipped_files, time.time() - t0, {}
+            )
+        with _finalize_lock(out):
+            stats = ExtractStats()
+            for sid in sorted(results):
+                stats.merge(ExtractStats.from_dict(results[sid]["stats"]))
+            if cfg.html.dedup_urls:
+                stats.merge(dedup_urls(out, shards, results))
+            report = write_extract_report(out, stats, n_shards=len(shards), skipped_files=skipped_files)
+        return ExtractResult(out, stats, len(shards), skipped, skipped_files, time.time() - t0, report)
