@@ -57,8 +57,15 @@ PROFILE_RULES = [
     ("clusters", "dedup/stages.py", r"^cluster_task$"),
     ("filter: write survivors/rejected", "dedup/stages.py", r"^(filter_task|write|close|abort)$"),
     ("filter: write survivors/rejected", "common/io.py", r"^(write|close|_open)$"),
-    ("markers, report, config", "preprocessing/", r""),
-    ("markers, report, config", "megatron_mmed/", r""),
+    ("markers, report, config, cleanup", "dedup/run.py", r"^(finalize|_check_same_run|make_context)$"),
+    ("markers, report, config, cleanup", "dedup/report.py", r""),
+    ("markers, report, config, cleanup", "preprocessing/layout.py", r""),
+    ("markers, report, config, cleanup", "common/config.py", r""),
+    (
+        "markers, report, config, cleanup",
+        "common/io.py",
+        r"^(mark|atomic_write_\w+|check_same_run|files_digest)$",
+    ),
 ]
 
 
