@@ -84,6 +84,14 @@ def test_dedup_input_records_its_clusters(tmp_path: Path) -> None:
     assert again == inp and (inp.root / "meta.json").stat().st_mtime_ns == stamp
 
 
+def test_dedup_input_gives_two_workers_files_in_every_language(tmp_path: Path) -> None:
+    """datatrove's tasks are the files of one language: each language gets >= 4 files, so 2 workers share
+    the work in every stage of every method (one 10,000-document file per language would idle one)."""
+    inp = build_input(1200, cache=tmp_path, log=lambda s: None)
+    files = Counter(f.parent.name for f in inp.kept.glob("*/*.jsonl.zst"))
+    assert len(files) == 6 and min(files.values()) >= 4
+
+
 def test_score_counts_each_cluster_once() -> None:
     """A k-cluster should lose k-1 members (any of them); over-removal and unknown ids are false positives."""
     truth = {

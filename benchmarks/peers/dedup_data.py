@@ -7,7 +7,8 @@ document is instead a copy of an earlier original of its language, exact or edit
 ``preprocessing.dedup.synthetic.near_copy`` (kinds del/ins/sub/swap/typo/boiler, 2/5/10% of tokens, round
 robin). An original and its copies form one true cluster; ``truth.tsv`` records every document's cluster.
 Written once per (size, seed, dup_rate) under ``benchmarks/.cache`` in prep's layout (``kept/<lang>/*.jsonl.zst``,
-10,000 documents a file); ``meta.json`` is written last and marks the cache complete.
+at least 4 files per language and at most 10,000 documents a file, so 2 workers have files to share in every
+language for each method); ``meta.json`` is written last and marks the cache complete.
 """
 
 from __future__ import annotations
@@ -50,12 +51,14 @@ def build_input(
     seed: int = 0,
     dup_rate: float = 0.05,
     cache: Path = CACHE,
-    shard_docs: int = 10_000,
+    shard_docs: int | None = None,
     target_chars: int = 2000,
     log=print,
 ) -> DedupInput:
     """The cached input of ``size`` documents (built when missing; ~2 min and ~0.7 GB for 1M)."""
-    root = Path(cache) / f"dedup-n{size}-s{seed}-d{dup_rate:g}-v{_VERSION}"
+    if shard_docs is None:  # datatrove's tasks are files per language: give each language >= 4
+        shard_docs = max(1, min(10_000, -(-size // (4 * len(LANGS)))))
+    root = Path(cache) / f"dedup-n{size}-s{seed}-d{dup_rate:g}-f{shard_docs}-v{_VERSION}"
     meta = root / "meta.json"
     if meta.is_file():
         return DedupInput(root, json.loads(meta.read_text())["docs"], root / "truth.tsv")
