@@ -37,28 +37,40 @@ def phase_table(stats: pstats.Stats, rules: Sequence[Rule]) -> dict[str, dict[st
                 return ph
         return None
 
+    memo: dict[Any, dict[str, float]] = {}
+
+    def shares(func, stack: frozenset = frozenset()) -> dict[str, float]:
+        """How ``func``'s own time splits over phases: its rule, else its callers' shares weighted by the
+        time it spent per caller. Memoised per function, so a wide call graph (imports, plotting) costs
+        one visit per edge instead of one per path; a caller already on the stack (recursion) is skipped."""
+        if func in memo:
+            return memo[func]
+        ph = rule_of(func)
+        if ph is not None:
+            memo[func] = {ph: 1.0}
+            return memo[func]
+        callers = {c: v for c, v in raw.get(func, (0, 0, 0, 0, {}))[4].items() if c not in stack}
+        weights = {c: v[2] for c, v in callers.items()}
+        if sum(weights.values()) <= 0:  # recorded own time per caller is zero: split by cumulative time
+            weights = {c: v[3] for c, v in callers.items()}
+        total = sum(weights.values())
+        if total <= 0 or len(stack) >= 200:
+            out = {"other": 1.0}
+        else:
+            out: dict[str, float] = defaultdict(float)
+            for caller, w in weights.items():
+                for p, f in shares(caller, stack | {func}).items():
+                    out[p] += f * w / total
+        memo[func] = out  # in a recursive cycle, the first visit's cut stands for all (good enough here)
+        return out
+
     phases: dict[str, float] = defaultdict(float)
     top: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-
-    def assign(func, seconds: float, origin, depth: int = 0, seen: frozenset = frozenset()) -> None:
-        ph = rule_of(func)
-        if ph is None and depth < 40 and func not in seen:
-            callers = raw.get(func, (0, 0, 0, 0, {}))[4]
-            weights = {c: v[2] for c, v in callers.items()}
-            if sum(weights.values()) <= 0:  # recorded own time per caller is zero: split by cumulative time
-                weights = {c: v[3] for c, v in callers.items()}
-            total = sum(weights.values())
-            if total > 0:
-                for caller, w in weights.items():
-                    assign(caller, seconds * w / total, origin, depth + 1, seen | {func})
-                return
-        ph = ph or "other"
-        phases[ph] += seconds
-        top[ph][_label(origin)] += seconds
-
     for func, (_, _, tt, _, _) in raw.items():
         if tt > 0:
-            assign(func, tt, func)
+            for ph, f in shares(func).items():
+                phases[ph] += tt * f
+                top[ph][_label(func)] += tt * f
     return {
         ph: {"seconds": s, "top": sorted(top[ph].items(), key=lambda kv: -kv[1])[:4]}
         for ph, s in sorted(phases.items(), key=lambda kv: -kv[1])
