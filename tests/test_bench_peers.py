@@ -160,6 +160,18 @@ def test_profile_groups_time_by_phase() -> None:
     assert any("phase A" in line for line in lines) and lines[0].startswith("\nprofile: t")
 
 
+def test_profile_puts_lazy_imports_in_their_own_phase() -> None:
+    """A module imported inside the profiled call (as mmed tokenize imports megatron-core and matplotlib)
+    is start-up, not "other": its body and the import system's own work land in the imports phase."""
+    sys.modules.pop("json.tool", None)
+    table = profile_call(lambda: __import__("json.tool"), [], "t", lambda s: None)
+    assert table["imports (lazy, inside the call)"]["seconds"] > 0
+    assert (
+        "other" not in table
+        or table["other"]["seconds"] < table["imports (lazy, inside the call)"]["seconds"]
+    )
+
+
 def test_profile_table_is_fast_on_a_wide_call_graph() -> None:
     """Imports and plotting make call graphs where paths multiply (here 3**30 from the leaves up): the phase
     table visits each function once, and splits a leaf's time by the time spent per caller."""

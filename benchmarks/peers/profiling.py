@@ -4,7 +4,9 @@ Each function's own time goes to the first phase rule that matches it (``(phase,
 pattern)``); a function no rule names (numpy, builtins, helpers) passes its own time on to its callers, split
 as cProfile recorded it per caller, so ``np.argsort`` called from the band step counts as band step. A time
 that reaches no named function is "other". Rules match names, so a refactor that renames a phase's function
-shows up under "other" with its name in the top list rather than silently moving time.
+shows up under "other" with its name in the top list rather than silently moving time. Modules imported
+lazily inside the call (torch, megatron-core, matplotlib) are their own phase, "imports", after the script's
+rules: cProfile inflates them, so read that row as "start-up exists", not as its real cost.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 Rule = tuple[str, str, str]  # (phase, fragment of the file path, regex on the function name)
+
+#: appended to every script's rules: code run by the import system (module bodies, unmarshalling, dlopen)
+IMPORTS: Rule = ("imports (lazy, inside the call)", "<frozen importlib", r"")
 
 
 def _label(func: tuple[str, int, str]) -> str:
@@ -86,7 +91,7 @@ def profile_call(fn: Callable[[], Any], rules: Sequence[Rule], title: str, print
     finally:
         prof.disable()
     stats = pstats.Stats(prof)
-    table = phase_table(stats, rules)
+    table = phase_table(stats, [*rules, IMPORTS])
     total = sum(v["seconds"] for v in table.values()) or 1.0
     print_fn(
         f"\nprofile: {title} ({total:.2f} s of own time under cProfile, which slows Python code ~1.5-2x)"
