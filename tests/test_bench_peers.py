@@ -201,6 +201,25 @@ def test_profile_table_is_fast_on_a_wide_call_graph() -> None:
     assert table["named"]["seconds"] == pytest.approx(1.5) and table["other"]["seconds"] == pytest.approx(0.5)
 
 
+def test_profile_follows_a_cycle_to_where_it_was_entered() -> None:
+    """exec runs a module body, which builds a dataclass, which calls exec again: the inner exec's time and
+    the body's belong to whatever imported the module, not to "other"."""
+    from types import SimpleNamespace
+
+    imp = ("<frozen importlib._bootstrap>", 1, "_load")
+    exe = ("~", 0, "<built-in method builtins.exec>")
+    body = ("pkg/mod.py", 1, "<module>")
+    make = ("dataclasses.py", 1, "_create_fn")
+    raw = {
+        imp: (1, 1, 0.1, 4.0, {}),
+        exe: (2, 2, 2.0, 3.9, {imp: (1, 1, 1.0, 3.9), make: (1, 1, 1.0, 1.0)}),
+        body: (1, 1, 1.0, 3.0, {exe: (1, 1, 1.0, 3.0)}),
+        make: (1, 1, 0.5, 1.5, {body: (1, 1, 0.5, 1.5)}),
+    }
+    table = phase_table(SimpleNamespace(stats=raw), [("imports", "<frozen importlib", "")])
+    assert set(table) == {"imports"} and table["imports"]["seconds"] == pytest.approx(3.6)
+
+
 # -------------------------------------------------------------------------------- the scripts, ours-only
 def _script(name: str, *args: str, tmp: Path) -> str:
     cmd = [sys.executable, "-m", f"benchmarks.{name}", "--ours-only", "--workers", "1", "--tmp", str(tmp)]

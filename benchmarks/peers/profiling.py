@@ -46,34 +46,42 @@ def phase_table(stats: pstats.Stats, rules: Sequence[Rule]) -> dict[str, dict[st
 
     def shares(func, stack: frozenset = frozenset()) -> dict[str, float]:
         """How ``func``'s own time splits over phases: its rule, else its callers' shares weighted by the
-        time it spent per caller. Memoised per function, so a wide call graph (imports, plotting) costs
-        one visit per edge instead of one per path; a caller already on the stack (recursion) is skipped."""
+        time it spent per caller. A caller already on the stack (recursion: imports run module bodies that
+        import) gives no answer ({}) and the others are renormalised; only answers are memoised, so a wide
+        call graph costs about one visit per edge and a cycle cannot pin a function to "other"."""
         if func in memo:
             return memo[func]
         ph = rule_of(func)
         if ph is not None:
             memo[func] = {ph: 1.0}
             return memo[func]
-        callers = {c: v for c, v in raw.get(func, (0, 0, 0, 0, {}))[4].items() if c not in stack}
+        callers = raw.get(func, (0, 0, 0, 0, {}))[4]
         weights = {c: v[2] for c, v in callers.items()}
         if sum(weights.values()) <= 0:  # recorded own time per caller is zero: split by cumulative time
             weights = {c: v[3] for c, v in callers.items()}
-        total = sum(weights.values())
-        if total <= 0 or len(stack) >= 200:
-            out = {"other": 1.0}
-        else:
-            out: dict[str, float] = defaultdict(float)
-            for caller, w in weights.items():
-                for p, f in shares(caller, stack | {func}).items():
-                    out[p] += f * w / total
-        memo[func] = out  # in a recursive cycle, the first visit's cut stands for all (good enough here)
-        return out
+        if not callers or sum(weights.values()) <= 0:
+            memo[func] = {"other": 1.0}
+            return memo[func]
+        out: dict[str, float] = defaultdict(float)
+        total = 0.0
+        for caller, w in weights.items():
+            if caller in stack or w <= 0 or len(stack) >= 300:
+                continue
+            got = shares(caller, stack | {func})
+            if got:
+                total += w
+                for p, f in got.items():
+                    out[p] += f * w
+        if total <= 0:
+            return {}  # reached only through the stack: the caller that entered the cycle decides
+        memo[func] = {p: f / total for p, f in out.items()}
+        return memo[func]
 
     phases: dict[str, float] = defaultdict(float)
     top: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for func, (_, _, tt, _, _) in raw.items():
         if tt > 0:
-            for ph, f in shares(func).items():
+            for ph, f in (shares(func) or {"other": 1.0}).items():
                 phases[ph] += tt * f
                 top[ph][_label(func)] += tt * f
     return {
