@@ -165,16 +165,21 @@ def run_one(method: str, workers: int, inp, s: dict, tmp: Path, venv: Path) -> d
     }
 
 
-def print_rows(rows: list[dict], langs: list[str]) -> None:
+def print_head(langs: list[str]) -> None:
     head = f"{'method':>18} {'w':>2} {'wall s':>7} {'CPU s':>7} {'docs/s':>7} {'/core':>7} {'/CPU s':>7}"
     head += f" {'RSS MB':>7} {'PSS MB':>7} {'removed':>7}  " + " ".join(f"{'F1 ' + lg:>6}" for lg in langs)
-    print(head)
-    for r in rows:
-        line = f"{r['method']:>18} {r['workers']:>2} {r['wall_s']:>7.1f} {r['cpu_s']:>7.1f} {r['docs_per_s']:>7.0f}"
-        line += f" {r['docs_per_s_per_core']:>7.0f} {r['docs_per_cpu_s']:>7.0f} {r['peak_tree_rss_mb']:>7.0f}"
-        line += f" {r['peak_tree_pss_mb']:>7.0f} {r['removed']:>7}  "
-        line += " ".join(f"{r['f1'].get(lg, {}).get('f1', float('nan')):>6.3f}" for lg in langs)
-        print(line, flush=True)
+    print(head, flush=True)
+
+
+def print_row(r: dict, langs: list[str]) -> None:
+    """One method's line, printed as soon as it is measured (a long peer run must not hide the others)."""
+    line = (
+        f"{r['method']:>18} {r['workers']:>2} {r['wall_s']:>7.1f} {r['cpu_s']:>7.1f} {r['docs_per_s']:>7.0f}"
+    )
+    line += f" {r['docs_per_s_per_core']:>7.0f} {r['docs_per_cpu_s']:>7.0f} {r['peak_tree_rss_mb']:>7.0f}"
+    line += f" {r['peak_tree_pss_mb']:>7.0f} {r['removed']:>7}  "
+    line += " ".join(f"{r['f1'].get(lg, {}).get('f1', float('nan')):>6.3f}" for lg in langs)
+    print(line, f"  ({r['load_after']})", flush=True)
 
 
 def goals(rows: list[dict], size: int) -> list[str]:
@@ -258,20 +263,21 @@ def main() -> None:
             for line in fairness(s):
                 print("  " + line)
             rows = []
+            langs = sorted({lg for lg, _ in read_truth(inp.truth).values()})
+            print_head(langs)
             for method in methods:
                 if method.startswith("datatrove") and size > args.max_datatrove_docs:
                     print(f"  {method}: skipped above --max-datatrove-docs {args.max_datatrove_docs:,}")
                     continue
                 for w in args.workers:
                     rows.append(run_one(method, w, inp, s, tmp, args.peers_venv))
-            langs = sorted({lg for r in rows for lg in r["f1"]})
-            print_rows(rows, langs)
+                    print_row(rows[-1], langs)
+                    if args.json:  # rewritten after every run: an interrupted sweep keeps what it measured
+                        args.json.write_text(json.dumps(all_rows + rows, indent=1))
             for line in goals(rows, size):
                 print("  " + line)
             print(f"  {machine_load()}")
             all_rows += rows
-    if args.json:
-        args.json.write_text(json.dumps(all_rows, indent=1))
 
 
 if __name__ == "__main__":
