@@ -101,7 +101,8 @@ def fairness(s: dict) -> list[str]:
         "LocalPipelineExecutor per stage and language, tasks = input files, workers = N, writers zstd",
         "every method: each language deduplicated on its own, survivors written (zstd JSONL), start-up included",
         "peak RSS = max over 50 ms samples of the summed RSS of the whole process tree (psutil; forked "
-        "workers' shared pages counted per process); PSS splits shared pages; CPU s = getrusage(RUSAGE_CHILDREN)",
+        "workers' shared pages counted per process); PSS splits shared pages; CPU s = max(getrusage("
+        "RUSAGE_CHILDREN), summed per-process CPU from the samples: unreaped pool workers count)",
     ]
 
 

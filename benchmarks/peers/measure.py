@@ -4,9 +4,11 @@ Every method of every peer benchmark (ours and the peers') is measured by the sa
 imports and worker pools count alike. The wrapper (``python measure.py RESULT.json -- CMD...``) starts CMD and
 samples its process tree with psutil every ``interval`` seconds: the peak of the summed RSS of all its
 processes (shared copy-on-write pages of forked workers count once per process: an upper bound) and of the
-summed PSS (shared pages split between sharers: the honest total). CPU seconds are user + system time of
-every descendant the command waited for (``getrusage(RUSAGE_CHILDREN)`` of the wrapper, which runs nothing
-else); ``max_process_rss_mb`` is the largest single process (``ru_maxrss``), which sampling cannot miss.
+summed PSS (shared pages split between sharers: the honest total). CPU seconds are the larger of two lower
+bounds: user + system time of every descendant that was waited for (``getrusage(RUSAGE_CHILDREN)`` of the
+wrapper, which runs nothing else), and the sum over every process seen in the samples of its last own CPU
+time (catches pool workers that no one reaped, which rusage never sees; misses < one interval per process).
+``max_process_rss_mb`` is the largest single process (``ru_maxrss``), which sampling cannot miss.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ class Measured:
         return self.returncode == 0
 
 
-def _tree_memory(proc) -> tuple[int, int]:
-    """(summed RSS, summed PSS) in bytes of ``proc`` and all its descendants (0 for any that vanished)."""
+def _tree_sample(proc, cpu: dict) -> tuple[int, int]:
+    """(summed RSS, summed PSS) in bytes of ``proc`` and all its descendants (0 for any that vanished); updates
+    ``cpu[(pid, start time)]`` with each one's own user + system seconds (zombies still report theirs)."""
     import psutil
 
     rss = pss = 0
@@ -54,6 +57,12 @@ def _tree_memory(proc) -> tuple[int, int]:
     except psutil.Error:
         return 0, 0
     for p in procs:
+        try:
+            with p.oneshot():
+                t = p.cpu_times()
+                cpu[(p.pid, p.create_time())] = t.user + t.system
+        except psutil.Error:
+            pass
         try:
             info = p.memory_full_info()
         except psutil.Error:
@@ -72,11 +81,12 @@ def _wrapper(result: Path, cmd: list[str], interval: float) -> int:
     proc = psutil.Process(child.pid)
     peak = [0, 0]
     samples = [0]
+    cpu: dict[tuple[int, float], float] = {}
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            rss, pss = _tree_memory(proc)
+            rss, pss = _tree_sample(proc, cpu)
             peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
             samples[0] += 1
             done.wait(interval)
@@ -88,14 +98,16 @@ def _wrapper(result: Path, cmd: list[str], interval: float) -> int:
     done.set()
     th.join()
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    waited, sampled = ru.ru_utime + ru.ru_stime, sum(cpu.values())
     rec = {
         "wall_s": wall,
-        "cpu_s": ru.ru_utime + ru.ru_stime,
+        "cpu_s": max(waited, sampled),
         "peak_tree_rss_mb": peak[0] / 2**20,
         "peak_tree_pss_mb": peak[1] / 2**20,
         "max_process_rss_mb": ru.ru_maxrss / 1024,
         "samples": samples[0],
         "returncode": rc,
+        "extra": {"cpu_s_rusage": waited, "cpu_s_sampled": sampled},
     }
     result.write_text(json.dumps(rec))
     return 0
