@@ -153,6 +153,7 @@ def run_one(method: str, workers: int, inp, s: dict, tmp: Path, venv: Path) -> d
         "docs": inp.docs,
         "wall_s": m.wall_s,
         "cpu_s": m.cpu_s,
+        "cpu_s_parts": m.extra,  # the waited-for (rusage) and sampled bounds behind cpu_s
         "docs_per_s": inp.docs / m.wall_s,
         "docs_per_s_per_core": inp.docs / (m.wall_s * workers),
         "docs_per_cpu_s": inp.docs / m.cpu_s if m.cpu_s else 0.0,

@@ -154,6 +154,7 @@ def main() -> None:
                     "docs": args.docs,
                     "wall_s": res.wall_s,
                     "cpu_s": res.cpu_s,
+                    "cpu_s_parts": res.extra,
                     "docs_per_s": args.docs / res.wall_s,
                     "docs_per_s_per_core": args.docs / (res.wall_s * w),
                     "docs_per_cpu_s": args.docs / res.cpu_s if res.cpu_s else 0.0,

@@ -246,6 +246,7 @@ def main() -> None:
                     "workers": w,
                     "wall_s": res.wall_s,
                     "cpu_s": res.cpu_s,
+                    "cpu_s_parts": res.extra,
                     "peak_tree_rss_mb": res.peak_tree_rss_mb,
                 }
                 if m == "megatron-lm":

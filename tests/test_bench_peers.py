@@ -265,6 +265,7 @@ def test_dedup_peers_ours_only(tmp_path: Path) -> None:
     assert [(r["method"], r["workers"], r["docs"]) for r in rows] == [("ours", 1, 300)]
     r = rows[0]
     assert r["removed"] > 0 and r["wall_s"] > 0 and r["cpu_s"] > 0 and r["peak_tree_rss_mb"] > 50
+    assert r["cpu_s"] == max(r["cpu_s_parts"].values()) and r["cpu_s_parts"]["cpu_s_sampled"] > 0
     assert (
         set(r["f1"]) == {"en", "es", "fr", "ja", "ru", "zh"} and min(v["f1"] for v in r["f1"].values()) >= 0.9
     )
