@@ -19,21 +19,16 @@ through one scoring function (``dedup_data.score``). docs/s per core = docs / (w
 
 from __future__ import annotations
 
+import argparse
+import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-# a script's folder comes first on sys.path: drop it so benchmarks/tokenize.py cannot shadow the stdlib
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-
-from benchmarks.peers.dedup_data import CACHE, build_input, read_truth, score  # noqa: E402
-from benchmarks.peers.measure import Measured, machine_load, run_measured  # noqa: E402
-from benchmarks.peers.peers_venv import DEFAULT_VENV, REPO, peers_python  # noqa: E402
+from benchmarks.peers.dedup_data import CACHE, build_input, read_truth, score
+from benchmarks.peers.measure import Measured, machine_load, run_measured
+from benchmarks.peers.peers_venv import DEFAULT_VENV, REPO, peers_python
 
 PEERS = ("rensa", "datatrove-default", "datatrove-ours")
 METHODS = ("ours", *PEERS)

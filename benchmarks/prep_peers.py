@@ -16,20 +16,16 @@ workers).
 
 from __future__ import annotations
 
+import argparse
+import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-
-from benchmarks.peers.measure import machine_load, run_measured  # noqa: E402
-from benchmarks.peers.peers_venv import DEFAULT_VENV, REPO, peers_python  # noqa: E402
-from benchmarks.prep import build_input  # noqa: E402
+from benchmarks.peers.measure import machine_load, run_measured
+from benchmarks.peers.peers_venv import DEFAULT_VENV, REPO, peers_python
+from benchmarks.prep import build_input
 
 CACHE = REPO / "benchmarks" / ".cache"
 SHARED = REPO.parent / "shared" / "data"

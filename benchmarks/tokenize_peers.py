@@ -17,21 +17,17 @@ thread, texts in memory, CPU seconds) as the ceiling per worker.
 
 from __future__ import annotations
 
+import argparse
+import io
+import json
+import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-from benchmarks.peers.measure import machine_load, run_measured  # noqa: E402
-from benchmarks.peers.peers_venv import DEFAULT_VENV, REPO, peers_python  # noqa: E402
+from benchmarks.peers.measure import machine_load, run_measured
+from benchmarks.peers.peers_venv import DEFAULT_VENV, REPO, peers_python
 
 CACHE = REPO / "benchmarks" / ".cache"
 SHARED = REPO.parent / "shared" / "data"
