@@ -33,11 +33,12 @@ TE_MISSING = "TE not available: FP8 not checked"
 
 
 def bf16_peak(device_name: str) -> float | None:
-    """The dense BF16 peak of a GPU named like ``NVIDIA H100 80GB HBM3`` / ``NVIDIA H200``; None if unknown."""
-    for model, peak in BF16_PEAK_TFLOPS.items():
-        if model in device_name.split():
-            return peak
-    return None
+    """The dense BF16 peak of an SXM GPU named like ``NVIDIA H100 80GB HBM3`` / ``NVIDIA H200``; None if
+    unknown (PCIe and NVL parts run at lower clocks and power: their peak is not guessed)."""
+    words = device_name.split()
+    if any(w in ("PCIe", "NVL") for w in words):
+        return None
+    return next((peak for model, peak in BF16_PEAK_TFLOPS.items() if model in words), None)
 
 
 def write_synthetic_blend(out: Path, vocab: int, tokens: int, seed: int = 0) -> Path:
