@@ -215,7 +215,12 @@ def environment(out: Path, mode: str) -> dict[str, Any]:
         import transformer_engine
 
         te = getattr(transformer_engine, "__version__", "importable")
-    name = torch.cuda.get_device_name() if mode == "cuda" and torch.cuda.is_available() else "CPU"
+    if mode == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(
+            f"gpu_check: DEVICE=cuda but torch {torch.__version__} ({sys.executable}) sees no CUDA device; "
+            "set PYTHON to a CUDA build's python, or DEVICE=cpu for the dry mode"
+        )
+    name = torch.cuda.get_device_name() if mode == "cuda" else "CPU"
     env = {
         "mode": mode,
         "device_name": name,

@@ -35,15 +35,16 @@ def _blocker(folder: Path) -> dict[str, str]:
     (folder / "sitecustomize.py").write_text(
         textwrap.dedent(
             f"""
-            import sys
+            import importlib.machinery
 
-            class _Block:
-                def find_spec(self, name, path=None, target=None):
-                    if name.split(".")[0] in {NOT_ON_DEVICE!r}:
-                        raise ModuleNotFoundError(f"{{name}} is blocked (not on the device)", name=name)
-                    return None
+            _find = importlib.machinery.PathFinder.find_spec
 
-            sys.meta_path.insert(0, _Block())
+            def _find_unless_blocked(cls, name, path=None, target=None):
+                if name.split(".")[0] in {NOT_ON_DEVICE!r}:
+                    return None  # as if not installed: importlib.util.find_spec says None, import fails
+                return _find(name, path, target)
+
+            importlib.machinery.PathFinder.find_spec = classmethod(_find_unless_blocked)
             """
         )
     )
@@ -188,3 +189,19 @@ def test_cpu_dry_mode_runs_all_four_checks_without_wheels(repo_root, tmp_path):
     assert saved["checks"][1]["numbers"]["tokens_per_s"] > 0 and saved["checks"][1]["numbers"]["mfu"] is None
     assert saved["env"]["device_name"] == "CPU"
     assert (tmp_path / "out/hf/config.json").is_file() and (tmp_path / "out/results.md").is_file()
+
+
+def test_cuda_mode_refuses_a_torch_without_cuda(repo_root, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: DEVICE=cuda would run the whole check")
+    out = subprocess.run(
+        [str(repo_root / "benchmarks/gpu_check.sh")],
+        env={**os.environ, "DEVICE": "cuda", "OUT": str(tmp_path / "out"), "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "sees no CUDA device" in out.stderr, out.stdout + out.stderr
+    assert not (tmp_path / "out/runs").exists()
