@@ -1,7 +1,7 @@
 """The Python half of ``benchmarks/gpu_check.sh``: synthetic data, the verdict of each check, the summary table.
 
     python -m benchmarks.gpu_check data DIR --vocab 257 --tokens 200000
-    python -m benchmarks.gpu_check resume FULL_RUN SPLIT_RUN --out OUT
+    python -m benchmarks.gpu_check resume FULL_RUN SPLIT_RUN --exit-at 15 --out OUT
     python -m benchmarks.gpu_check throughput RUN --out OUT --check "2 ..." --label "..."
     python -m benchmarks.gpu_check fp8 BF16_RUN FP8_RUN --out OUT
     python -m benchmarks.gpu_check convert HF_DIR --out OUT
@@ -85,16 +85,21 @@ def _record(out: Path, check: str, status: str, detail: str, **numbers: Any) -> 
     return rec
 
 
-def check_resume(out: Path, full: Path, split: Path) -> dict[str, Any]:
-    """Check 1: the interrupted-and-resumed run's losses equal the uninterrupted run's, bit for bit."""
+def check_resume(out: Path, full: Path, split: Path, exit_at: int) -> dict[str, Any]:
+    """Check 1: the run stopped at ``exit_at`` (its checkpoint is there) and, resumed, reproduced the
+    uninterrupted run's losses bit for bit; the loss fell."""
+    from megatron_mmed.training.checkpoint import iter_dir_name
+
     a, b = _losses(full), _losses(split)
     last = max(a)
     common = sorted(set(a) & set(b))
     diff = max(abs(a[s] - b[s]) for s in common)
-    ok = common == sorted(a) and diff == 0.0 and a[last] < a[min(a)]
+    stopped = (split / iter_dir_name(exit_at)).is_dir() and not (full / iter_dir_name(exit_at)).is_dir()
+    ok = stopped and common == sorted(a) and diff == 0.0 and a[last] < a[min(a)]
     detail = (
-        f"final loss {a[last]:.6f} uninterrupted vs {b.get(last, float('nan')):.6f} resumed "
-        f"(step {last}; max abs diff over {len(common)} steps {diff:.3g}); first loss {a[min(a)]:.4f}"
+        f"final loss {a[last]:.6f} uninterrupted vs {b.get(last, float('nan')):.6f} stopped at step "
+        f"{exit_at}{'' if stopped else ' (NO checkpoint there: not interrupted)'} and resumed (step {last}; "
+        f"max abs diff over {len(common)} steps {diff:.3g}); first loss {a[min(a)]:.4f}"
     )
     return _record(
         out,
@@ -250,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             s.add_argument("runs", type=Path, nargs=runs)
         if name in ("throughput", "record"):
             s.add_argument("--check", required=True)
+        if name == "resume":
+            s.add_argument("--exit-at", type=int, required=True, help="the step the split run stopped at")
         s.add_argument("--label", default="")
         s.add_argument("--status", choices=["PASS", "FAIL", "SKIP"], default="FAIL")
         s.add_argument("--detail", default="")
@@ -270,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         device = json.loads((a.out / "env.json").read_text(encoding="utf-8"))["device_name"]
         try:
             if a.cmd == "resume":
-                check_resume(a.out, *a.runs)
+                check_resume(a.out, *a.runs, a.exit_at)
             elif a.cmd == "throughput":
                 check_throughput(a.out, a.runs[0], a.check, a.label, device)
             elif a.cmd == "fp8":

@@ -106,7 +106,7 @@ TINY=(--config configs/train/tiny_cpu.yaml "data.blend=$OUT/data/tiny/blend.json
 if train tiny-full "${TINY[@]}" "checkpoint.dir=$OUT/runs/tiny-full" &&
   train tiny-split-a "${TINY[@]}" "checkpoint.dir=$OUT/runs/tiny-split" "train.exit_at_step=$EXIT" &&
   train tiny-split-b "${TINY[@]}" "checkpoint.dir=$OUT/runs/tiny-split"; then
-  "${GC[@]}" resume "$OUT/runs/tiny-full" "$OUT/runs/tiny-split" --out "$OUT"
+  "${GC[@]}" resume "$OUT/runs/tiny-full" "$OUT/runs/tiny-split" --exit-at "$EXIT" --out "$OUT"
 else
   record "1 train+resume" FAIL "mmed train failed; see $OUT/logs/tiny-*.log"
 fi

@@ -29,8 +29,8 @@ NOT_ON_DEVICE = (
 )
 
 
-def _blocker(folder: Path) -> dict[str, str]:
-    """An environment whose Python refuses to import NOT_ON_DEVICE (a sitecustomize on PYTHONPATH)."""
+def _blocker(folder: Path, blocked: tuple[str, ...] = NOT_ON_DEVICE) -> dict[str, str]:
+    """An environment whose Python finds none of ``blocked`` (a sitecustomize on PYTHONPATH)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sitecustomize.py").write_text(
         textwrap.dedent(
@@ -40,7 +40,7 @@ def _blocker(folder: Path) -> dict[str, str]:
             _find = importlib.machinery.PathFinder.find_spec
 
             def _find_unless_blocked(cls, name, path=None, target=None):
-                if name.split(".")[0] in {NOT_ON_DEVICE!r}:
+                if name.split(".")[0] in {blocked!r}:
                     return None  # as if not installed: importlib.util.find_spec says None, import fails
                 return _find(name, path, target)
 
@@ -205,3 +205,38 @@ def test_cuda_mode_refuses_a_torch_without_cuda(repo_root, tmp_path):
     )
     assert out.returncode == 2 and "sees no CUDA device" in out.stderr, out.stdout + out.stderr
     assert not (tmp_path / "out/runs").exists()
+
+
+def test_without_megatron_core_or_wheels_it_stops_naming_the_wheels_script(repo_root, tmp_path):
+    env = _blocker(tmp_path / "block", (*NOT_ON_DEVICE, "megatron"))
+    env.update(DEVICE="cpu", OUT=str(tmp_path / "out"), WHEELS=str(tmp_path / "none"), PYTHON=sys.executable)
+    out = subprocess.run(
+        [str(repo_root / "benchmarks/gpu_check.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "no wheels in" in out.stderr and "gpu_check_wheels.sh" in out.stderr
+
+
+def _fake_run(run: Path, losses: list[float], saved: list[int]) -> Path:
+    run.mkdir(parents=True)
+    lines = [json.dumps({"step": i + 1, "loss": x}) for i, x in enumerate(losses)]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    for step in saved:
+        (run / f"iter_{step:07d}").mkdir()
+    return run
+
+
+@pytest.mark.parametrize(
+    ("split_losses", "split_saves", "status"),
+    [
+        ([5.0, 4.0, 3.0, 2.5], [2, 4], "PASS"),
+        ([5.0, 4.0, 3.0, 2.5000001], [2, 4], "FAIL"),  # resumed, but not bit for bit
+        ([5.0, 4.0, 3.0, 2.5], [4], "FAIL"),  # never stopped at step 2: nothing was resumed
+    ],
+)
+def test_resume_verdict_needs_the_stop_and_equal_losses(tmp_path, capsys, split_losses, split_saves, status):
+    from benchmarks.gpu_check import check_resume
+
+    full = _fake_run(tmp_path / "full", [5.0, 4.0, 3.0, 2.5], [4])
+    split = _fake_run(tmp_path / "split", split_losses, split_saves)
+    assert check_resume(tmp_path, full, split, exit_at=2)["status"] == status
