@@ -3,8 +3,10 @@
 # nothing but a Python that has a CUDA torch. Prints one summary table; exits 1 if any check FAILs.
 #
 #   benchmarks/gpu_check.sh                         # on a GPU node (or the device tool), from the repo root
-#   OUT=benchmarks/results/gpu_check-h200 benchmarks/gpu_check.sh   # keep results.md / results.json in the repo
+#   RESULTS=benchmarks/results/gpu_check-h200 benchmarks/gpu_check.sh   # results.md/.json kept in the repo
 #   DEVICE=cpu benchmarks/gpu_check.sh              # dry mode: same checks, tiny preset, fp32, fewer steps
+# The device tool sets an OUT of its own that takes back 8 files at most: after benchmarks/gpu_check_wheels.sh
+# here, run there with carry [".whl"] and timeout_s about 560:   RESULTS=$OUT OUT=/tmp/gc benchmarks/gpu_check.sh
 #
 # Checks (each prints PASS/FAIL/SKIP with its numbers):
 #   1 train+resume   tiny preset, 30 steps bf16 (local spec); the same run stopped at step 15
@@ -15,6 +17,7 @@
 #                    TFLOP/s of both, loss within 2%; else "TE not available: FP8 not checked" (SKIP)
 #   4 convert        `mmed convert mcore-to-hf` of (1) with the converter's own logits validation
 # Knobs (environment): DEVICE (cuda | cpu), OUT (runs, logs, results.md, results.json; default a new temp dir),
+#   RESULTS (a folder that also gets results.md and results.json, e.g. benchmarks/results/gpu_check-<gpu>),
 #   PYTHON (default .venv/bin/python, else python3), WHEELS (folder of wheels installed when megatron-core,
 #   orjson or zstandard is not importable; default .whl, filled by benchmarks/gpu_check_wheels.sh), SITE (where
 #   they are installed, default /tmp/mmed-site). Never installs torch: the machine's CUDA torch is used.
@@ -153,3 +156,8 @@ echo "   ($((SECONDS - t)) s)"
 
 echo "== summary ($((SECONDS - START)) s)"
 "${GC[@]}" table --out "$OUT"
+rc=$?
+if [[ -n "${RESULTS:-}" ]]; then
+  mkdir -p "$RESULTS" && cp "$OUT/results.md" "$OUT/results.json" "$RESULTS"/ && echo "copied to $RESULTS"
+fi
+exit $rc

@@ -91,7 +91,17 @@ def test_scripts_parse_and_document_their_knobs(repo_root):
     out = subprocess.run(
         [str(repo_root / "benchmarks/gpu_check.sh"), "--help"], capture_output=True, text=True
     )
-    for knob in ("DEVICE", "OUT", "PYTHON", "SITE", "train+resume", "throughput", "TE fp8", "convert"):
+    for knob in (
+        "DEVICE",
+        "OUT",
+        "RESULTS",
+        "PYTHON",
+        "SITE",
+        "train+resume",
+        "throughput",
+        "TE fp8",
+        "convert",
+    ):
         assert knob in out.stdout
     bad = subprocess.run(
         [str(repo_root / "benchmarks/gpu_check.sh"), "--steps"], capture_output=True, text=True
@@ -166,7 +176,11 @@ def test_cpu_dry_mode_runs_all_four_checks_without_wheels(repo_root, tmp_path):
     packages blocked as on the device: the table lists the four checks, each PASS or TE's honest SKIP."""
     env = _blocker(tmp_path / "block")
     env.update(
-        DEVICE="cpu", OUT=str(tmp_path / "out"), WHEELS=str(tmp_path / "no-wheels"), PYTHON=sys.executable
+        DEVICE="cpu",
+        OUT=str(tmp_path / "out"),
+        RESULTS=str(tmp_path / "results"),
+        WHEELS=str(tmp_path / "no-wheels"),
+        PYTHON=sys.executable,
     )
     out = subprocess.run(
         [str(repo_root / "benchmarks/gpu_check.sh")], env=env, capture_output=True, text=True, timeout=840
@@ -188,7 +202,9 @@ def test_cpu_dry_mode_runs_all_four_checks_without_wheels(repo_root, tmp_path):
     assert one["final_loss"] == one["resumed_final_loss"] and one["max_abs_diff"] == 0.0
     assert saved["checks"][1]["numbers"]["tokens_per_s"] > 0 and saved["checks"][1]["numbers"]["mfu"] is None
     assert saved["env"]["device_name"] == "CPU"
-    assert (tmp_path / "out/hf/config.json").is_file() and (tmp_path / "out/results.md").is_file()
+    assert (tmp_path / "out/hf/config.json").is_file()
+    assert (tmp_path / "results/results.md").read_text() == (tmp_path / "out/results.md").read_text()
+    assert json.loads((tmp_path / "results/results.json").read_text()) == saved
 
 
 def test_cuda_mode_refuses_a_torch_without_cuda(repo_root, tmp_path):
