@@ -15,7 +15,8 @@
 #                    TFLOP/s per GPU (training/flops.py via metrics.jsonl), MFU against the GPU's bf16 peak
 #   3 TE fp8         with transformer_engine importable: (2) with the TE spec in bf16, then precision.fp8=hybrid:
 #                    TFLOP/s of both, loss within 2%; else "TE not available: FP8 not checked" (SKIP)
-#   4 convert        `mmed convert mcore-to-hf` of (1) with the converter's own logits validation
+#   4 convert        `mmed convert mcore-to-hf` of (1) with the converter's own logits validation (megatron-core
+#                    logits on the GPU, transformers' on CPU): max abs diff
 # Knobs (environment): DEVICE (cuda | cpu), OUT (runs, logs, results.md, results.json; default a new temp dir),
 #   RESULTS (a folder that also gets results.md and results.json, e.g. benchmarks/results/gpu_check-<gpu>),
 #   PYTHON (default .venv/bin/python, else python3), WHEELS (folder of wheels installed when megatron-core,
