@@ -207,6 +207,7 @@ def test_cpu_dry_mode_runs_all_four_checks_without_wheels(repo_root, tmp_path):
     assert json.loads((tmp_path / "results/results.json").read_text()) == saved
 
 
+@pytest.mark.slow  # two Python start-ups that import torch and megatron-core: ~10 s
 def test_cuda_mode_refuses_a_torch_without_cuda(repo_root, tmp_path):
     import torch
 
