@@ -280,7 +280,7 @@ def main() -> None:
                 )
         print(
             "  raw encode: the ceiling per worker (CPU seconds of encode alone); 'vs raw' = docs/s per worker "
-            "over it; '/CPU s' = docs per CPU second of all its processes; issue 16 wants ours >= 90% of raw encode (benchmarks/tokenize.py measures the in-process path)"
+            "over it; '/CPU s' = docs per CPU second of all its processes; issue 16 wants ours >= 90% of raw encode (benchmarks/bench_tokenize.py measures the in-process path)"
         )
         print(f"  {machine_load()}")
     if args.json:
