@@ -253,7 +253,7 @@ def test_bad_items_and_long_examples_are_counted_in_the_report(repo_root, sp, in
 def test_dry_run_counts_the_steps_from_the_data(repo_root, shared_data, sp, init, capsys):
     assert main([*_args(repo_root, shared_data / "qa", sp, init, "/nonexistent/run"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "steps: 30 (train.steps)" in out and "items (" in out and "layout: TP=1 PP=1 DP=1" in out
+    assert "steps: 30 (train.steps)" in out and "items (" in out and "parallel: TP=1 PP=1 DP=1" in out
     assert not Path("/nonexistent/run").exists()
 
 

@@ -54,7 +54,7 @@ def test_pretrain_dry_run_8_nodes(size: str, tmp_path: Path):
     assert re.search(r"sbatch .*--nodes=8 .*--ntasks-per-node=8 .*--gpus-per-node=8", out)
     assert "srun --ntasks=64 --ntasks-per-node=8" in out
     assert "data.blend=/data/tok/blend.json" in out and "precision.fp8=hybrid" in out
-    layout = re.search(r"layout: TP=(\d+) x PP=(\d+) x CP=(\d+) x DP=(\d+) = (\d+) ranks", out)
+    layout = re.search(r"parallel: TP=(\d+) x PP=(\d+) x CP=(\d+) x DP=(\d+) = (\d+) ranks", out)
     assert layout, out
     tp, pp, cp, dp, world = map(int, layout.groups())
     assert tp * pp * cp * dp == world == 64
@@ -118,7 +118,7 @@ def test_dry_run_shows_the_recipe_values(recipe: str):
     assert opts["job-name"] == job
     assert opts["time"] == launch.get("time_limit", "24:00:00")
     assert f"world_size={nodes * per_node}" in res.stdout
-    assert re.search(rf"layout: TP=\d+ x PP=\d+ x CP=\d+ x DP=\d+ = {nodes * per_node} ranks", res.stdout)
+    assert re.search(rf"parallel: TP=\d+ x PP=\d+ x CP=\d+ x DP=\d+ = {nodes * per_node} ranks", res.stdout)
     assert f"srun --ntasks={nodes * per_node} --ntasks-per-node={per_node}" in res.stdout
 
 

@@ -75,7 +75,7 @@ def test_dry_run_full_and_lora(peft: str, shared_data: Path, sp: Path, tmp_path:
     assert "mmed finetune --dry-run --world-size 16" in out and "items (" in out
     assert re.search(r"^steps: \d+ \(1 epoch\(s\) of 128 examples a step\)", out, re.M), out
     layout = "TP=2 PP=1 DP=8" if kind == "full" else "TP=1 PP=1 DP=16"
-    assert f"layout: {layout} on 16 rank(s)" in out
+    assert f"parallel: {layout} on 16 rank(s)" in out
     if kind == "lora":
         assert "trainable: " in out and "(LoRA rank 16 on qkv,proj,fc1,fc2)" in out
 

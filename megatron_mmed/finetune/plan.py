@@ -56,7 +56,7 @@ def describe_finetune(cfg: FinetuneConfig, world_size: int | None = None) -> str
         f"  layers={arch.num_layers} hidden={arch.hidden_size} heads={arch.num_attention_heads} "
         f"kv_heads={arch.num_query_groups} ffn={arch.ffn_hidden_size} vocab={arch.vocab_size} "
         f"(padded {plan.parallelism.padded_vocab_size})",
-        f"layout: TP={plan.parallelism.tp} PP={plan.parallelism.pp} DP={plan.parallelism.dp} on {world} rank(s); "
+        f"parallel: TP={plan.parallelism.tp} PP={plan.parallelism.pp} DP={plan.parallelism.dp} on {world} rank(s); "
         f"rows of {cfg.model.seq_length} positions, {t.micro_batch_size} a micro-batch, "
         f"{'packed' if cfg.data.pack else 'one example a row'}",
         f"parameters: {plan.parameters:,}; trainable: "

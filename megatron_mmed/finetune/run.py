@@ -133,7 +133,7 @@ def _finetune(cfg: FinetuneConfig, tc, env, data, arch, on_cpu: bool) -> RunResu
         tokenizer=str(Path(cfg.data.tokenizer).resolve()) if cfg.data.tokenizer else None,
         name="mmed finetune",
         per_token_loss=True,  # the step's loss is the mean over all its target tokens
-        layout_note=f"{t.global_batch_size} examples a step, {'packed' if cfg.data.pack else 'one a row'} in rows "
+        parallel_note=f"{t.global_batch_size} examples a step, {'packed' if cfg.data.pack else 'one a row'} in rows "
         f"of {cfg.model.seq_length} positions, {t.micro_batch_size} row(s) a micro-batch (a count that varies)",
         **hooks,
     )

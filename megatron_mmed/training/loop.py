@@ -116,7 +116,7 @@ def pretrain_trainer(cfg: TrainConfig, env, blend, arch, on_cpu: bool):
     from megatron_mmed.training.metrics import MetricsLogger
     from megatron_mmed.training.trainer import Trainer, start_run
 
-    layout = env.parallelism
+    par = env.parallelism
     parts, checkpointer, state = start_run(
         cfg, env, arch, on_cpu, tokenizer=blend_tokenizer_path(cfg.data.blend)
     )
@@ -136,7 +136,7 @@ def pretrain_trainer(cfg: TrainConfig, env, blend, arch, on_cpu: bool):
     dp_rank = ps.get_data_parallel_rank()
 
     def batches(ds) -> GPTBatches:
-        return GPTBatches(ds, cfg, layout.num_microbatches, layout.dp, dp_rank)
+        return GPTBatches(ds, cfg, par.num_microbatches, par.dp, dp_rank)
 
     def evaluate(stepper: Stepper) -> dict:
         """Validation loss per language (and their mean) over ``eval_iters`` fixed global batches each."""
@@ -172,5 +172,5 @@ def pretrain_trainer(cfg: TrainConfig, env, blend, arch, on_cpu: bool):
         is_last_rank=env.is_last_rank,
         world_size=env.world_size,
         evaluate=evaluate if valid else None,
-        flops_per_token=flops_per_token(arch, cfg.model.seq_length, layout.padded_vocab_size).training,
+        flops_per_token=flops_per_token(arch, cfg.model.seq_length, par.padded_vocab_size).training,
     )

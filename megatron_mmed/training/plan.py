@@ -34,7 +34,7 @@ class Plan:
             f"  layers={arch.num_layers} hidden={arch.hidden_size} heads={arch.num_attention_heads} "
             f"kv_heads={arch.num_query_groups} ffn={arch.ffn_hidden_size} vocab={arch.vocab_size} "
             f"(padded {self.parallelism.padded_vocab_size})",
-            f"layout: {self.parallelism.describe()}",
+            f"parallel: {self.parallelism.describe()}",
             f"parameters: {self.parameters:,} ({_human(self.parameters)})",
             f"flops/token (training, seq {cfg.model.seq_length}): {f.training:,} "
             f"= 3 x (qkv {f.qkv:,} + attention {f.attention:,} + out_proj {f.out_proj:,} "

@@ -211,13 +211,13 @@ def start_run(
     model_state: ckpt.ModelState | None = None,
     extra_files: Callable[[Path], None] | None = None,
     load_init: bool = True,
-    layout_note: str | None = None,
+    parallel_note: str | None = None,
 ) -> tuple[ModelParts, Checkpointer, ckpt.TrainState]:
     """Everything before the first step, on every rank: find the checkpoint to resume (verified), check the
     model against it or ``init_from``, write ``RUN/config.yaml`` (``run_config``: the stage's whole config),
     build model and optimizer, then resume or load ``init_from`` (unless ``load_init`` is False: the
-    ``model_hook`` loaded it) and cut ``metrics.jsonl`` back to the resumed step. ``layout_note`` replaces the
-    layout's micro-batch count in the startup line (a stage whose count varies per step)."""
+    ``model_hook`` loaded it) and cut ``metrics.jsonl`` back to the resumed step. ``parallel_note`` replaces the
+    parallelism's micro-batch count in the startup line (a stage whose count varies per step)."""
     from megatron_mmed.common.config import save_config
     from megatron_mmed.models.weights import load_weights
     from megatron_mmed.training.architecture import run_model
@@ -225,22 +225,22 @@ def start_run(
     from megatron_mmed.training.setup import build_model_and_optimizer
 
     run_config = run_config if run_config is not None else cfg
-    layout = env.parallelism
+    par = env.parallelism
     run_dir = Path(cfg.checkpoint.dir)
     # before anything is written: the newest intact checkpoint (verified against its manifest), and the
     # weights it resumes or starts from checked to be this run's model
     resume_from = ckpt.find_resume_checkpoint(run_dir) if run_dir.is_dir() else None
-    model = run_model(cfg, arch, layout.padded_vocab_size, resume_from, tokenizer)
+    model = run_model(cfg, arch, par.padded_vocab_size, resume_from, tokenizer)
     if env.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(run_config, run_dir / "config.yaml")
         shape = (
-            layout.describe() if layout_note is None else f"{layout.describe().split(';')[0]}; {layout_note}"
+            par.describe() if parallel_note is None else f"{par.describe().split(';')[0]}; {parallel_note}"
         )
         print(f"{name}: {arch.name}, {shape}; run dir {run_dir}", flush=True)
     torch.distributed.barrier()
     gpt_models, ddp_models, optimizer, scheduler, _ = build_model_and_optimizer(
-        cfg, arch, layout.padded_vocab_size, on_cpu, model_hook=model_hook, per_token_loss=per_token_loss
+        cfg, arch, par.padded_vocab_size, on_cpu, model_hook=model_hook, per_token_loss=per_token_loss
     )
     parts = ModelParts(gpt_models, ddp_models, optimizer, scheduler)
     checkpointer = Checkpointer(
