@@ -97,7 +97,6 @@ def _finetune(cfg: FinetuneConfig, tc, env, data, arch, on_cpu: bool) -> RunResu
     import torch
     from megatron.core import parallel_state as ps
 
-    from megatron_mmed.common.config import to_dict
     from megatron_mmed.finetune.packing import packing_stats
     from megatron_mmed.finetune.step import make_forward_step
     from megatron_mmed.models.builder import uses_te
@@ -146,17 +145,7 @@ def _finetune(cfg: FinetuneConfig, tc, env, data, arch, on_cpu: bool) -> RunResu
             from megatron_mmed.finetune.adapters import write_adapter_meta
 
             write_adapter_meta(run_dir, cfg.lora, cfg.checkpoint.init_from, t.seed)  # type: ignore[arg-type]
-    log = cfg.logging
-    metrics = MetricsLogger(
-        run_dir,
-        enabled=env.is_last_rank,
-        wandb_cfg={
-            "project": log.wandb_project,
-            "mode": log.wandb_mode,
-            "name": log.wandb_run_name,
-            "config": to_dict(cfg),
-        },
-    )
+    metrics = MetricsLogger.for_run(run_dir, env.is_last_rank, cfg)
     device = "cpu" if on_cpu else torch.cuda.current_device()
     trainer = Trainer(
         tc,

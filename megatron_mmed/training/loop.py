@@ -110,7 +110,6 @@ def pretrain_trainer(cfg: TrainConfig, env, blend, arch, on_cpu: bool):
     """The :class:`Trainer` of a pretraining run, set up (resumed or initialised) and ready to ``fit()``."""
     from megatron.core import parallel_state as ps
 
-    from megatron_mmed.common.config import to_dict
     from megatron_mmed.training.data import blend_eod, blend_tokenizer_path, build_datasets
     from megatron_mmed.training.flops import flops_per_token
     from megatron_mmed.training.metrics import MetricsLogger
@@ -151,16 +150,7 @@ def pretrain_trainer(cfg: TrainConfig, env, blend, arch, on_cpu: bool):
             return {}
         return {"val_loss": sum(per_lang.values()) / len(per_lang), "val_loss_per_lang": per_lang}
 
-    metrics = MetricsLogger(
-        checkpointer.run_dir,
-        enabled=env.is_last_rank,
-        wandb_cfg={
-            "project": log.wandb_project,
-            "mode": log.wandb_mode,
-            "name": log.wandb_run_name,
-            "config": to_dict(cfg),
-        },
-    )
+    metrics = MetricsLogger.for_run(checkpointer.run_dir, env.is_last_rank, cfg)
     return Trainer(
         cfg,
         parts,

@@ -43,6 +43,21 @@ class MetricsLogger:
                 resume="allow",
             )
 
+    @classmethod
+    def for_run(cls, run_dir: Path, enabled: bool, cfg: Any) -> MetricsLogger:
+        """The logger of a run whose config has a ``logging`` section (W&B project, mode and run name); the
+        whole config goes to W&B with the run."""
+        from megatron_mmed.common.config import to_dict
+
+        log = cfg.logging
+        wandb_cfg = {
+            "project": log.wandb_project,
+            "mode": log.wandb_mode,
+            "name": log.wandb_run_name,
+            "config": to_dict(cfg),
+        }
+        return cls(run_dir, enabled, wandb_cfg)
+
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
