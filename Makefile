@@ -47,13 +47,17 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Two test processes (pytest-xdist), one per core: tests/conftest.py puts each module, and all slurm tests, in one
+# group that one process runs, slurm first (the longest group). PYTEST_ARGS="-n 0" runs them in this process (for pdb).
+XDIST ?= -n 2 --dist loadgroup --no-loadscope-reorder
+
 test: lint system-deps
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # The developer loop: everything but the `slow` tests (multi-process, slurm, long training), under 3 minutes.
 .PHONY: test-fast
 test-fast: lint
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 clean:
 	rm -rf demo_out .pytest_cache

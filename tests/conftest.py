@@ -52,7 +52,16 @@ def _has_cuda() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """`gpu`-marked tests are skipped on machines without CUDA (the one place hardware is gated)."""
+    """`gpu`-marked tests are skipped on machines without CUDA (the one place hardware is gated).
+
+    Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`) every module is one group, so its
+    module-scoped fixtures (finished runs, converted checkpoints) are built once, and every `slurm` test is in one
+    group: the local cluster is started, used and stopped by one process at a time. The slurm tests (the longest
+    group) are collected first, so that one process starts on them while the other takes the modules in order."""
+    items.sort(key=lambda item: "slurm" not in item.keywords)  # stable: the order within each part is kept
+    for item in items:
+        group = "slurm" if "slurm" in item.keywords else item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
     if _has_cuda():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
