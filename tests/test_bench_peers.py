@@ -114,9 +114,16 @@ def test_score_counts_each_cluster_once() -> None:
 
 # ------------------------------------------------------------------------------------------- measuring
 _TREE = """
-import subprocess, sys, time
-code = "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); import time; time.sleep(1.0)"
-kids = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
+import subprocess, sys, tempfile, time
+barrier = tempfile.mkdtemp()
+# each child touches 300 MB, says so, and holds it until both have: on a loaded box one child's start-up can
+# outlast the other's whole life, and the tree peak must see both at once whatever the load
+code = (
+    "import os, sys, time; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); d = sys.argv[1]; "
+    "open(os.path.join(d, sys.argv[2]), 'w').close(); "
+    "[time.sleep(0.02) for _ in iter(lambda: len(os.listdir(d)) >= 2, True)]; time.sleep(1.0)"
+)
+kids = [subprocess.Popen([sys.executable, "-c", code, barrier, str(i)]) for i in range(2)]
 t = time.process_time()
 while time.process_time() - t < 0.4:
     pass
@@ -138,14 +145,19 @@ def test_measure_sees_the_whole_process_tree(tmp_path: Path) -> None:
 
 
 _ORPHANS = """
-import os, sys, time
-for _ in range(2):
+import os, sys, tempfile, time
+done = tempfile.mkdtemp()
+for i in range(2):
     if os.fork() == 0:  # a worker its parent never waits for (as datatrove's pool workers at --workers 2)
         t = time.process_time()
         while time.process_time() - t < 0.6:
             pass
+        open(os.path.join(done, str(i)), "w").close()
+        time.sleep(1.0)  # alive (then a zombie nobody reaps) while the wrapper samples its final CPU time
         os._exit(0)
-time.sleep(1.5)
+while len(os.listdir(done)) < 2:  # on a loaded box the workers' 0.6 CPU s can take many seconds of wall
+    time.sleep(0.02)
+time.sleep(0.5)
 os._exit(0)
 """
 
