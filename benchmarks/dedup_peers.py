@@ -39,7 +39,11 @@ PROFILE_RULES = [
     ("read zstd + parse JSON", "common/io.py", r"^(__iter__|loads|_fail|read)$"),
     ("read zstd + parse JSON", "dedup/stages.py", r"^(_raw_lines|_records|_text)$"),
     ("normalise (fold, classes)", "dedup/shingles.py", r"^(_normalised|lookup|_fill)$"),
-    ("shingle + hash n-grams", "dedup/shingles.py", r"^(hash_batch|_tokens|_exact_keys|_span_hash|_powers)$"),
+    (
+        "shingle + hash n-grams",
+        "dedup/shingles.py",
+        r"^(hash_batch|_tokens|_exact_keys|_run_hash|_ngram_hash|_powers)$",
+    ),
     ("MinHash signatures", "dedup/minhash.py", r"^(signatures_numpy|signatures_datasketch)$"),
     ("band hashes, sort, write", "dedup/lsh.py", r"^band_hashes$"),
     ("band hashes, sort, write", "dedup/stages.py", r"^(signatures_task|_save)$"),

@@ -28,6 +28,8 @@ TEXTS = [
     "one",
     "one two",
     "a_b 12345 x1y2 naïve café 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ok",
+    "   ",
+    "",
 ]
 
 
@@ -97,10 +99,18 @@ def test_shingle_hashes_equal_a_per_character_reference(n: int, cjk: bool) -> No
 
 def test_shingle_hashes_do_not_depend_on_the_batch() -> None:
     """A document's shingles are the same alone and inside any batch (batches are cut by size)."""
-    _, h, off = hash_batch(TEXTS, 2, False)
+    ex, h, off = hash_batch(TEXTS, 2, False)
     for i, text in enumerate(TEXTS):
-        _, hi, _ = hash_batch([text], 2, False)
-        assert np.array_equal(hi, h[off[i] : off[i + 1]])
+        ex_i, h_i, _ = hash_batch([text], 2, False)
+        assert np.array_equal(h_i, h[off[i] : off[i + 1]]) and np.array_equal(ex_i[0], ex[i]), text
+
+
+def test_exact_keys_ignore_whitespace_only() -> None:
+    ex, _, _ = hash_batch(
+        ["Fever 3 days", "fever\n3  DAYS", "fever 4 days", "fever3days", "", " \t"], 2, False
+    )
+    assert np.array_equal(ex[0], ex[1]) and np.array_equal(ex[0], ex[3]) and np.array_equal(ex[4], ex[5])
+    assert len({tuple(row) for row in ex.tolist()}) == 3
 
 
 @pytest.mark.parametrize(("num_perm", "seed"), [(128, 1), (64, 7), (3, 0)])
