@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.dedup_peers [--sizes 100000 1000000] [--workers 1 2] [--methods ...]
     .venv/bin/python -m benchmarks.dedup_peers --ours-only --sizes 3000      # no peers venv needed
     .venv/bin/python -m benchmarks.dedup_peers --profile --sizes 100000      # where ours spends its time
+    .venv/bin/python -m benchmarks.dedup_peers --scaling --sizes 100000      # ours' N-worker speed-up, idle box
 
 Input: ``benchmarks/peers/dedup_data.py`` (sentences of ../shared/data/corpus, planted exact and edited copies,
 known clusters), built once per size under ``benchmarks/.cache``. Methods, each its own subprocess measured by
@@ -15,15 +16,25 @@ known clusters), built once per size under ``benchmarks/.cache``. Methods, each 
 
 Every method reads the same files and writes its survivors; F1 per language comes from what each removed,
 through one scoring function (``dedup_data.score``). docs/s per core = docs / (wall x workers).
+
+``--scaling``: on a box that other jobs share, wall clock says little about N workers. Ours then runs in this
+process with each ``--workers`` value; every task's marker holds its CPU seconds, which are scheduled on N
+idle cores in plan order, one stage after the other (as the pool hands them out), plus this process's own
+CPU (start-up, planning, markers, report): the wall an idle N-core box would take.
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
+import os
+import resource
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from benchmarks.peers.dedup_data import CACHE, build_input, read_truth, score
@@ -39,7 +50,11 @@ PROFILE_RULES = [
     ("read zstd + parse JSON", "common/io.py", r"^(__iter__|loads|_fail|read)$"),
     ("read zstd + parse JSON", "dedup/stages.py", r"^(_raw_lines|_records|_text)$"),
     ("normalise (fold, classes)", "dedup/shingles.py", r"^(_normalised|lookup|_fill)$"),
-    ("shingle + hash n-grams", "dedup/shingles.py", r"^(hash_batch|_tokens|_exact_keys|_span_hash|_powers)$"),
+    (
+        "shingle + hash n-grams",
+        "dedup/shingles.py",
+        r"^(hash_batch|_tokens|_exact_keys|_run_hash|_ngram_hash|_powers)$",
+    ),
     ("MinHash signatures", "dedup/minhash.py", r"^(signatures_numpy|signatures_datasketch)$"),
     ("band hashes, sort, write", "dedup/lsh.py", r"^band_hashes$"),
     ("band hashes, sort, write", "dedup/stages.py", r"^(signatures_task|_save)$"),
@@ -223,6 +238,58 @@ def profile(inp, tmp: Path) -> None:
     )
 
 
+def list_schedule(costs: list[float], workers: int) -> float:
+    """Finish time of ``costs`` handed in order to whichever of ``workers`` idle cores is free first."""
+    free = [0.0] * workers
+    for c in costs:
+        heapq.heapreplace(free, free[0] + c)
+    return max(free)
+
+
+def scaling(inp, tmp: Path, workers: list[int]) -> None:
+    """Per worker count: wall and CPU under the current load, and the wall an idle box would take."""
+    from preprocessing.dedup import SUBSTAGES, DedupConfig, run_dedup
+    from preprocessing.dedup.run import make_context, plan
+
+    # the CLI's start-up (interpreter, imports) happens before the call measured below: a serial part too
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", "import megatron_mmed.cli, preprocessing.dedup.run"], check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    print(
+        f"\nscaling: ours on {inp.docs:,} documents; start-up {start:.2f} CPU s (counted as serial); {machine_load()}"
+    )
+    print(
+        f"{'w':>2} {'wall s':>7} {'CPU s':>7} {'tasks':>7} {'serial':>7} {'idle wall':>9} {'speed-up':>8}  per stage"
+    )
+    first = None
+    for w in workers:
+        cfg = DedupConfig(workers=w, keep_work=True)
+        out = tmp / f"scaling-w{w}"
+        shutil.rmtree(out, ignore_errors=True)
+        c0, t0 = os.times(), time.perf_counter()
+        run_dedup(inp.root, out, cfg, show_progress=False, log=lambda s: None)
+        wall, c1 = time.perf_counter() - t0, os.times()
+        own = c1.user + c1.system - c0.user - c0.system
+        cpu = own + c1.children_user + c1.children_system - c0.children_user - c0.children_system
+        ctx, _ = make_context(inp.root, out, cfg)
+        stages = {}
+        for st in SUBSTAGES:
+            done = ctx.markers(st)
+            costs = [done.read(t.id)["cpu_s"] for t in plan(st, ctx)]
+            stages[st] = (sum(costs), list_schedule(costs, w))
+        tasks = sum(c for c, _ in stages.values())
+        serial = start + (own - tasks if w == 1 else own)  # with a pool, this process runs no task
+        idle = serial + sum(m for _, m in stages.values())
+        first = first or idle
+        per = ", ".join(f"{st} {m:.1f}" for st, (_, m) in stages.items())
+        print(
+            f"{w:>2} {wall:>7.1f} {cpu:>7.1f} {tasks:>7.1f} {serial:>7.1f} {idle:>9.1f} {first / idle:>7.2f}x  {per}"
+        )
+        shutil.rmtree(out, ignore_errors=True)
+    print(f"  {machine_load()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -244,6 +311,9 @@ def main() -> None:
     ap.add_argument(
         "--profile", action="store_true", help="instead of comparing: ours under cProfile, by phase"
     )
+    ap.add_argument(
+        "--scaling", action="store_true", help="instead of comparing: ours' idle-box speed-up per --workers"
+    )
     ap.add_argument("--json", type=Path, help="also write every row here")
     args = ap.parse_args()
     methods = ["ours"] if args.ours_only else args.methods
@@ -255,6 +325,9 @@ def main() -> None:
             inp = build_input(size, args.seed, args.dup_rate, args.cache)
             if args.profile:
                 profile(inp, tmp)
+                continue
+            if args.scaling:
+                scaling(inp, tmp, args.workers)
                 continue
             print(f"\n{size:,} documents ({inp.root}); {machine_load()}")
             for line in fairness(s):

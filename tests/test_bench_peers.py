@@ -322,3 +322,11 @@ def test_tokenize_peers_needs_a_checkout_unless_ours_only(tmp_path: Path) -> Non
         timeout=120,
     )
     assert proc.returncode != 0 and "--megatron-lm DIR" in proc.stderr
+
+
+def test_list_schedule_hands_tasks_in_order_to_the_first_free_core() -> None:
+    from benchmarks.dedup_peers import list_schedule
+
+    assert list_schedule([3.0, 1.0, 1.0, 1.0], 2) == 3.0  # core 2 takes the three short ones
+    assert list_schedule([1.0, 1.0, 3.0], 2) == 4.0  # the long last one waits for a free core
+    assert list_schedule([2.0, 2.0], 1) == 4.0 and list_schedule([], 3) == 0.0

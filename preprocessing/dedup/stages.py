@@ -1,5 +1,6 @@
 """The four dedup stages as independent tasks: each reads files and writes files atomically; the stage
-protocol (``common.tasks.resume_tasks``) then writes its marker from the payload it returns.
+protocol (``common.tasks.resume_tasks``) then writes its marker from the payload it returns (with the task's wall
+``seconds`` and ``cpu_s``: ``benchmarks/dedup_peers.py --scaling`` schedules the latter on N idle cores).
 
 signatures (one task per input file) -> buckets (one per language x hash range: exact hashes and every band)
 -> clusters (one per language) -> filter (one per input file). Documents of different languages are never
@@ -149,7 +150,7 @@ def _save(path: Path, arr: np.ndarray | None = None, **arrays: np.ndarray) -> No
 # ---------------------------------------------------------------------------------------------- signatures
 def signatures_task(ctx: Ctx, lang: str, i: int) -> dict[str, Any]:
     """Signatures, sorted band hashes, exact hashes, lengths and ids of input file ``i`` of ``lang``."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     cfg, work, path = ctx.cfg, ctx.work, ctx.lang_files(lang)[i]
     cjk = lang in CJK_LANGS
     n = cfg.cjk_ngram if cjk else cfg.word_ngram
@@ -198,7 +199,7 @@ def signatures_task(ctx: Ctx, lang: str, i: int) -> dict[str, Any]:
     _save(work.arr(lang, i, "len"), np.array(lengths, dtype=np.int64))
     atomic_write_json(work.ids(lang, i), ids)
     info = {"docs": n_docs, "no_shingles": int(n_docs - len(docs)), "seconds": time.perf_counter() - t0}
-    return info
+    return info | {"cpu_s": time.process_time() - c0}
 
 
 # ------------------------------------------------------------------------------------------------- buckets
@@ -226,7 +227,7 @@ def bucket_task(ctx: Ctx, lang: str, part: int, parts: int) -> dict[str, Any]:
     Bands are read one at a time from the sorted per-file arrays (only this range's slice), so memory is
     bounded by ``partition_docs`` entries whatever the corpus size.
     """
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     sigs = ShardArrays(ctx.work, lang, "sig")
     exact = ShardArrays(ctx.work, lang, "exact")
     out_a, out_b, out_j = [], [], []
@@ -257,13 +258,13 @@ def bucket_task(ctx: Ctx, lang: str, part: int, parts: int) -> dict[str, Any]:
         a, b, j = a[first], b[first], j[first]
     _save(ctx.work.edges(lang, bucket_task_id(lang, part)), a=a, b=b, jaccard=j)
     info = {"candidates": int(candidates), "verified": int(len(a)), "seconds": time.perf_counter() - t0}
-    return info
+    return info | {"cpu_s": time.process_time() - c0}
 
 
 # ------------------------------------------------------------------------------------------------ clusters
 def cluster_task(ctx: Ctx, lang: str) -> dict[str, Any]:
     """Union of verified pairs into clusters; per cluster the kept document; removals grouped per input file."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     work = ctx.work
     edge_files = sorted((work.root / "edges" / lang).glob("*.npz"))
     parts_a, parts_b = [], []
@@ -306,13 +307,13 @@ def cluster_task(ctx: Ctx, lang: str) -> dict[str, Any]:
             cluster_sizes=size_histogram(labels),
         )
     info["seconds"] = time.perf_counter() - t0
-    return info
+    return info | {"cpu_s": time.process_time() - c0}
 
 
 # -------------------------------------------------------------------------------------------------- filter
 def filter_task(ctx: Ctx, lang: str, i: int) -> dict[str, Any]:
     """Copy survivors of input file ``i`` unchanged to OUT/kept; write removed ones to OUT/rejected."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     path = ctx.lang_files(lang)[i]
     removed: dict[int, tuple[str, bool, float]] = {}
     rm_path = ctx.work.removed(lang, i)
@@ -352,4 +353,4 @@ def filter_task(ctx: Ctx, lang: str, i: int) -> dict[str, Any]:
         rej_w.abort()
         raise
     info = {"stats": stats.to_dict(), "seconds": time.perf_counter() - t0}
-    return info
+    return info | {"cpu_s": time.process_time() - c0}
