@@ -6,8 +6,9 @@ packs them first-fit into rows of ``seq_length`` positions, and deals the rows t
 pad the count to a multiple of DP x micro-batch so every rank runs the same number of micro-batches).
 
 In a row every example keeps its attention to itself and its positions restart at 0: ``segment_ids`` give the
-block-diagonal causal mask on CPU (:func:`attention_mask`) and ``cu_seqlens`` megatron-core's packed (THD)
-path on GPU (:func:`packed_seq_params`). An example of ``n`` tokens fills ``n - 1`` positions (inputs
+segments of the local spec's per-segment attention on CPU (:func:`row_segment_params`; :func:`attention_mask`
+is the equivalent dense mask) and ``cu_seqlens`` megatron-core's packed (THD) path on GPU
+(:func:`packed_seq_params`). An example of ``n`` tokens fills ``n - 1`` positions (inputs
 ``tokens[:-1]``, labels ``tokens[1:]``), and ``loss_mask`` is 1 where the label is a target token.
 """
 
@@ -208,6 +209,27 @@ def packed_seq_params(segment_ids: torch.Tensor):
     longest = int((cu[1:] - cu[:-1]).max())
     return PackedSeqParams(
         qkv_format="thd",
+        cu_seqlens_q=cu,
+        cu_seqlens_kv=cu,
+        max_seqlen_q=longest,
+        max_seqlen_kv=longest,
+    )
+
+
+def row_segment_params(segment_ids: torch.Tensor):
+    """megatron-core ``PackedSeqParams`` (SBHD) for :class:`~megatron_mmed.models.attention.SegmentAttention`:
+    ``cu_seqlens`` of the segments of a ``[b, s]`` micro-batch with its rows laid end to end (each row starts a
+    segment; a padding tail is one more), so attention stays within each example without an ``s x s`` mask."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    b, s = segment_ids.shape
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    first = torch.nonzero(starts.flatten()).flatten()
+    cu = torch.cat([first, torch.tensor([b * s], device=first.device)]).to(torch.int32)
+    longest = int((cu[1:] - cu[:-1]).max())
+    return PackedSeqParams(
+        qkv_format="sbhd",
         cu_seqlens_q=cu,
         cu_seqlens_kv=cu,
         max_seqlen_q=longest,
