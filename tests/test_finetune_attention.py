@@ -61,30 +61,34 @@ def _out_and_grads(fn, q, k, v, weight):
 
 @pytest.mark.parametrize("mode", VARLEN_MODES)
 def test_segment_attention_equals_dense_masked_attention(mcore, mode, monkeypatch):
-    """Two packed rows (3 segments + padding, 2 segments + padding) with GQA: output and the grads of q, k, v
-    match megatron-core's DotProductAttention under the block-diagonal causal mask."""
+    """Three packed rows (3 segments + padding, 2 segments + padding, all padding) with GQA: on every example
+    position the output, and everywhere the grads of q, k, v, match megatron-core's DotProductAttention under
+    the block-diagonal causal mask (padding carries no loss, so its outputs are weighted 0)."""
     from megatron.core.transformer.dot_product_attention import DotProductAttention
 
     monkeypatch.setattr(SegmentAttention, "varlen_mode", mode)
-    s = 24
-    seg = _segments([[7, 5, 9], [11, 10]], s)
-    q, k, v = _qkv(s, 2)
-    weight = torch.randn(s, 2, HEADS * DIM, generator=torch.Generator().manual_seed(1))
+    s, b = 24, 3
+    seg = _segments([[7, 5, 9], [11, 10], []], s)
+    real = (seg != PAD_SEGMENT).t()[:, :, None]  # [s, b, 1]
+    q, k, v = _qkv(s, b)
+    weight = torch.randn(s, b, HEADS * DIM, generator=torch.Generator().manual_seed(1)) * real
     config = _config()
     dense = _attention(DotProductAttention, config)
     varlen = _attention(SegmentAttention, config)
     mask = attention_mask(seg)
     params = row_segment_params(seg)
-    assert params.cu_seqlens_q.tolist() == [0, 7, 12, 21, 24, 35, 45, 48]
+    assert params.cu_seqlens_q.tolist() == [0, 7, 12, 21, 32, 42, 42]  # example lengths
+    assert params.cu_seqlens_q_padded.tolist() == [0, 7, 12, 24, 35, 48, 72]  # where each starts
     ref, ref_grads = _out_and_grads(lambda *t: dense(*t, mask), q, k, v, weight)
     got, got_grads = _out_and_grads(lambda *t: varlen(*t, None, packed_seq_params=params), q, k, v, weight)
-    assert got.shape == ref.shape == (s, 2, HEADS * DIM)
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert got.shape == ref.shape == (s, b, HEADS * DIM)
+    torch.testing.assert_close(got * real, ref * real, atol=1e-5, rtol=1e-5)
+    assert not got[~real[..., 0]].any()  # padding: not attended
     for g, r in zip(got_grads, ref_grads):
         torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
     # one segment per row (plain causal) differs: the comparison can fail
     leaky = varlen(q, k, v, None, packed_seq_params=row_segment_params(torch.zeros_like(seg)))
-    assert not torch.allclose(leaky, ref, atol=1e-3)
+    assert not torch.allclose(leaky * real, ref * real, atol=1e-3)
 
 
 @pytest.mark.parametrize("mode", VARLEN_MODES)
@@ -118,5 +122,5 @@ def test_segment_attention_without_segments_is_megatron_core_attention(mcore):
 def test_row_segment_params_rejects_a_mismatched_row(mcore):
     attn = _attention(SegmentAttention, _config())
     q, k, v = _qkv(8, 1)
-    with pytest.raises(ValueError, match="cu_seqlens_q ends at 10"):
+    with pytest.raises(ValueError, match="cu_seqlens_q ends at 10, the packed rows hold 8"):
         attn(q, k, v, None, packed_seq_params=row_segment_params(torch.zeros(1, 10, dtype=torch.long)))

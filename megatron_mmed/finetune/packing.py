@@ -218,20 +218,28 @@ def packed_seq_params(segment_ids: torch.Tensor):
 
 def row_segment_params(segment_ids: torch.Tensor):
     """megatron-core ``PackedSeqParams`` (SBHD) for :class:`~megatron_mmed.models.attention.SegmentAttention`:
-    ``cu_seqlens`` of the segments of a ``[b, s]`` micro-batch with its rows laid end to end (each row starts a
-    segment; a padding tail is one more), so attention stays within each example without an ``s x s`` mask."""
+    the examples of a ``[b, s]`` micro-batch with its rows laid end to end, in Transformer Engine's padded-THD
+    convention: ``cu_seqlens_q`` sums the examples' lengths, ``cu_seqlens_q_padded`` gives where each starts (a
+    row's last example also spans the row's padding; an empty row is one example of length 0). Attention then
+    stays within each example and skips padding, without an ``s x s`` mask."""
     from megatron.core.packed_seq_params import PackedSeqParams
 
     b, s = segment_ids.shape
-    starts = torch.ones_like(segment_ids, dtype=torch.bool)
-    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
-    first = torch.nonzero(starts.flatten()).flatten()
-    cu = torch.cat([first, torch.tensor([b * s], device=first.device)]).to(torch.int32)
-    longest = int((cu[1:] - cu[:-1]).max())
+    seg = segment_ids.cpu()
+    lengths, padded = [], []
+    for row in seg:
+        counts = torch.bincount(row[row != PAD_SEGMENT]).tolist()  # segment ids are 0, 1, ... in order
+        lengths += counts or [0]
+        padded += counts[:-1] + [s - sum(counts[:-1])] if counts else [s]
+    cu = torch.tensor([0, *lengths]).cumsum(0).to(torch.int32).to(segment_ids.device)
+    cu_padded = torch.tensor([0, *padded]).cumsum(0).to(torch.int32).to(segment_ids.device)
+    longest = max(padded)  # RoPE's table covers every position of a row, padding's included
     return PackedSeqParams(
         qkv_format="sbhd",
         cu_seqlens_q=cu,
         cu_seqlens_kv=cu,
+        cu_seqlens_q_padded=cu_padded,
+        cu_seqlens_kv_padded=cu_padded,
         max_seqlen_q=longest,
         max_seqlen_kv=longest,
     )

@@ -1,14 +1,16 @@
 """Per-segment causal attention for megatron-core's local spec: packed rows without an ``s x s`` mask.
 
 :class:`SegmentAttention` is the local spec's ``core_attention``. Given ``packed_seq_params`` it attends each
-segment of a packed row to itself with ``torch.nn.functional.scaled_dot_product_attention(is_causal=True)``
-(GQA through ``enable_gqa``), reading the segments from ``cu_seqlens_q`` as Transformer Engine's THD path does.
-Without them it is megatron-core's ``DotProductAttention`` unchanged (pretraining's causal mask path).
+segment (example) of a packed row to itself with ``scaled_dot_product_attention(is_causal=True)`` (GQA through
+``enable_gqa``), reading the segments as Transformer Engine's THD path does: lengths from ``cu_seqlens_q``,
+start offsets from ``cu_seqlens_q_padded`` (or ``cu_seqlens_q`` when unpadded). Positions outside every
+segment (row padding) are not attended and get a zero output; nothing reads them (no loss, no other token
+attends them). Without ``packed_seq_params`` it is megatron-core's ``DotProductAttention`` unchanged
+(pretraining's causal-mask path).
 
-Two layouts are accepted: THD (``[t, heads, dim]``, one row, what megatron-core hands over for
-``qkv_format="thd"``) and SBHD (``[s, b, heads, dim]``) with ``cu_seqlens_q`` over the rows laid end to end
-(row 0's positions, then row 1's, ...; every row starts a segment), see
-:func:`megatron_mmed.finetune.packing.row_segment_params`. The segments are either attended one SDPA call each
+Layouts: THD (``[t, heads, dim]``, what megatron-core hands over for ``qkv_format="thd"``) and SBHD
+(``[s, b, heads, dim]``) with the offsets over the rows laid end to end (row 0's positions, then row 1's, ...),
+see :func:`megatron_mmed.finetune.packing.row_segment_params`. The segments are attended one SDPA call each
 (``"loop"``) or gathered into one batch padded to the longest segment (``"padded"``: pad keys come after every
 real query of their segment, so the causal mask alone keeps them out; pad queries are dropped).
 """
@@ -46,51 +48,67 @@ class SegmentAttention(DotProductAttention):
         if thd:  # [t, h, d]: one row
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
         s, b, hq, d = query.shape
-        cu = packed_seq_params.cu_seqlens_q
-        if int(cu[-1]) != s * b:
-            raise ValueError(f"cu_seqlens_q ends at {int(cu[-1])}, the packed rows hold {s * b} positions")
+        cu = packed_seq_params.cu_seqlens_q.to(torch.long)
+        cu_padded = packed_seq_params.cu_seqlens_q_padded
+        cu_padded = cu if cu_padded is None else cu_padded.to(torch.long)
+        if int(cu_padded[-1]) != s * b:
+            raise ValueError(
+                f"cu_seqlens_q ends at {int(cu_padded[-1])}, the packed rows hold {s * b} positions"
+            )
         q, k, v = (x.transpose(0, 1).reshape(b * s, x.shape[2], d) for x in (query, key, value))
         scale = self.softmax_scale * (self.layer_number if self.config.apply_query_key_layer_scaling else 1)
         dropout = self.attention_dropout.p if self.training else 0.0
         attend = _padded if self.varlen_mode == "padded" else _loop
-        out = attend(q, k, v, cu.to(torch.long), scale, dropout)  # [b*s, hq, d]
+        out = attend(q, k, v, cu_padded[:-1], cu[1:] - cu[:-1], scale, dropout)  # [b*s, hq*d]
         if thd:
-            return out.reshape(s, hq * d)
+            return out
         return out.reshape(b, s, hq * d).transpose(0, 1).contiguous()
 
 
 def _sdpa(q, k, v, scale: float, dropout: float):
-    """Causal SDPA over ``[..., heads, len, dim]`` (key/value heads may be fewer: grouped-query attention)."""
+    """Causal SDPA over ``[batch, heads, len, dim]`` (key/value heads may be fewer: grouped-query attention).
+    Four dimensions: with three, CPU SDPA takes its unfused math path."""
     return torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=k.shape[-3] != q.shape[-3]
+        q, k, v, dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
     )
 
 
-def _loop(q, k, v, cu: torch.Tensor, scale: float, dropout: float):
-    """One SDPA call per segment (``q/k/v``: ``[t, heads, dim]``), outputs concatenated in order."""
-    bounds = cu.tolist()
-    outs = [
-        _sdpa(
-            q[a:e].transpose(0, 1), k[a:e].transpose(0, 1), v[a:e].transpose(0, 1), scale, dropout
-        ).transpose(0, 1)
-        for a, e in zip(bounds[:-1], bounds[1:])
-    ]
-    return torch.cat(outs, 0)
+def _loop(q, k, v, starts: torch.Tensor, lengths: torch.Tensor, scale: float, dropout: float):
+    """One SDPA call per segment (``q/k/v``: ``[t, heads, dim]``); positions outside every segment get 0."""
+    t, width = q.shape[0], q.shape[1] * q.shape[2]
+    pieces, at = [], 0
+    for a, n in zip(starts.tolist(), lengths.tolist()):
+        if a > at:
+            pieces.append(q.new_zeros(a - at, width))
+        if n:
+            seg = [x[a : a + n].transpose(0, 1)[None] for x in (q, k, v)]  # [1, heads, n, dim]
+            pieces.append(_sdpa(*seg, scale, dropout)[0].transpose(0, 1).reshape(n, width))
+        at = a + n
+    if at < t:
+        pieces.append(q.new_zeros(t - at, width))
+    return torch.cat(pieces, 0)
 
 
-def _padded(q, k, v, cu: torch.Tensor, scale: float, dropout: float):
+def _padded(q, k, v, starts: torch.Tensor, lengths: torch.Tensor, scale: float, dropout: float):
     """All segments in one SDPA call: ``[segments, heads, longest, dim]``, each segment left-aligned.
 
     A segment shorter than the longest is filled with the positions that follow it (clamped to the end);
     those come after all its real queries, so ``is_causal`` hides them, and their own outputs are dropped.
+    Positions outside every segment (a row's padding) get 0.
     """
-    t = q.shape[0]
-    starts, lengths = cu[:-1], cu[1:] - cu[:-1]
-    longest = int(lengths.max())
-    offsets = torch.arange(longest, device=q.device)
-    index = (starts[:, None] + offsets[None, :]).clamp_(max=t - 1)  # [segments, longest]
+    t, width, dev = q.shape[0], q.shape[1] * q.shape[2], q.device
+    nseg, longest = len(lengths), int(lengths.max()) if len(lengths) else 0
+    if longest == 0:
+        return q.new_zeros(t, width)
+    index = (starts[:, None] + torch.arange(longest, device=dev)[None, :]).clamp_(max=t - 1)
     gathered = [x[index].transpose(1, 2) for x in (q, k, v)]  # [segments, heads, longest, dim]
-    out = _sdpa(*gathered, scale, dropout).transpose(1, 2).reshape(-1, q.shape[1], q.shape[2])
-    # position p of segment i, offset j, sits at slot i * longest + j of the padded output
-    slot = torch.repeat_interleave(torch.arange(len(lengths), device=q.device) * longest - starts, lengths)
-    return out[slot + torch.arange(t, device=q.device)]
+    out = _sdpa(*gathered, scale, dropout).transpose(1, 2).reshape(nseg * longest, width)
+    out = torch.cat([out, out.new_zeros(1, width)])  # slot nseg * longest: the zeros of padding positions
+    # token j of segment i sits at position starts[i] + j and at slot i * longest + j of the padded output
+    seg = torch.repeat_interleave(torch.arange(nseg, device=dev), lengths)
+    offset = torch.arange(len(seg), device=dev) - torch.repeat_interleave(
+        torch.cumsum(lengths, 0) - lengths, lengths
+    )
+    source = torch.full((t,), nseg * longest, dtype=torch.long, device=dev)
+    source[starts[seg] + offset] = seg * longest + offset
+    return out[source]
