@@ -26,7 +26,9 @@ VARLEN_MODES = ("padded", "loop")
 class SegmentAttention(DotProductAttention):
     """``DotProductAttention`` that, given ``packed_seq_params``, attends causally within each segment only."""
 
-    varlen_mode: str = "padded"  # "padded" (one SDPA over segments padded to the longest) or "loop"
+    # "loop" (one SDPA call per segment) or "padded" (one over segments padded to the longest); loop measured
+    # faster on CPU (benchmarks/finetune.py: padding to the longest wastes more than the calls cost)
+    varlen_mode: str = "loop"
 
     def forward(
         self,
