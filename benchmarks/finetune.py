@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.finetune                      # packing + CPU steps (a few minutes)
     .venv/bin/python -m benchmarks.finetune --packing-only
-    .venv/bin/python -m benchmarks.finetune --pack-length 2048 --cases mcore-full hf-full
+    .venv/bin/python -m benchmarks.finetune --pack-length 2048 --cases mcore-full hf-full --rounds 3
     .venv/bin/python -m benchmarks.finetune --tokenizer internlm2/tokenizer.model
 
 Packing: the real length distribution of ``../shared/data/qa`` (rationale + direct examples, the paper's
@@ -255,6 +255,7 @@ def main() -> None:
     ap.add_argument("--hf-micro-batch", type=int, default=4)
     ap.add_argument("--pack-length", type=int, default=512, help="packed row length of the CPU steps")
     ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    ap.add_argument("--rounds", type=int, default=1, help="run every case this many times, interleaved")
     ap.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -268,29 +269,45 @@ def main() -> None:
         if args.packing_only:
             return
         prepare(work, tok, args.examples)
-        for case in args.cases:
-            cmd = [
-                sys.executable,
-                "-m",
-                "benchmarks.finetune",
-                "--case",
-                case,
-                "--work",
-                str(work),
-                "--steps",
-                str(args.steps),
-                "--hf-micro-batch",
-                str(args.hf_micro_batch),
-                "--pack-length",
-                str(args.pack_length),
-            ]
-            r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-            line = (
-                r.stdout.strip().splitlines()[-1]
-                if r.returncode == 0
-                else f'{{"case": "{case}", "error": {json.dumps(r.stderr[-500:])}}}'
-            )
-            print(line, flush=True)
+        results: dict[str, list[dict]] = {c: [] for c in args.cases}
+        for _ in range(args.rounds):  # cases interleaved: a load that changes over time hits all alike
+            for case in args.cases:
+                r = _run_subprocess(case, work, args)
+                print(json.dumps(r), flush=True)
+                if "error" not in r:
+                    results[case].append(r)
+        print(json.dumps({"summary": _summary(results)}, indent=2))
+
+
+def _run_subprocess(case: str, work: Path, args) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.finetune", "--case", case, "--work", str(work)]
+    cmd += ["--steps", str(args.steps), "--hf-micro-batch", str(args.hf_micro_batch)]
+    cmd += ["--pack-length", str(args.pack_length)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if r.returncode != 0:
+        return {"case": case, "error": r.stderr[-500:]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _summary(results: dict[str, list[dict]]) -> dict:
+    """Per case the median over rounds; per setting megatron-core / transformers (> 1: ours faster)."""
+    out = {
+        case: {
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
+            "tokens_per_cpu_s": statistics.median(r["tokens_per_cpu_s"] for r in rs),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
+            "rounds": len(rs),
+        }
+        for case, rs in results.items()
+        if rs
+    }
+    for kind in ("full", "lora"):
+        ours, theirs = out.get(f"mcore-{kind}"), out.get(f"hf-{kind}")
+        if ours and theirs:
+            out[f"{kind}: mcore / hf"] = {
+                k: ours[k] / theirs[k] for k in ("tokens_per_s", "tokens_per_cpu_s", "peak_rss_mib")
+            }
+    return out
 
 
 if __name__ == "__main__":
