@@ -2,16 +2,22 @@
 
     .venv/bin/python -m benchmarks.finetune                      # packing + CPU steps (a few minutes)
     .venv/bin/python -m benchmarks.finetune --packing-only
+    .venv/bin/python -m benchmarks.finetune --pack-length 2048 --cases mcore-full hf-full --rounds 3
     .venv/bin/python -m benchmarks.finetune --tokenizer internlm2/tokenizer.model
 
 Packing: the real length distribution of ``../shared/data/qa`` (rationale + direct examples, the paper's
 template) tokenized with ``--tokenizer`` (default: a SentencePiece model trained on those files, so token
 counts are only indicative of InternLM2's), packed into 2048-token rows with the global batch of 128
-examples, against padding. Steps (rows of ``--pack-length``: a CPU attends densely over a whole row, so short
-rows suit it; on GPU the THD path attends per example whatever the row): the same examples, one forward-backward + AdamW step, full and LoRA
-(rank 16 on qkv/proj/fc1/fc2), megatron-core (packed rows) vs transformers + peft (the paper's collation:
-right-padded micro-batches); each case in its own process so its peak RSS is its own. Tokens/s counts
-non-padding tokens.
+examples, against padding.
+
+Steps, at equal batch: both sides train on the same ``--examples`` real examples in one optimizer step (one
+forward-backward over all of them, AdamW lr 1e-5, grad clip 1), full and LoRA (rank 16 on
+qkv/proj/fc1/fc2), one thread each. megatron-core runs ``mmed finetune``'s CPU path (examples packed into rows
+of ``--pack-length``, per-example attention, Megatron DDP + optimizer, see ``megatron_mmed.testing.sft``);
+transformers + peft the paper's collation (right-padded micro-batches of ``--hf-micro-batch``). Tokens/s
+counts the same real (non-padding) tokens on both sides, so padding is a cost, not a credit; each case runs
+in its own process so its peak RSS is its own. ``tokens_per_cpu_s`` divides by the process's CPU time, which
+a loaded machine distorts less than wall time.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 QA = REPO.parent / "shared" / "data" / "qa"
+MODEL_SEQ = 2048
 MODEL = dict(
     vocab_size=4096,
     hidden_size=256,
@@ -35,7 +42,7 @@ MODEL = dict(
     num_hidden_layers=4,
     num_attention_heads=8,
     num_key_value_heads=2,
-    max_position_embeddings=2048,
+    max_position_embeddings=MODEL_SEQ,
     rope_theta=1_000_000.0,
     rms_norm_eps=1e-5,
     tie_word_embeddings=False,
@@ -148,16 +155,19 @@ def run_case(case: str, work: Path, steps: int, mbs: int, pack_length: int) -> d
         else _hf_step(work, ex, "lora" in case, mbs)
     )
     step()  # warm-up
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t)
-    sec = statistics.median(times)
+        cpu.append(time.process_time() - c)
+    sec, cpu_sec = statistics.median(times), statistics.median(cpu)
     return {
         "case": case,
         "tokens_per_s": real / sec,
         "step_s": sec,
+        "tokens_per_cpu_s": real / cpu_sec,  # one thread: ~tokens_per_s on a quiet machine, less load-bound
+        "real_tokens": real,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -169,57 +179,23 @@ def _lora():
 
 
 def _mcore_step(work: Path, ex, lora: bool, pack_length: int):
+    """One step of ``mmed finetune``'s CPU path: the step's examples packed into rows of ``pack_length``
+    (one row a micro-batch), megatron-core's schedule, Megatron DDP and optimizer (lr 1e-5, clip 1)."""
     import contextlib
 
-    import torch
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.distributed.finalize_model_grads import finalize_model_grads
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
     from megatron_mmed.common.distributed import mcore_session
-    from megatron_mmed.finetune.lora import apply_lora
     from megatron_mmed.finetune.packing import SFTBatches
-    from megatron_mmed.finetune.step import make_forward_step
-    from megatron_mmed.models.builder import build_gpt_model, transformer_config
-    from megatron_mmed.models.weights import load_weights, read_model_config
+    from megatron_mmed.testing.sft import mcore_sft, mcore_step
 
     stack = contextlib.ExitStack()
     stack.enter_context(mcore_session())
-    saved = read_model_config(work / "mcore" / "model_config.yaml")
-    preset = saved.preset
-    core = transformer_config(
-        preset,
-        params_dtype=torch.float32,
-        use_cpu_initialization=True,
-        perform_initialization=False,
-        calculate_per_token_loss=True,
+    _, ddp, opt = mcore_sft(
+        work / "mcore", lr=1e-5, clip=1.0, lora=_lora() if lora else None, seq_length=MODEL_SEQ
     )
-    model = build_gpt_model(preset, core, saved.padded_vocab_size, 2048, spec="local")
-    load_weights(work / "mcore", [model])
-    if lora:
-        apply_lora(model, _lora(), seed=0)
-    ddp = DistributedDataParallel(core, DistributedDataParallelConfig(grad_reduce_in_fp32=True), model)
-    opt = get_megatron_optimizer(
-        OptimizerConfig(optimizer="adam", lr=1e-5, weight_decay=0.0, params_dtype=torch.float32), [ddp]
-    )
-    core.finalize_model_grads_func, core.no_sync_func = finalize_model_grads, ddp.no_sync
     mbs = SFTBatches(ex, pack_length, len(ex), seed=0).step(0).microbatches
-    fb = get_forward_backward_func()
 
     def step():
-        ddp.zero_grad_buffer()
-        opt.zero_grad()
-        fb(
-            forward_step_func=make_forward_step("cpu"),
-            data_iterator=iter(mbs),
-            model=ddp,
-            num_microbatches=len(mbs),
-            seq_length=2048,
-            micro_batch_size=1,
-            forward_only=False,
-        )
-        opt.step()
+        mcore_step(ddp, opt, mbs, max(int(mb["tokens"].shape[1]) for mb in mbs))
 
     step.stack = stack  # keep the session open
     return step
@@ -279,6 +255,7 @@ def main() -> None:
     ap.add_argument("--hf-micro-batch", type=int, default=4)
     ap.add_argument("--pack-length", type=int, default=512, help="packed row length of the CPU steps")
     ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    ap.add_argument("--rounds", type=int, default=1, help="run every case this many times, interleaved")
     ap.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -292,29 +269,45 @@ def main() -> None:
         if args.packing_only:
             return
         prepare(work, tok, args.examples)
-        for case in args.cases:
-            cmd = [
-                sys.executable,
-                "-m",
-                "benchmarks.finetune",
-                "--case",
-                case,
-                "--work",
-                str(work),
-                "--steps",
-                str(args.steps),
-                "--hf-micro-batch",
-                str(args.hf_micro_batch),
-                "--pack-length",
-                str(args.pack_length),
-            ]
-            r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-            line = (
-                r.stdout.strip().splitlines()[-1]
-                if r.returncode == 0
-                else f'{{"case": "{case}", "error": {json.dumps(r.stderr[-500:])}}}'
-            )
-            print(line, flush=True)
+        results: dict[str, list[dict]] = {c: [] for c in args.cases}
+        for _ in range(args.rounds):  # cases interleaved: a load that changes over time hits all alike
+            for case in args.cases:
+                r = _run_subprocess(case, work, args)
+                print(json.dumps(r), flush=True)
+                if "error" not in r:
+                    results[case].append(r)
+        print(json.dumps({"summary": _summary(results)}, indent=2))
+
+
+def _run_subprocess(case: str, work: Path, args) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.finetune", "--case", case, "--work", str(work)]
+    cmd += ["--steps", str(args.steps), "--hf-micro-batch", str(args.hf_micro_batch)]
+    cmd += ["--pack-length", str(args.pack_length)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if r.returncode != 0:
+        return {"case": case, "error": r.stderr[-500:]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _summary(results: dict[str, list[dict]]) -> dict:
+    """Per case the median over rounds; per setting megatron-core / transformers (> 1: ours faster)."""
+    out = {
+        case: {
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
+            "tokens_per_cpu_s": statistics.median(r["tokens_per_cpu_s"] for r in rs),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
+            "rounds": len(rs),
+        }
+        for case, rs in results.items()
+        if rs
+    }
+    for kind in ("full", "lora"):
+        ours, theirs = out.get(f"mcore-{kind}"), out.get(f"hf-{kind}")
+        if ours and theirs:
+            out[f"{kind}: mcore / hf"] = {
+                k: ours[k] / theirs[k] for k in ("tokens_per_s", "tokens_per_cpu_s", "peak_rss_mib")
+            }
+    return out
 
 
 if __name__ == "__main__":

@@ -42,6 +42,27 @@ def mcore():
         yield on_cpu
 
 
+@pytest.fixture(scope="session")
+def sft_llama():
+    """The tiny random Llama the fine-tuning numerics tests compare against (vocab/positions of finetune_helpers)."""
+    from convert_helpers import tiny_llama
+    from finetune_helpers import SFT_SEQ, SFT_VOCAB
+
+    return tiny_llama(vocab_size=SFT_VOCAB, max_position_embeddings=SFT_SEQ)
+
+
+@pytest.fixture(scope="session")
+def sft_mcore_dir(sft_llama, tmp_path_factory):
+    """``sft_llama`` converted by ``mmed convert hf-to-mcore`` (read-only: tests load it, never write it)."""
+    from convert_helpers import save_llama
+
+    from conversion import hf_to_mcore
+
+    d = tmp_path_factory.mktemp("sft_llama")
+    hf_to_mcore(save_llama(sft_llama, d / "hf"), d / "mcore", skip_validation=True)
+    return d / "mcore"
+
+
 def _has_cuda() -> bool:
     try:
         import torch

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from convert_helpers import save_llama, tiny_llama
-from finetune_helpers import hf_batch, mcore_params_as_hf, mcore_sft, mcore_step, train_sp
+from convert_helpers import tiny_llama
+from finetune_helpers import SFT_SEQ, SFT_VOCAB, hf_batch, mcore_params_as_hf, mcore_sft, mcore_step, train_sp
 
-from conversion import hf_to_mcore
 from conversion.arch import arch_from_hf_config
 from conversion.families import LLAMA
 from megatron_mmed.common.distributed import mcore_session
@@ -25,7 +24,7 @@ from megatron_mmed.finetune.packing import SFTBatches
 from megatron_mmed.finetune.step import sft_forward
 
 pytestmark = pytest.mark.timeout(300)
-VOCAB, SEQ = 3072, 1024
+VOCAB, SEQ = SFT_VOCAB, SFT_SEQ  # the sft_llama / sft_mcore_dir fixtures (conftest)
 LORA = LoraConfig(rank=4, alpha=8.0, dropout=0.0)
 HF_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -35,18 +34,6 @@ def examples(shared_data, tmp_path_factory):
     sp = train_sp(shared_data / "qa", tmp_path_factory.mktemp("sp") / "tok.model")
     data = load_sft_data(SFTDataConfig(train=str(shared_data / "qa"), tokenizer=str(sp), languages=("es",)))
     return sorted(data.examples, key=lambda e: len(e.tokens))[:3]
-
-
-@pytest.fixture(scope="module")
-def llama():
-    return tiny_llama(vocab_size=VOCAB, max_position_embeddings=SEQ)
-
-
-@pytest.fixture(scope="module")
-def mcore_dir(llama, tmp_path_factory):
-    d = tmp_path_factory.mktemp("lora")
-    hf_to_mcore(save_llama(llama, d / "hf"), d / "mcore", skip_validation=True)
-    return d / "mcore"
 
 
 def _batch(examples):
@@ -72,9 +59,9 @@ def test_parts_come_from_the_layout_map():
     assert {t.mcore_weight for t in TARGETS.values()} <= {r.mcore for r in LLAMA.rules}
 
 
-def test_only_adapters_train_and_base_is_not_in_the_optimizer(mcore_dir, examples):
+def test_only_adapters_train_and_base_is_not_in_the_optimizer(sft_mcore_dir, examples):
     with mcore_session():
-        model, ddp, opt = mcore_sft(mcore_dir, lr=1e-2, lora=LORA)
+        model, ddp, opt = mcore_sft(sft_mcore_dir, lr=1e-2, lora=LORA)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         train = trainable_parameters(model)
         assert train and all("_lora." in n for n in train)
@@ -93,11 +80,11 @@ def test_only_adapters_train_and_base_is_not_in_the_optimizer(mcore_dir, example
         assert "decoder.layers.self_attention.linear_qkv_lora.b_q_proj" in {v.key for v in keys.values()}
 
 
-def test_merged_weights_equal_base_plus_scale_b_a_and_same_logits(mcore_dir, examples, llama):
-    arch = arch_from_hf_config(llama.config.to_dict())
+def test_merged_weights_equal_base_plus_scale_b_a_and_same_logits(sft_mcore_dir, examples, sft_llama):
+    arch = arch_from_hf_config(sft_llama.config.to_dict())
     mb = _batch(examples)[0]
     with mcore_session():
-        model, _, _ = mcore_sft(mcore_dir, lora=LORA, wrap=False)
+        model, _, _ = mcore_sft(sft_mcore_dir, lora=LORA, wrap=False)
         _randomize_b(model)
         base = mcore_params_as_hf(model, arch)
         adapters = {n: ad for n, ad in lora_adapters(model)}
@@ -122,14 +109,14 @@ def test_merged_weights_equal_base_plus_scale_b_a_and_same_logits(mcore_dir, exa
     assert torch.isfinite(before).all()
 
 
-def test_one_lora_step_equals_peft(llama, mcore_dir, examples):
+def test_one_lora_step_equals_peft(sft_llama, sft_mcore_dir, examples):
     """Same base, same A and B (B non-zero), AdamW lr 1e-2, clip 1: loss and updated adapters match peft."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    arch = arch_from_hf_config(llama.config.to_dict())
+    arch = arch_from_hf_config(sft_llama.config.to_dict())
     with mcore_session():
-        model, ddp, opt = mcore_sft(mcore_dir, lr=1e-2, lora=LORA)
+        model, ddp, opt = mcore_sft(sft_mcore_dir, lr=1e-2, lora=LORA)
         _randomize_b(model)
         adapters = {n: ad for n, ad in lora_adapters(model)}
         init = {
@@ -148,7 +135,7 @@ def test_one_lora_step_equals_peft(llama, mcore_dir, examples):
             for part in ad.parts
         }
     hf = tiny_llama(vocab_size=VOCAB, max_position_embeddings=SEQ)
-    hf.load_state_dict(llama.state_dict())
+    hf.load_state_dict(sft_llama.state_dict())
     hf.config._attn_implementation = "eager"
     peft_model = get_peft_model(
         hf, PeftLoraConfig(r=LORA.rank, lora_alpha=LORA.alpha, lora_dropout=0.0, target_modules=HF_MODULES)
@@ -179,7 +166,7 @@ def test_one_lora_step_equals_peft(llama, mcore_dir, examples):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_tp2_lora_step_equals_tp1(mcore_dir, examples, tmp_path):
+def test_tp2_lora_step_equals_tp1(sft_mcore_dir, examples, tmp_path):
     """The same LoRA step at TP=2 (adapters resharded from a TP=1 save), with and without sequence parallel:
     same loss and the same updated adapters, read back as global tensors."""
     import json
@@ -194,11 +181,11 @@ def test_tp2_lora_step_equals_tp1(mcore_dir, examples, tmp_path):
     mbs = SFTBatches(examples, SEQ, len(examples), seed=0, pad_to_multiple_of=2).step(0).microbatches
     torch.save(mbs, tmp_path / "batch.pt")
     with mcore_session():
-        model, ddp, opt = mcore_sft(mcore_dir, lr=1e-2, lora=LORA)
+        model, ddp, opt = mcore_sft(sft_mcore_dir, lr=1e-2, lora=LORA)
         _randomize_b(model)
-        save_adapters(tmp_path / "init", model, LORA, mcore_dir)
+        save_adapters(tmp_path / "init", model, LORA, sft_mcore_dir)
         loss = mcore_step(ddp, opt, mbs, SEQ)
-        save_adapters(tmp_path / "tp1", model, LORA, mcore_dir)
+        save_adapters(tmp_path / "tp1", model, LORA, sft_mcore_dir)
     torchrun = Path(sys.executable).parent / "torchrun"
     worker = Path(__file__).parent / "lora_tp_worker.py"
     r = subprocess.run(
@@ -207,7 +194,7 @@ def test_tp2_lora_step_equals_tp1(mcore_dir, examples, tmp_path):
             "--nproc_per_node=2",
             f"--master_port={free_port()}",
             str(worker),
-            str(mcore_dir),
+            str(sft_mcore_dir),
             str(tmp_path / "init"),
             str(tmp_path / "batch.pt"),
             str(tmp_path),

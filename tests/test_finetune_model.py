@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from convert_helpers import save_llama, tiny_llama
-from finetune_helpers import hf_batch, mcore_grads_as_hf, mcore_params_as_hf, mcore_sft, mcore_step, train_sp
+from convert_helpers import tiny_llama
+from finetune_helpers import (
+    SFT_SEQ,
+    SFT_VOCAB,
+    hf_batch,
+    mcore_grads_as_hf,
+    mcore_params_as_hf,
+    mcore_sft,
+    mcore_step,
+    train_sp,
+)
 
-from conversion import hf_to_mcore
 from conversion.arch import arch_from_hf_config
 from megatron_mmed.common.distributed import mcore_session
 from megatron_mmed.finetune.config import SFTDataConfig
@@ -16,8 +24,7 @@ from megatron_mmed.finetune.packing import SFTBatches
 from megatron_mmed.finetune.step import sft_forward
 
 pytestmark = pytest.mark.timeout(300)
-VOCAB = 3072  # a multiple of 128: megatron-core's padded vocabulary equals the HF one
-SEQ = 1024
+VOCAB, SEQ = SFT_VOCAB, SFT_SEQ  # the sft_llama / sft_mcore_dir fixtures (conftest)
 
 
 @pytest.fixture(scope="module")
@@ -32,18 +39,6 @@ def examples(shared_data, tmp_path_factory):
     picked = [direct[0], rat[0], direct[1]]
     assert sum(len(e.tokens) for e in picked) < SEQ and all(e.num_target > 5 for e in picked)
     return picked
-
-
-@pytest.fixture(scope="module")
-def llama():
-    return tiny_llama(vocab_size=VOCAB, max_position_embeddings=SEQ)
-
-
-@pytest.fixture(scope="module")
-def mcore_dir(llama, tmp_path_factory):
-    d = tmp_path_factory.mktemp("ft")
-    hf_to_mcore(save_llama(llama, d / "hf"), d / "mcore", skip_validation=True)
-    return d / "mcore"
 
 
 def _alone(ex):
@@ -64,10 +59,10 @@ def _grads(model, mb):
     return {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_prompt_labels_get_exactly_zero_gradient(mcore_dir, examples):
+def test_prompt_labels_get_exactly_zero_gradient(sft_mcore_dir, examples):
     """Changing a prompt token's label leaves every gradient bit-identical; changing a target label does not."""
     with mcore_session():
-        model, _, _ = mcore_sft(mcore_dir, wrap=False)
+        model, _, _ = mcore_sft(sft_mcore_dir, wrap=False)
         mb = _alone(examples[1])
         base = _grads(model, mb)
         prompt_pos = int(torch.nonzero(mb["loss_mask"][0] == 0)[3])
@@ -81,9 +76,9 @@ def test_prompt_labels_get_exactly_zero_gradient(mcore_dir, examples):
         assert not torch.equal(base["output_layer.weight"], other["output_layer.weight"])
 
 
-def test_per_token_loss_is_hand_computed_cross_entropy_over_target_tokens(mcore_dir, examples):
+def test_per_token_loss_is_hand_computed_cross_entropy_over_target_tokens(sft_mcore_dir, examples):
     with mcore_session():
-        model, _, _ = mcore_sft(mcore_dir, wrap=False)
+        model, _, _ = mcore_sft(sft_mcore_dir, wrap=False)
         mb = _alone(examples[0])
         with torch.no_grad():
             per_token = sft_forward(model, mb)
@@ -99,11 +94,11 @@ def test_per_token_loss_is_hand_computed_cross_entropy_over_target_tokens(mcore_
         assert abs(float(got) - float(hand)) < 1e-5
 
 
-def test_packed_batch_equals_examples_alone(mcore_dir, examples):
+def test_packed_batch_equals_examples_alone(sft_mcore_dir, examples):
     """Per-example attention + restarting positions: every target token's loss in the packed row equals its
     loss with the example alone, so the packed loss is the token mean of the examples' losses."""
     with mcore_session():
-        model, _, _ = mcore_sft(mcore_dir, wrap=False)
+        model, _, _ = mcore_sft(sft_mcore_dir, wrap=False)
         packed, order = _packed(examples)
         with torch.no_grad():
             per_token = sft_forward(model, packed)
@@ -124,10 +119,10 @@ def test_packed_batch_equals_examples_alone(mcore_dir, examples):
         assert not torch.allclose(leaky, per_token, atol=1e-3)
 
 
-def test_one_full_finetuning_step_equals_transformers(llama, mcore_dir, examples):
+def test_one_full_finetuning_step_equals_transformers(sft_llama, sft_mcore_dir, examples):
     """Same examples, same AdamW (lr 1e-3, clip 1): loss, gradients and updated weights match HF's step."""
     hf = tiny_llama(vocab_size=VOCAB, max_position_embeddings=SEQ).train()
-    hf.load_state_dict(llama.state_dict())
+    hf.load_state_dict(sft_llama.state_dict())
     hf.config._attn_implementation = "eager"
     ids, labels, att = hf_batch(examples)
     out = hf(input_ids=ids, attention_mask=att, labels=labels)
@@ -137,9 +132,9 @@ def test_one_full_finetuning_step_equals_transformers(llama, mcore_dir, examples
     hf_grads = {n: p.grad.clone() for n, p in hf.named_parameters()}  # clipped, as Megatron's main_grad
     opt = torch.optim.AdamW(hf.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     opt.step()
-    arch = arch_from_hf_config(llama.config.to_dict())
+    arch = arch_from_hf_config(sft_llama.config.to_dict())
     with mcore_session():
-        model, ddp, mopt = mcore_sft(mcore_dir, lr=1e-3, clip=1.0)
+        model, ddp, mopt = mcore_sft(sft_mcore_dir, lr=1e-3, clip=1.0)
         # two micro-batches of different token counts: the step still averages over all target tokens
         mbs = [_packed(examples[:2])[0], _alone(examples[2])]
         loss = mcore_step(ddp, mopt, mbs, SEQ)
@@ -152,5 +147,5 @@ def test_one_full_finetuning_step_equals_transformers(llama, mcore_dir, examples
         torch.testing.assert_close(after[name], p.detach(), atol=1e-5, rtol=1e-5)
     assert not torch.equal(
         after["model.layers.0.self_attn.q_proj.weight"],
-        llama.state_dict()["model.layers.0.self_attn.q_proj.weight"],
+        sft_llama.state_dict()["model.layers.0.self_attn.q_proj.weight"],
     )

@@ -127,13 +127,18 @@ class LoraAdapter(torch.nn.Module):
             if self.sequence_parallel:
                 x = tp.gather_from_sequence_parallel_region(x)
             x = self.dropout(x)
-            outs = []
-            for part in self.parts:
-                a = torch.matmul(x, self.a(part).t())
-                if not self.sequence_parallel:
-                    a = tp.copy_to_tensor_model_parallel_region(a)  # backward: sum A's grad over TP
-                outs.append(torch.matmul(a, self.b(part).t()))
-            return self._assemble(outs) * self.scale
+            # all parts' A in one matmul; the scale on the rank-wide product, not on the output rows
+            a_all = (
+                torch.cat([self.a(p) for p in self.parts]) if len(self.parts) > 1 else self.a(self.parts[0])
+            )
+            a = torch.matmul(x, a_all.t()) * self.scale
+            if not self.sequence_parallel:
+                a = tp.copy_to_tensor_model_parallel_region(a)  # backward: sum A's grad over TP
+            outs = [
+                torch.matmul(ap, self.b(part).t())
+                for ap, part in zip(a.split(self.rank, dim=-1), self.parts, strict=True)
+            ]
+            return self._assemble(outs)
         with tp.get_cuda_rng_tracker().fork():  # x is this rank's slice: its own dropout stream
             x = self.dropout(x)
         (part,) = self.parts
@@ -142,7 +147,7 @@ class LoraAdapter(torch.nn.Module):
             a = tp.reduce_scatter_to_sequence_parallel_region(a)
         else:
             a = tp.reduce_from_tensor_model_parallel_region(a)
-        return torch.matmul(a, self.b(part).t()) * self.scale
+        return torch.matmul(a * self.scale, self.b(part).t())
 
     def _assemble(self, outs: list[torch.Tensor]) -> torch.Tensor:
         """Per-part outputs in the base's local row layout: qkv interleaved per query group, fc1 [gate; up]."""

@@ -6,8 +6,9 @@ packs them first-fit into rows of ``seq_length`` positions, and deals the rows t
 pad the count to a multiple of DP x micro-batch so every rank runs the same number of micro-batches).
 
 In a row every example keeps its attention to itself and its positions restart at 0: ``segment_ids`` give the
-block-diagonal causal mask on CPU (:func:`attention_mask`) and ``cu_seqlens`` megatron-core's packed (THD)
-path on GPU (:func:`packed_seq_params`). An example of ``n`` tokens fills ``n - 1`` positions (inputs
+segments of the local spec's per-segment attention on CPU (:func:`row_segment_params`; :func:`attention_mask`
+is the equivalent dense mask) and ``cu_seqlens`` megatron-core's packed (THD) path on GPU
+(:func:`packed_seq_params`). An example of ``n`` tokens fills ``n - 1`` positions (inputs
 ``tokens[:-1]``, labels ``tokens[1:]``), and ``loss_mask`` is 1 where the label is a target token.
 """
 
@@ -210,6 +211,35 @@ def packed_seq_params(segment_ids: torch.Tensor):
         qkv_format="thd",
         cu_seqlens_q=cu,
         cu_seqlens_kv=cu,
+        max_seqlen_q=longest,
+        max_seqlen_kv=longest,
+    )
+
+
+def row_segment_params(segment_ids: torch.Tensor):
+    """megatron-core ``PackedSeqParams`` (SBHD) for :class:`~megatron_mmed.models.attention.SegmentAttention`:
+    the examples of a ``[b, s]`` micro-batch with its rows laid end to end, in Transformer Engine's padded-THD
+    convention: ``cu_seqlens_q`` sums the examples' lengths, ``cu_seqlens_q_padded`` gives where each starts (a
+    row's last example also spans the row's padding; an empty row is one example of length 0). Attention then
+    stays within each example and skips padding, without an ``s x s`` mask."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    b, s = segment_ids.shape
+    seg = segment_ids.cpu()
+    lengths, padded = [], []
+    for row in seg:
+        counts = torch.bincount(row[row != PAD_SEGMENT]).tolist()  # segment ids are 0, 1, ... in order
+        lengths += counts or [0]
+        padded += counts[:-1] + [s - sum(counts[:-1])] if counts else [s]
+    cu = torch.tensor([0, *lengths]).cumsum(0).to(torch.int32).to(segment_ids.device)
+    cu_padded = torch.tensor([0, *padded]).cumsum(0).to(torch.int32).to(segment_ids.device)
+    longest = max(padded)  # RoPE's table covers every position of a row, padding's included
+    return PackedSeqParams(
+        qkv_format="sbhd",
+        cu_seqlens_q=cu,
+        cu_seqlens_kv=cu,
+        cu_seqlens_q_padded=cu_padded,
+        cu_seqlens_kv_padded=cu_padded,
         max_seqlen_q=longest,
         max_seqlen_kv=longest,
     )

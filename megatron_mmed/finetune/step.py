@@ -1,11 +1,12 @@
 """The SFT forward step for megatron-core's schedules: per-example attention and positions, masked loss.
 
-On CPU (local spec) a packed row gets the block-diagonal causal mask of its segments and RoPE angles taken at
-each token's own position (``position_ids`` restart per example; megatron-core's ``RotaryEmbedding`` would
-otherwise number the whole row 0..s-1). On GPU with Transformer Engine the row goes through megatron-core's
-packed-sequence (THD) path, where ``cu_seqlens`` do both. The loss is the sum of per-token cross-entropy over
-target tokens with their count, so a global batch averages over all its target tokens
-(``calculate_per_token_loss``), whatever the micro-batch split.
+On CPU (local spec) a packed row's segments reach the local spec's
+:class:`~megatron_mmed.models.attention.SegmentAttention` as ``cu_seqlens`` (:func:`row_segment_params`), which
+attends each example to itself (SDPA, no ``s x s`` mask), and RoPE angles are taken at each token's own position
+(``position_ids`` restart per example; megatron-core's ``RotaryEmbedding`` would otherwise number the whole row
+0..s-1). On GPU with Transformer Engine the row goes through megatron-core's packed-sequence (THD) path, where
+``cu_seqlens`` do both. The loss is the sum of per-token cross-entropy over target tokens with their count, so a
+global batch averages over all its target tokens (``calculate_per_token_loss``), whatever the micro-batch split.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from megatron_mmed.finetune.packing import attention_mask, packed_seq_params
+from megatron_mmed.finetune.packing import packed_seq_params, row_segment_params
 
 
 class ExamplePositionRoPE(torch.nn.Module):
@@ -90,8 +91,9 @@ def sft_forward(model, batch: dict[str, torch.Tensor], thd: bool = False):
         return model(
             batch["tokens"],
             batch["position_ids"],
-            attention_mask(batch["segment_ids"]),
+            None,
             labels=batch["labels"],
+            packed_seq_params=row_segment_params(batch["segment_ids"]),
         )
 
 

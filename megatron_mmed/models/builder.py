@@ -84,7 +84,8 @@ def uses_te(spec: str = "auto") -> bool:
 
 def layer_spec(arch: ModelPreset, spec: str = "auto", config=None, vp_stage: int | None = None):
     """Transformer Engine layer spec when TE is usable ("auto"/"te"); otherwise megatron-core's local spec
-    with :class:`LocalRMSNorm`, as a block spec of this pipeline stage's layers when ``config`` is given.
+    with :class:`LocalRMSNorm` and :class:`SegmentAttention` (per-example attention of packed rows without a
+    dense mask), as a block spec of this pipeline stage's layers when ``config`` is given.
     """
     import dataclasses
 
@@ -94,11 +95,18 @@ def layer_spec(arch: ModelPreset, spec: str = "auto", config=None, vp_stage: int
         get_num_layers_to_build,
     )
 
+    from megatron_mmed.models.attention import SegmentAttention
+
     if uses_te(spec):
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
     local = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
     norms = {"input_layernorm": LocalRMSNorm, "pre_mlp_layernorm": LocalRMSNorm}
     local = dataclasses.replace(local, submodules=dataclasses.replace(local.submodules, **norms))
+    attn = local.submodules.self_attention
+    attn = dataclasses.replace(
+        attn, submodules=dataclasses.replace(attn.submodules, core_attention=SegmentAttention)
+    )
+    local = dataclasses.replace(local, submodules=dataclasses.replace(local.submodules, self_attention=attn))
     if config is None:
         return local
     n = get_num_layers_to_build(config, vp_stage=vp_stage)
