@@ -135,6 +135,20 @@ INTERNALS: tuple[Internal, ...] = (
         "the local-spec block of one pipeline stage is built with this stage's layer count",
         ("config", "vp_stage"),
     ),
+    Internal(
+        "megatron.core.transformer.dot_product_attention:DotProductAttention.forward",
+        "parameters",
+        "megatron_mmed/models/attention.py (SegmentAttention.forward overrides it)",
+        "the local spec's core attention slot is called with exactly these arguments",
+        ("query", "key", "value", "attention_mask", "attn_mask_type", "attention_bias", "packed_seq_params"),
+    ),
+    Internal(
+        "megatron.core.transformer.dot_product_attention:DotProductAttention",
+        "instance_attributes",
+        "megatron_mmed/models/attention.py (SegmentAttention's per-segment SDPA)",
+        "the per-segment path reads the scale, dropout and softmax variant the parent set up",
+        ("softmax_scale", "attention_dropout", "softmax_offset"),
+    ),
 )
 
 
