@@ -2,23 +2,24 @@
 
     .venv/bin/python -m benchmarks.convert [--preset internlm2-1.8b] [--work DIR] [--validate]
 
-Writes a random HF folder in the InternLM2 layout (bf16, streamed), then runs ``hf-to-mcore`` and
-``mcore-to-hf --layout llama --dtype bf16`` each in its own process and prints the wall time and the peak
-resident memory of that process (plus its helper processes), against the goal: peak RSS <= 1.3 x the
-model's size in the output dtype. Validation is skipped unless ``--validate`` (it runs fp32 models).
+Writes a random HF folder in the InternLM2 layout (bf16, streamed), then runs ``mmed convert hf-to-mcore`` and
+``mcore-to-hf --layout llama --dtype bf16`` each as its own process tree (``benchmarks.peers.measure``) and
+prints MB/s = weight bytes / wall seconds of the command (start-up included) and the peak RSS of the whole tree,
+against issue 16's goals: >= 200 MB/s each way, peak RSS <= 1.3 x the model's bf16 size. The timed runs skip
+the logits validation; ``--validate`` times a second run of each with it and reports the difference apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.peers.measure import Measured, machine_load, run_measured
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,67 +58,74 @@ def make_random_hf(preset_name: str, out: Path, num_layers: int | None) -> int:
     return parameter_count(arch, arch.vocab_size)
 
 
-def _child(argv: list[str]) -> None:
-    """Run one ``mmed`` command in this process, then print its peak RSS (self and helpers) as JSON."""
-    from megatron_mmed.cli import main
-
-    rc = main(argv)
-    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(
-        "BENCH "
-        + json.dumps({"rc": rc, "peak_rss_gb": self_kb / 1024**2, "helper_peak_rss_gb": kids_kb / 1024**2})
-    )
+def _mmed() -> list[str]:
+    mmed = Path(sys.executable).with_name("mmed")
+    return [str(mmed)] if mmed.exists() else [sys.executable, "-m", "megatron_mmed.cli"]
 
 
-def _measure(argv: list[str]) -> dict:
-    start = time.time()
-    res = subprocess.run(
-        [sys.executable, "-m", "benchmarks.convert", "--child", *argv],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    wall = time.time() - start
-    line = [x for x in res.stdout.splitlines() if x.startswith("BENCH ")]
-    if res.returncode != 0 or not line:
+def _measure(argv: list[str]) -> Measured:
+    """One ``mmed`` command in its own process tree: wall (start-up included), CPU, peak tree RSS."""
+    res = run_measured([*_mmed(), *argv], cwd=REPO)
+    if not res.ok:
         raise SystemExit(f"{' '.join(argv)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return {"wall_s": wall, **json.loads(line[-1][6:]), "summary": res.stdout}
+    return res
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _child(sys.argv[2:])
-        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="internlm2-1.8b")
     ap.add_argument("--layers", type=int, default=None, help="override the depth (quick runs)")
-    ap.add_argument("--work", default=None, help="scratch folder (default: a temp dir, removed at the end)")
-    ap.add_argument("--validate", action="store_true", help="also compare logits (fp32 models; more memory)")
+    ap.add_argument(
+        "--work",
+        default=None,
+        help="scratch folder, kept (its random hf/ reused); default: a temp dir, removed",
+    )
+    ap.add_argument(
+        "--validate", action="store_true", help="also time each direction with validation (reported apart)"
+    )
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="mmed-convert-bench-"))
     hf, mc, back = work / "hf", work / "mcore", work / "hf_back"
     try:
-        t = time.time()
-        params = make_random_hf(args.preset, hf, args.layers)
-        print(
-            f"random {args.preset} ({params / 1e9:.2f}B parameters, bf16) written in {time.time() - t:.1f} s"
-        )
-        size_gb = params * 2 / 1024**3
-        skip = [] if args.validate else ["--skip-validation"]
-        runs = {
-            "hf-to-mcore": ["convert", "hf-to-mcore", "--hf", str(hf), "--out", str(mc), *skip],
-            "mcore-to-hf": ["convert", "mcore-to-hf", "--ckpt", str(mc), "--out", str(back), "--layout", "llama",
-                            "--dtype", "bf16", *skip],
-        }  # fmt: skip
-        print(f"model size in bf16: {size_gb:.2f} GiB; goal: peak RSS <= {1.3 * size_gb:.2f} GiB (1.3x)")
-        for name, argv in runs.items():
-            r = _measure(argv)
-            ratio = r["peak_rss_gb"] / size_gb
+        if (hf / "config.json").is_file() and (work / "params.json").is_file():
+            params = json.loads((work / "params.json").read_text())["params"]
+            print(f"random {args.preset} reused from {hf}")
+        else:
+            shutil.rmtree(hf, ignore_errors=True)
+            t = time.time()
+            params = make_random_hf(args.preset, hf, args.layers)
+            (work / "params.json").write_text(json.dumps({"params": params}))
             print(
-                f"{name}: wall {r['wall_s']:.1f} s, peak RSS {r['peak_rss_gb']:.2f} GiB ({ratio:.2f}x model size; "
-                f"{'meets' if ratio <= 1.3 else 'misses'} 1.3x), helper processes peak {r['helper_peak_rss_gb']:.2f} GiB"
+                f"random {args.preset} ({params / 1e9:.2f}B parameters, bf16) written in {time.time() - t:.1f} s"
             )
+        size = params * 2
+        size_gb = size / 1024**3
+        print(
+            f"weights in bf16: {size / 1e6:,.0f} MB ({size_gb:.2f} GiB); goals: >= 200 MB/s, peak tree RSS <= "
+            f"{1.3 * size_gb:.2f} GiB (1.3x); page cache warm (the input was just written or converted); "
+            f"{machine_load()}"
+        )
+        runs = {
+            "hf-to-mcore": ["convert", "hf-to-mcore", "--hf", str(hf), "--out", str(mc), "--force"],
+            "mcore-to-hf": ["convert", "mcore-to-hf", "--ckpt", str(mc), "--out", str(back), "--layout", "llama",
+                            "--dtype", "bf16", "--force"],
+        }  # fmt: skip
+        for name, argv in runs.items():
+            r = _measure([*argv, "--skip-validation"])
+            rss_gb = r.peak_tree_rss_mb / 1024
+            rate = size / 1e6 / r.wall_s
+            print(
+                f"{name}: wall {r.wall_s:.1f} s = {rate:.0f} MB/s ({'meets' if rate >= 200 else 'misses'} 200), "
+                f"CPU {r.cpu_s:.1f} s, peak tree RSS {rss_gb:.2f} GiB ({rss_gb / size_gb:.2f}x model; "
+                f"{'meets' if rss_gb <= 1.3 * size_gb else 'misses'} 1.3x), PSS {r.peak_tree_pss_mb / 1024:.2f} GiB"
+            )
+            if args.validate:
+                v = _measure(argv)
+                print(
+                    f"  with logits validation: wall {v.wall_s:.1f} s (validation ~{v.wall_s - r.wall_s:.1f} s, "
+                    f"not in MB/s), peak tree RSS {v.peak_tree_rss_mb / 1024:.2f} GiB"
+                )
+        print(f"  {machine_load()}")
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

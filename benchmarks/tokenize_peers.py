@@ -36,7 +36,7 @@ PROFILE_RULES = [
     ("read kept .jsonl.zst", "common/io.py", r"^(__iter__|loads|read|_fail)$"),
     ("encode (tokenizer)", "preprocessing/tokenization.py", r"^encode_batch$"),
     ("add documents to the builder", "preprocessing/tokenization.py", r"^add_documents$"),
-    ("write .bin/.idx (megatron-core builder)", "datasets/indexed_dataset.py", r""),
+    ("write .bin/.idx", "preprocessing/tokenize_index.py", r""),
     ("merge parts", "preprocessing/tokenization.py", r"^merge_parts$"),
     ("blend + report", "preprocessing/blend.py", r""),
     ("blend + report", "preprocessing/layout.py", r""),

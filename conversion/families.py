@@ -279,6 +279,11 @@ def hf_names_in_order(family: Family, arch: ModelPreset) -> list[str]:
     return [n.format(i=i) for rule, i in _rules_in_layer_order(family, arch.num_layers) for n in rule.hf]
 
 
+def mcore_names_in_order(family: Family, arch: ModelPreset) -> list[str]:
+    """megatron-core tensor names in the order :func:`mcore_to_hf_tensors` asks for them."""
+    return [rule.mcore.format(i=i) for rule, i in _rules_in_layer_order(family, arch.num_layers)]
+
+
 def mcore_getter(family: Family, arch: ModelPreset, get: Callable[[str], Tensor]) -> Callable[[str], Tensor]:
     """``mcore name -> tensor`` computed on demand from HF tensors (no dict of the whole model is built)."""
     index = {rule.mcore.format(i=i): (rule, i) for rule, i in _rules_in_layer_order(family, arch.num_layers)}

@@ -61,9 +61,11 @@ def write_mcore(
         with torch.no_grad():
             for name, t in tensors:
                 dest = params[name]
-                if name in (EMBEDDING, OUTPUT):
+                if name in (EMBEDDING, OUTPUT) and padded_vocab != arch.vocab_size:
                     dest[: arch.vocab_size].copy_(t)
                     dest[arch.vocab_size :].zero_()
+                elif _adoptable(t, dest):  # the parameter takes the tensor's storage: no copy
+                    dest.data = t
                 else:
                     dest.copy_(t)
                 seen.add(name)
@@ -76,6 +78,17 @@ def write_mcore(
         del params
         weights.save_weights(out, [model], sharded=sharded, manifest=False)
         del model, sharded
+
+
+def _adoptable(t: torch.Tensor, dest: torch.Tensor) -> bool:
+    """``t`` can become ``dest``'s data as is: same shape and dtype, contiguous, alone in its storage (not a
+    view into a bigger tensor, which would keep that alive and be cloned again by the writer)."""
+    return (
+        t.shape == dest.shape
+        and t.dtype == dest.dtype
+        and t.is_contiguous()
+        and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    )
 
 
 def _own_storage_for_views(sharded: dict, params: dict[str, torch.Tensor]) -> None:

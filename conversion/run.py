@@ -27,8 +27,10 @@ from conversion.families import (
     hf_names_in_order,
     hf_shapes,
     hf_to_mcore_tensors,
+    mcore_names_in_order,
     mcore_to_hf_tensors,
 )
+from conversion.prefetch import Prefetcher
 from conversion.tokenizer import copy_tokenizer
 from megatron_mmed.common import integrity
 from megatron_mmed.common.config import save_config, validate_tree
@@ -170,8 +172,9 @@ def hf_to_mcore(
             f"rope_scaling {arch.rope_scaling} carried in model_config.yaml; megatron-core trains without it"
         )
     with staged_output(out, force) as tmp:
-        tensors = hf_to_mcore_tensors(src.family, arch, src.get)
-        mcore_io.write_mcore(tensors, arch, padded, hf_io.DTYPES[out_dtype], tmp)
+        with Prefetcher(src.get, hf_names_in_order(src.family, arch)) as get:
+            tensors = hf_to_mcore_tensors(src.family, arch, get)
+            mcore_io.write_mcore(tensors, arch, padded, hf_io.DTYPES[out_dtype], tmp)
         source = {
             "hf": str(Path(hf).resolve()),
             "layout": src.family.name,  # the family; model_config.yaml's key since its format /1
@@ -270,7 +273,8 @@ def mcore_to_hf(
             "InternLM2 family: load with InternLM2's remote code (trust_remote_code); validated through the "
             "numerically identical Llama mapping"
         )
-    get = lambda m: _unpadded(ck.get(m), m, arch)  # noqa: E731
+    read = Prefetcher(ck.get, mcore_names_in_order(fam, arch))  # the next tensors read while one is written
+    get = lambda m: _unpadded(read(m), m, arch)  # noqa: E731
     if adapters is not None:
         get = lora.merged_getter(get, lora.delta_getter(mcore_io.McoreCheckpoint.open(adapters), meta, arch))
         report.notes.append(
@@ -285,6 +289,7 @@ def mcore_to_hf(
             for n, t in mcore_to_hf_tensors(fam, arch, get):
                 writer.write(n, t)
         finally:
+            read.close()
             writer.close()
         hf_io.write_json(tmp / "config.json", config)
         hf_io.write_json(tmp / "generation_config.json", hf_io.generation_config(arch))

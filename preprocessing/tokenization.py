@@ -1,21 +1,18 @@
 """``mmed tokenize``: kept documents -> one Megatron indexed dataset per language, plus the blend file.
 
-Each input file becomes one part (``OUT/.parts/<lang>/<k>.bin|idx``, written by megatron-core's
-``IndexedDatasetBuilder`` through temp names, then a completion marker); the parts of a language are merged
-in file order with ``add_index`` into ``OUT/<lang>_text_document.bin|idx``. The output is therefore byte-identical
+Each input file becomes one part (``OUT/.parts/<lang>/<k>.bin|idx``, in megatron-core's format written by
+``tokenize_index.IndexWriter`` through temp names, then a completion marker); the parts of a language are
+merged in file order into ``OUT/<lang>_text_document.bin|idx``. The output is therefore byte-identical
 for any ``--workers``, and a rerun after ``kill -9`` redoes only the unfinished parts. Every document gets the
 tokenizer's EOD appended (and a BOS in front only when ``add_bos``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import os
 import shutil
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,6 +34,7 @@ from preprocessing.layout import (
     unreadable_record,
 )
 from preprocessing.stage import open_stage
+from preprocessing.tokenize_index import IndexWriter
 
 STAGE = "tokenize"
 INT32_MAX = 2**31 - 1
@@ -203,31 +201,6 @@ class TokenIds:
         return cls(eod, bos, tok.vocab_size, dtype)
 
 
-def _builder_cls():
-    with warnings.catch_warnings():  # megatron-core warns about missing TE/Apex on import
-        warnings.simplefilter("ignore")
-        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-    return IndexedDatasetBuilder
-
-
-def add_documents(builder: Any, tokens: np.ndarray, lengths: list[int]) -> None:
-    """Append ``len(lengths)`` documents of one sequence each, whose tokens lie back to back in ``tokens``.
-
-    The same bytes as ``builder.add_document(tokens[a:b], [b - a])`` for each document (tested), in one
-    write: the per-document call costs ~3 us, a few per cent of a fast tokenizer's own time on short
-    documents. It extends the builder's public state (``data_file``, ``sequence_lengths``,
-    ``document_indices``) the way megatron-core's own ``add_index`` does.
-    """
-    if tokens.dtype != np.dtype(builder.dtype) or builder.multimodal:
-        raise ValueError(f"expected {np.dtype(builder.dtype)} tokens for a text-only builder")
-    if sum(lengths) != tokens.size:
-        raise ValueError(f"lengths add up to {sum(lengths)}, not the {tokens.size} tokens given")
-    builder.data_file.write(tokens.tobytes(order="C"))
-    first = len(builder.sequence_lengths) + 1
-    builder.sequence_lengths.extend(lengths)
-    builder.document_indices.extend(range(first, len(builder.sequence_lengths) + 1))
-
-
 def tokenize_file(
     tok: SentencePieceTokenizer | HFTokenizer,
     ids: TokenIds,
@@ -241,7 +214,7 @@ def tokenize_file(
     dtype = np.dtype(ids.dtype)
     tmp = f"{part_prefix}.tmp"
     part_prefix.parent.mkdir(parents=True, exist_ok=True)
-    builder = _builder_cls()(tmp + ".bin", dtype=dtype.type)
+    builder = IndexWriter(tmp + ".bin", dtype)
     rejected = JsonlZstWriter(rejected_path)
     stats = StageStats()
     docs = tokens = 0
@@ -269,7 +242,7 @@ def tokenize_file(
             return
         # one vectorised conversion per batch (ids < vocab size, which fits the dtype) and one write
         flat = np.concatenate(pieces, dtype=dtype, casting="unsafe")
-        add_documents(builder, flat, lengths)
+        builder.add_documents(flat, lengths)
         docs += len(lengths)
         tokens += flat.size
 
@@ -303,19 +276,11 @@ def tokenize_file(
         rejected.close()
     except BaseException:
         rejected.abort()
-        _drop_builder(builder, tmp)
+        builder.abort()
         raise
     os.replace(tmp + ".bin", f"{part_prefix}.bin")
     os.replace(tmp + ".idx", f"{part_prefix}.idx")
     return {"file": str(path), "documents": docs, "tokens": tokens, "stats": stats.to_dict()}
-
-
-def _drop_builder(builder: Any, tmp: str) -> None:
-    """Close an unfinished builder and delete its temp files (after an error such as a full disk)."""
-    with contextlib.suppress(Exception):
-        builder.data_file.close()
-    for ext in (".bin", ".idx"):
-        Path(tmp + ext).unlink(missing_ok=True)
 
 
 # ---- worker-process plumbing: one tokenizer per process ----
@@ -336,20 +301,17 @@ def _work(task: tuple[str, str, str, str, str]) -> tuple[str, dict[str, Any]]:
 
 
 def merge_parts(parts: list[Path], prefix: Path, dtype: str) -> None:
-    """Concatenate part datasets (in order) into ``prefix.bin|idx`` with ``IndexedDatasetBuilder.add_index``."""
+    """Concatenate part datasets (in order) into ``prefix.bin|idx``."""
     tmp = f"{prefix}.tmp"
-    builder = _builder_cls()(tmp + ".bin", dtype=np.dtype(dtype).type)
-    # add_index runs gc.collect() per part: ~0.2 s each over torch's heap unless that heap is frozen first
-    gc.freeze()
+    builder = IndexWriter(tmp + ".bin", np.dtype(dtype))
     try:
         for p in parts:
-            builder.add_index(str(p))
+            builder.add_index(p)
         builder.finalize(tmp + ".idx")
     except BaseException:
-        _drop_builder(builder, tmp)
+        builder.abort()
+        Path(tmp + ".idx").unlink(missing_ok=True)
         raise
-    finally:
-        gc.unfreeze()
     os.replace(tmp + ".bin", f"{prefix}.bin")
     os.replace(tmp + ".idx", f"{prefix}.idx")
 
@@ -399,8 +361,6 @@ def run_tokenize(
             for lang, paths in files.items()
             for k, p in enumerate(paths)
         }
-        if cfg.workers > 1:
-            _builder_cls()  # imported before the fork, so that no worker re-imports torch/megatron-core
 
         def run_here(task: tuple[str, str, str, str, str]) -> tuple[str, dict[str, Any]]:
             sid, lang, p, part, rej = task

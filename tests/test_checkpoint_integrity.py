@@ -188,3 +188,20 @@ def test_foreign_checkpoint_without_manifest_loads_with_a_warning(converted, tmp
     (plain / "manifest.json").unlink()
     report = mcore_to_hf(plain, tmp_path / "hf", family="llama", dtype="fp32")
     assert report.validation.ok and any("not verified" in w for w in report.warnings)
+
+
+def test_checksums_are_xxh3_of_the_blocks_checksums_whatever_the_read_path(tmp_path, monkeypatch):
+    """Manifests written before hashing went through mmap must still verify: same bytes, same checksum."""
+    import xxhash
+
+    from megatron_mmed.common import integrity
+
+    monkeypatch.setattr(integrity, "BLOCK", 1024**2)
+    data = {"a.distcp": bytes(range(256)) * 9000 + b"tail", "empty": b"", "one": b"x"}  # ~2.2 blocks
+    for name, raw in data.items():
+        (tmp_path / name).write_bytes(raw)
+    got = integrity.file_digests(tmp_path, sorted(data), threads=2)
+    for name, raw in data.items():
+        blocks = [raw[o : o + 1024**2] for o in range(0, max(len(raw), 1), 1024**2)]
+        want = xxhash.xxh3_128(b"".join(xxhash.xxh3_128(b).digest() for b in blocks)).hexdigest()
+        assert got[name] == [len(raw), want], name

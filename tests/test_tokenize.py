@@ -393,25 +393,28 @@ def test_large_vocabulary_uses_int32(tmp_path, corpus_input):
 
 
 def test_add_documents_writes_what_add_document_writes(tmp_path):
-    from preprocessing.tokenization import _builder_cls, add_documents
+    """Ours (batched writes, numpy only) against megatron-core's builder, one document at a time."""
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    from preprocessing.tokenize_index import IndexWriter
 
     rng = np.random.default_rng(0)
     docs = [rng.integers(0, 8000, size=int(n)).astype(np.uint16) for n in rng.integers(1, 300, size=50)]
-    one = _builder_cls()(str(tmp_path / "one.bin"), dtype=np.uint16)
+    one = IndexedDatasetBuilder(str(tmp_path / "one.bin"), dtype=np.uint16)
     for d in docs:
         one.add_document(d.tolist(), [d.size])
     one.finalize(str(tmp_path / "one.idx"))
-    bulk = _builder_cls()(str(tmp_path / "bulk.bin"), dtype=np.uint16)
+    bulk = IndexWriter(tmp_path / "bulk.bin", np.uint16)
     for chunk in (docs[:1], docs[1:20], docs[20:]):  # several batches, as tokenize_file flushes them
-        add_documents(bulk, np.concatenate(chunk), [d.size for d in chunk])
-    bulk.finalize(str(tmp_path / "bulk.idx"))
+        bulk.add_documents(np.concatenate(chunk), [d.size for d in chunk])
+    bulk.finalize(tmp_path / "bulk.idx")
     for ext in ("bin", "idx"):
         assert (tmp_path / f"bulk.{ext}").read_bytes() == (tmp_path / f"one.{ext}").read_bytes()
     assert [x.tolist() for x in IndexedDataset(str(tmp_path / "bulk"))] == [d.tolist() for d in docs]
     with pytest.raises(ValueError, match="lengths add up to 5"):
-        add_documents(bulk, np.zeros(4, np.uint16), [2, 3])
+        bulk.add_documents(np.zeros(4, np.uint16), [2, 3])
     with pytest.raises(ValueError, match="uint16"):
-        add_documents(bulk, np.zeros(4, np.int32), [4])
+        bulk.add_documents(np.zeros(4, np.int32), [4])
 
 
 def test_sentencepiece_int_lists_and_numpy_write_the_same_part(corpus_input, sp_model, tmp_path):
@@ -533,3 +536,20 @@ def test_a_folder_in_use_is_refused(corpus_input, sp_model, tmp_path):
     ):
         run_tokenize(inp, sp_model, tmp_path / "o", TokenizeConfig(), show_progress=False)
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [".lock"]
+
+
+def test_a_run_imports_neither_torch_nor_megatron_core_nor_pyplot(corpus_input, sp_model, tmp_path):
+    """Start-up is most of a small run: torch + megatron-core cost 3-12 s per ``mmed tokenize``, pyplot ~1 s."""
+    root, _ = corpus_input
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from preprocessing.tokenization import TokenizeConfig, run_tokenize\n"
+        f"run_tokenize(Path({str(root)!r}), Path({str(sp_model)!r}), Path({str(tmp_path / 'o')!r}), "
+        "TokenizeConfig(), show_progress=False)\n"
+        "print([m for m in ('torch', 'megatron.core', 'matplotlib.pyplot') if m in sys.modules])\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "o" / "tokens_per_doc.png").read_bytes()[:4] == b"\x89PNG"

@@ -7,12 +7,10 @@ from pathlib import Path
 
 def bar_chart(path: str | Path, labels: list[str], values: list[float], title: str, ylabel: str) -> Path:
     """Write a labelled bar chart to ``path``."""
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: no global figure state, ~0.5 s less to import
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(labels) + 2), 3.2), dpi=110)
+    fig = Figure(figsize=(max(4.0, 0.7 * len(labels) + 2), 3.2), dpi=110)
+    ax = fig.subplots()
     bars = ax.bar(range(len(labels)), values, color="#3b75af")
     ax.set_xticks(
         range(len(labels)),
@@ -27,5 +25,4 @@ def bar_chart(path: str | Path, labels: list[str], values: list[float], title: s
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
-    plt.close(fig)
     return path
