@@ -31,13 +31,6 @@ class Internal:
 
 INTERNALS: tuple[Internal, ...] = (
     Internal(
-        "megatron.core.datasets.indexed_dataset:IndexedDatasetBuilder",
-        "instance_attributes",
-        "preprocessing/tokenization.py, megatron_mmed/testing/byte_data.py",
-        "a tokenized file's documents are appended to the builder's fields in one write, not per item",
-        ("data_file", "sequence_lengths", "document_indices"),
-    ),
-    Internal(
         "megatron.core.optimizer.distrib_optimizer:DistributedOptimizer._init_optimizer_states_with_dummy_values",
         "attribute",
         "megatron_mmed/training/checkpoint.py (_materialize_optimizer_state, behind a hasattr)",
