@@ -46,8 +46,8 @@ def _torch_dtype(name: str):
 
 
 class HFBackend:
-    """transformers causal LM: batched greedy generation (length-sorted batches, right-padded prompt passes in
-    length groups, one decode batch in a preallocated KV cache) and batched loglik."""
+    """transformers causal LM: batched greedy generation (length-sorted batches, prompt passes that compute a
+    shared token prefix once, one decode batch in a preallocated KV cache) and batched loglik."""
 
     def __init__(
         self,
