@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from eval.prefix import prefill_groups
 from megatron_mmed.common.errors import UserError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
@@ -45,8 +46,8 @@ def _torch_dtype(name: str):
 
 
 class HFBackend:
-    """transformers causal LM: batched greedy generation (length-sorted batches, right-padded prompt passes in
-    length groups, one decode batch in a preallocated KV cache) and batched loglik."""
+    """transformers causal LM: batched greedy generation (length-sorted batches, prompt passes that compute a
+    shared token prefix once, one decode batch in a preallocated KV cache) and batched loglik."""
 
     def __init__(
         self,
@@ -91,6 +92,8 @@ class HFBackend:
         self.prefill_group = max(1, min(prefill_group, batch_size))
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
+        self._decoder, self._head = self.model.get_decoder(), self.model.get_output_embeddings()
+        self._split = None not in (self._decoder, self._head) and self._decoder is not self.model
 
     def _eos_ids(self) -> list[int]:
         ids = self.model.generation_config.eos_token_id
@@ -138,57 +141,70 @@ class HFBackend:
         except TypeError:  # older transformers
             return DynamicCache()
 
-    def _prefill(self, seqs: Sequence[Sequence[int]]):
-        """(logits after each sequence's last token, KV cache, key mask, lengths) for a batch of prompts.
+    def _prompt_pass(self, ids, cache, last=None):
+        """``ids`` (rows right-padded) through the model after the keys and values already in ``cache`` (which
+        takes theirs); the logits at each row's position ``last``, if given (only those go through the head)."""
+        import torch
 
-        Prompts go through in groups of similar length (``prefill_group`` rows; callers sort by length), each
-        right-padded to its own longest: right padding needs no padding mask in a causal pass (a token never
-        attends to the pads after it), so the fused causal attention kernel is kept, and only each row's last
-        real position goes through the LM head. The groups' caches are then joined (pads masked) for decoding.
+        kw = {self._cache_kw: cache, "use_cache": True}
+        rows = torch.arange(ids.shape[0], device=self.device)
+        if self._split:
+            hidden = self._decoder(input_ids=ids, **kw).last_hidden_state
+            return None if last is None else self._head(hidden[rows, last])
+        out = self.model(input_ids=ids, **kw)
+        return None if last is None else out.logits[rows, last]
+
+    def _prefill(self, seqs: Sequence[Sequence[int]]):
+        """(logits after each sequence's last token, per-layer keys and values, the groups) for a batch of prompts.
+
+        Prompts go through in groups (``prefix.prefill_groups``): rows sharing a long token prefix (the paper
+        prompt's wrapper and instruction) together, longest first. A group's shared prefix is computed once at
+        batch size 1 and broadcast into the group's cache; the rest of each row follows right-padded to the
+        group's longest: right padding needs no padding mask (a token never attends to the pads after it), and
+        only each row's last real position goes through the LM head. Keys and values come back per layer as
+        (rows, heads, positions, dim) tensors in group order, right-padded to the batch's longest prompt.
         """
         import torch
 
-        lens = torch.tensor([len(s) for s in seqs], device=self.device)
-        width = int(lens.max())
         pad = self.tok.pad_token_id
-        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
-        split = decoder is not None and head is not None and decoder is not self.model
-        logits, caches = [], []
-        for g in range(0, len(seqs), self.prefill_group):
-            group = seqs[g : g + self.prefill_group]
-            glens = lens[g : g + len(group)]
-            gw = int(glens.max())
-            ids = torch.tensor([list(s) + [pad] * (gw - len(s)) for s in group], device=self.device)
-            rows = torch.arange(len(group), device=self.device)
+        width = max(len(s) for s in seqs)
+        groups = prefill_groups(seqs, self.prefill_group)
+        prefixes: dict[tuple[int, ...], Any] = {}
+        logits, layers = [], None
+        start = 0
+        for grp in groups:
+            n = len(grp.rows)
             cache = self._new_cache()
-            if split:
-                hidden = decoder(input_ids=ids, **{self._cache_kw: cache}, use_cache=True).last_hidden_state
-                logits.append(head(hidden[rows, glens - 1]))
-            else:
-                out = self.model(input_ids=ids, **{self._cache_kw: cache}, use_cache=True)
-                logits.append(out.logits[rows, glens - 1])
-            caches.append(cache)
-        cache = caches[0] if len(caches) == 1 else self._join_caches(caches, width)
-        mask = (torch.arange(width, device=self.device)[None, :] < lens[:, None]).long()
-        return torch.cat(logits), cache, mask, lens
+            if grp.shared:
+                head = tuple(seqs[grp.rows[0]][: grp.shared])
+                if head not in prefixes:
+                    prefixes[head] = self._new_cache()
+                    self._prompt_pass(torch.tensor([head], device=self.device), prefixes[head])
+                for i, layer in enumerate(prefixes[head].layers):
+                    cache.update(layer.keys.expand(n, -1, -1, -1), layer.values.expand(n, -1, -1, -1), i)
+            rest = [list(seqs[r][grp.shared :]) for r in grp.rows]
+            glens = torch.tensor([len(t) for t in rest], device=self.device)
+            gw = int(glens.max())
+            ids = torch.tensor([t + [pad] * (gw - len(t)) for t in rest], device=self.device)
+            logits.append(self._prompt_pass(ids, cache, glens - 1))
+            if layers is None:
+                layers = [
+                    (
+                        layer.keys.new_zeros(len(seqs), *layer.keys.shape[1:2], width, layer.keys.shape[-1]),
+                        layer.values.new_zeros(
+                            len(seqs), *layer.values.shape[1:2], width, layer.values.shape[-1]
+                        ),
+                    )
+                    for layer in cache.layers
+                ]
+            for (k, v), layer in zip(layers, cache.layers, strict=True):
+                k[start : start + n, :, : grp.shared + gw] = layer.keys
+                v[start : start + n, :, : grp.shared + gw] = layer.values
+            start += n
+        return torch.cat(logits), layers, groups
 
-    def _join_caches(self, caches: list, width: int):
-        """One cache holding the rows of ``caches`` in order, each right-padded to ``width`` positions."""
-        import torch
-
-        joined = self._new_cache()
-        for layer in range(len(caches[0].layers)):
-            keys, values = [], []
-            for c in caches:
-                k, v = c.layers[layer].keys, c.layers[layer].values
-                extra = width - k.shape[-2]
-                keys.append(torch.nn.functional.pad(k, (0, 0, 0, extra)))
-                values.append(torch.nn.functional.pad(v, (0, 0, 0, extra)))
-            joined.update(torch.cat(keys), torch.cat(values), layer)
-        return joined
-
-    def _static_copy(self, cache, length: int):
-        """A preallocated (static) cache of ``length`` positions holding ``cache``'s keys and values, or ``None``
+    def _static(self, layers, length: int):
+        """A preallocated (static) cache of ``length`` positions holding ``layers``' keys and values, or ``None``
         where this transformers cannot make one. Decoding then writes in place: a growing cache copies all of
         itself at every step, which costs as much per row as a one-at-a-time loop and caps what batching gains.
         """
@@ -198,45 +214,57 @@ class HFBackend:
             static = StaticCache(config=self.model.config, max_cache_len=length)
             if not all(type(layer).__name__ == "StaticLayer" for layer in static.layers):
                 return None  # sliding-window or other layer kinds: keep the dynamic cache
-            for i, layer in enumerate(cache.layers):
-                static.update(layer.keys, layer.values, i)
+            for i, (k, v) in enumerate(layers):
+                static.update(k, v, i)
             return static
         except (ImportError, TypeError, AttributeError):
             return None
 
+    def _dynamic(self, layers):
+        cache = self._new_cache()
+        for i, (k, v) in enumerate(layers):
+            cache.update(k, v, i)
+        return cache
+
     def _greedy(self, seqs: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
-        """Greedy new token ids per sequence (up to and including an EOS): the prompt pass, then one token per
+        """Greedy new token ids per sequence (up to and including an EOS): the prompt passes, then one token per
         step for the whole batch in a preallocated cache (finished rows leave a growing cache's batch)."""
         import torch
 
         out: list[list[int]] = [[] for _ in seqs]
-        done = [False] * len(seqs)
         eos = set(self.eos_ids)
         with torch.inference_mode():
-            logits, cache, mask, pos = self._prefill(seqs)
-            width = mask.shape[1]
-            static = self._static_copy(cache, width + max_new_tokens) if max_new_tokens > 1 else None
-            if static is not None:
-                cache, mask = static, torch.nn.functional.pad(mask, (0, max_new_tokens))
-            alive = torch.arange(len(seqs), device=self.device)
+            logits, layers, groups = self._prefill(seqs)
+            order = [r for g in groups for r in g.rows]  # cache row -> index into seqs
+            pos = torch.tensor([len(seqs[r]) for r in order], device=self.device)
+            width = layers[0][0].shape[-2]
+            static = self._static(layers, width + max_new_tokens) if max_new_tokens > 1 else None
+            cache = static if static is not None else self._dynamic(layers)
+            del layers
+            size = width + (max_new_tokens if static is not None else 0)
+            mask = torch.arange(size, device=self.device)[None, :] < pos[:, None]
+            if static is not None and self.model.config._attn_implementation == "sdpa":
+                mask = mask[:, None, None, :]  # as the model's own mask: no per-step rebuild (static width)
+            alive = list(order)  # cache row -> its sequence; -1 once finished (a static cache keeps the row)
             for step in range(max_new_tokens):
                 nxt = logits.argmax(-1)
-                rows = alive.tolist()
-                for row, t in zip(rows, nxt.tolist(), strict=True):
-                    if not done[row]:
-                        out[row].append(t)
-                        done[row] = t in eos
-                keep = [r for r, row in enumerate(rows) if not done[row]]
+                for r, t in enumerate(nxt.tolist()):
+                    if alive[r] >= 0:
+                        out[alive[r]].append(t)
+                        if t in eos:
+                            alive[r] = -1
+                keep = [r for r, row in enumerate(alive) if row >= 0]
                 if not keep or step + 1 == max_new_tokens:
                     break
                 if static is None:
-                    if len(keep) < len(rows):
+                    if len(keep) < len(alive):
                         k = torch.tensor(keep, device=self.device)
                         cache.batch_select_indices(k)
-                        mask, pos, nxt, alive = mask[k], pos[k], nxt[k], alive[k]
+                        mask, pos, nxt = mask[k], pos[k], nxt[k]
+                        alive = [alive[r] for r in keep]
                     mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
                 else:
-                    mask[:, width + step] = 1
+                    mask[..., width + step] = True
                 logits = self.model(
                     input_ids=nxt[:, None],
                     attention_mask=mask,

@@ -350,3 +350,36 @@ def test_demo_eval_scores_by_loglik_without_loading_bars(tiny_model, tmp_path, c
     out = capfd.readouterr()
     assert "Loading weights" not in out.err + out.out
     assert "loglik" in out.err + out.out  # the printed table says which protocol made the number
+
+
+def test_shared_prefix_generation_equals_hf_generate_one_at_a_time(tiny_model, shared_data):
+    """Paper prompts of three languages: each language's ~220-token wrapper + instruction is computed once and
+    broadcast into several passes (prefill_group=2), the rest right-padded, all rows joined in one decode batch;
+    the tokens equal transformers' own ``generate`` run one prompt at a time, also when rows stop early."""
+    import torch
+
+    from eval.data import load_benchmark
+    from eval.prefix import prefill_groups
+    from eval.prompts import build_prompt
+
+    bench = load_benchmark(shared_data / "qa")
+    prompts = [build_prompt(it) for lang in ("English", "Chinese", "Russian") for it in bench[lang].items[:4]]
+    backend = HFBackend(tiny_model, batch_size=12, prefill_group=2)
+    seqs = [backend.tok(p)["input_ids"] for p in prompts]
+    groups = prefill_groups(seqs, backend.prefill_group)
+    assert min(g.shared for g in groups) > 200 and len({g.shared for g in groups}) > 1  # per language
+    assert len(groups) > 3  # a language's prefix serves more than one pass
+    batched = backend.generate(prompts, max_new_tokens=10)
+    eot = backend._greedy([seqs[0]], 10)[0][3]
+    backend.eos_ids = [*backend.eos_ids, eot]
+    stopped = backend.generate(prompts, max_new_tokens=10)
+    for outs, eos in ((batched, backend.eos_ids[:-1]), (stopped, backend.eos_ids)):
+        for prompt, got in zip(prompts, outs, strict=True):
+            enc = backend.tok(prompt, return_tensors="pt")
+            with torch.inference_mode():
+                ref = backend.model.generate(**enc, do_sample=False, max_new_tokens=10, eos_token_id=eos,
+                                             pad_token_id=backend.tok.pad_token_id)  # fmt: skip
+            want = ref[0, enc["input_ids"].shape[1] :].tolist()
+            want = want[: next((i + 1 for i, t in enumerate(want) if t in eos), len(want))]
+            assert got == backend.tok.decode(want, skip_special_tokens=False)
+    assert any(len(a) > len(b) for a, b in zip(batched, stopped, strict=True))
