@@ -308,26 +308,21 @@ def test_protocol_prompt_model_and_data_digest_are_recorded(tiny_model, small_qa
     assert rc == 2 and "protocol paper" in capsys.readouterr().err
 
 
-def test_batched_generation_equals_hf_generate_one_at_a_time(tiny_model, shared_data):
-    """Grouped right-padded prompt passes joined into one decode batch, finished rows dropped mid-batch: the
-    same tokens as transformers' own ``generate`` run one prompt at a time (the official script's loop)."""
+def _generate_equals_hf_one_at_a_time(backend, prompts: list[str], new_tokens: int, eot_at: int) -> None:
+    """``backend.generate`` gives the tokens transformers' own ``generate`` gives one prompt at a time (the
+    official script's loop), first as is, then with an extra "end-of-text" id (the first prompt's ``eot_at``-th
+    generated token) at which some rows stop early while the others go on."""
     import torch
 
-    prompts = []
-    for lang in ("Chinese", "English", "Japanese"):
-        lines = (shared_data / "qa" / f"{lang}.jsonl").read_text(encoding="utf-8").splitlines()[:3]
-        prompts += [json.loads(x)["question"] for x in lines]
-    backend = HFBackend(tiny_model, batch_size=9, prefill_group=2)
-    batched = backend.generate(prompts, max_new_tokens=8)
-    # an "end-of-text" id that some rows produce early: they stop there while the others go on
-    eot = backend._greedy([backend.tok(prompts[0])["input_ids"]], 8)[0][2]
+    batched = backend.generate(prompts, max_new_tokens=new_tokens)
+    eot = backend._greedy([backend.tok(prompts[0])["input_ids"]], new_tokens)[0][eot_at]
     backend.eos_ids = [*backend.eos_ids, eot]
-    stopped = backend.generate(prompts, max_new_tokens=8)
+    stopped = backend.generate(prompts, max_new_tokens=new_tokens)
     for outs, eos in ((batched, backend.eos_ids[:-1]), (stopped, backend.eos_ids)):
         for prompt, got in zip(prompts, outs, strict=True):
             enc = backend.tok(prompt, return_tensors="pt")
             with torch.inference_mode():
-                ref = backend.model.generate(**enc, do_sample=False, max_new_tokens=8, eos_token_id=eos,
+                ref = backend.model.generate(**enc, do_sample=False, max_new_tokens=new_tokens, eos_token_id=eos,
                                              pad_token_id=backend.tok.pad_token_id)  # fmt: skip
             want = ref[0, enc["input_ids"].shape[1] :].tolist()
             want = want[: next((i + 1 for i, t in enumerate(want) if t in eos), len(want))]
@@ -335,6 +330,18 @@ def test_batched_generation_equals_hf_generate_one_at_a_time(tiny_model, shared_
     assert any(
         len(a) > len(b) for a, b in zip(batched, stopped, strict=True)
     )  # some rows really stopped early
+
+
+def test_batched_generation_equals_hf_generate_one_at_a_time(tiny_model, shared_data):
+    """Grouped right-padded prompt passes joined into one decode batch, finished rows dropped mid-batch: the
+    same tokens as transformers' own ``generate`` run one prompt at a time (the official script's loop)."""
+
+    prompts = []
+    for lang in ("Chinese", "English", "Japanese"):
+        lines = (shared_data / "qa" / f"{lang}.jsonl").read_text(encoding="utf-8").splitlines()[:3]
+        prompts += [json.loads(x)["question"] for x in lines]
+    backend = HFBackend(tiny_model, batch_size=9, prefill_group=2)
+    _generate_equals_hf_one_at_a_time(backend, prompts, new_tokens=8, eot_at=2)
 
 
 def test_demo_eval_scores_by_loglik_without_loading_bars(tiny_model, tmp_path, capfd):
@@ -356,7 +363,6 @@ def test_shared_prefix_generation_equals_hf_generate_one_at_a_time(tiny_model, s
     """Paper prompts of three languages: each language's ~220-token wrapper + instruction is computed once and
     broadcast into several passes (prefill_group=2), the rest right-padded, all rows joined in one decode batch;
     the tokens equal transformers' own ``generate`` run one prompt at a time, also when rows stop early."""
-    import torch
 
     from eval.data import load_benchmark
     from eval.prefix import prefill_groups
@@ -369,17 +375,4 @@ def test_shared_prefix_generation_equals_hf_generate_one_at_a_time(tiny_model, s
     groups = prefill_groups(seqs, backend.prefill_group)
     assert min(g.shared for g in groups) > 200 and len({g.shared for g in groups}) > 1  # per language
     assert len(groups) > 3  # a language's prefix serves more than one pass
-    batched = backend.generate(prompts, max_new_tokens=10)
-    eot = backend._greedy([seqs[0]], 10)[0][3]
-    backend.eos_ids = [*backend.eos_ids, eot]
-    stopped = backend.generate(prompts, max_new_tokens=10)
-    for outs, eos in ((batched, backend.eos_ids[:-1]), (stopped, backend.eos_ids)):
-        for prompt, got in zip(prompts, outs, strict=True):
-            enc = backend.tok(prompt, return_tensors="pt")
-            with torch.inference_mode():
-                ref = backend.model.generate(**enc, do_sample=False, max_new_tokens=10, eos_token_id=eos,
-                                             pad_token_id=backend.tok.pad_token_id)  # fmt: skip
-            want = ref[0, enc["input_ids"].shape[1] :].tolist()
-            want = want[: next((i + 1 for i, t in enumerate(want) if t in eos), len(want))]
-            assert got == backend.tok.decode(want, skip_special_tokens=False)
-    assert any(len(a) > len(b) for a, b in zip(batched, stopped, strict=True))
+    _generate_equals_hf_one_at_a_time(backend, prompts, new_tokens=10, eot_at=3)
