@@ -6,6 +6,8 @@ import io
 import json
 from pathlib import Path
 
+import torch
+
 from eval.data import LANGUAGES, iter_json_lines
 from megatron_mmed.testing.sft import mcore_sft as mcore_sft  # shared with benchmarks/finetune.py
 from megatron_mmed.testing.sft import mcore_step as mcore_step
@@ -15,6 +17,15 @@ SFT_VOCAB = (
     3072  # the sft_llama fixture's: a multiple of 128, so megatron-core's padded vocabulary equals HF's
 )
 SFT_SEQ = 1024
+
+
+def attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """The dense reference for per-segment attention: ``[b, 1, s, s]`` bool, True = masked, causal within each
+    segment and nothing across (megatron-core's convention)."""
+    s = segment_ids.shape[-1]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    causal = torch.ones(s, s, dtype=torch.bool, device=segment_ids.device).tril()
+    return ~(same & causal)[:, None]
 
 
 def qa_texts(qa_dir: Path) -> list[str]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from finetune_helpers import attention_mask
 
-from megatron_mmed.finetune.packing import PAD_SEGMENT, attention_mask, row_segment_params
+from megatron_mmed.finetune.packing import PAD_SEGMENT, row_segment_params
 from megatron_mmed.models.attention import VARLEN_MODES, SegmentAttention
 
 HEADS, GROUPS, DIM = 8, 2, 16  # grouped-query attention: 4 query heads per key/value head

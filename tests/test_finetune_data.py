@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from finetune_helpers import qa_record, train_sp, write_qa
+from finetune_helpers import attention_mask, qa_record, train_sp, write_qa
 
 from eval.prompts import sft_example
 from megatron_mmed.common.errors import UserError
@@ -13,7 +13,6 @@ from megatron_mmed.finetune.config import SFTDataConfig
 from megatron_mmed.finetune.data import SFTDataReport, SFTTokens, load_items, load_sft_data
 from megatron_mmed.finetune.packing import (
     SFTBatches,
-    attention_mask,
     cu_seqlens,
     epoch_order,
     first_fit,

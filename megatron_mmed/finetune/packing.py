@@ -6,8 +6,8 @@ packs them first-fit into rows of ``seq_length`` positions, and deals the rows t
 pad the count to a multiple of DP x micro-batch so every rank runs the same number of micro-batches).
 
 In a row every example keeps its attention to itself and its positions restart at 0: ``segment_ids`` give the
-segments of the local spec's per-segment attention on CPU (:func:`row_segment_params`; :func:`attention_mask`
-is the equivalent dense mask) and ``cu_seqlens`` megatron-core's packed (THD) path on GPU
+segments of the local spec's per-segment attention on CPU (:func:`row_segment_params`; the tests hold the
+equivalent dense mask) and ``cu_seqlens`` megatron-core's packed (THD) path on GPU
 (:func:`packed_seq_params`). An example of ``n`` tokens fills ``n - 1`` positions (inputs
 ``tokens[:-1]``, labels ``tokens[1:]``), and ``loss_mask`` is 1 where the label is a target token.
 """
@@ -179,14 +179,6 @@ class SFTBatches:
             "position_ids": torch.from_numpy(position_ids),
             "segment_ids": torch.from_numpy(segment_ids),
         }
-
-
-def attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """``[b, 1, s, s]`` bool, True = masked: causal within each segment, nothing across (megatron-core's convention)."""
-    s = segment_ids.shape[-1]
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    causal = torch.ones(s, s, dtype=torch.bool, device=segment_ids.device).tril()
-    return ~(same & causal)[:, None]
 
 
 def cu_seqlens(segment_ids: torch.Tensor) -> torch.Tensor:
