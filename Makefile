@@ -47,9 +47,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Two test processes (pytest-xdist), one per core: tests/conftest.py puts each module, and all slurm tests, in one
-# group that one process runs, slurm first (the longest group). PYTEST_ARGS="-n 0" runs them in this process (for pdb).
-XDIST ?= -n 2 --dist loadgroup --no-loadscope-reorder
+# Two test processes (pytest-xdist), one per core, each module in one process (`loadfile`: xdist 3.8's `loadgroup`
+# silently stops grouping under pytest 9.2); the slurm modules first (the longest). PYTEST_ARGS="-n 0": one process.
+XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 test: lint system-deps
 	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)

@@ -72,17 +72,25 @@ def _has_cuda() -> bool:
         return False
 
 
+@pytest.fixture(scope="session")
+def slurm():
+    """The single-node slurm of launch/local-slurm (started if needed, shared by parallel test processes, stopped by
+    the last one if a test started it); skipped, with the reason, where it cannot run (not root, no packages)."""
+    from slurm_helpers import cluster
+
+    if os.geteuid() != 0:
+        pytest.skip("local slurm needs root (launch/local-slurm/start.sh starts munged/slurmctld/slurmd)")
+    with cluster():
+        yield
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu`-marked tests are skipped on machines without CUDA (the one place hardware is gated).
 
-    Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`) every module is one group, so its
-    module-scoped fixtures (finished runs, converted checkpoints) are built once, and every `slurm` test is in one
-    group: the local cluster is started, used and stopped by one process at a time. The slurm tests (the longest
-    group) are collected first, so that one process starts on them while the other takes the modules in order."""
+    `make test` runs two processes with pytest-xdist `--dist loadfile`: each module runs in one process, so its
+    module-scoped fixtures (finished runs, converted checkpoints) are built once. The `slurm` tests (the longest)
+    are collected first, so that both processes start on them while the rest follow in order."""
     items.sort(key=lambda item: "slurm" not in item.keywords)  # stable: the order within each part is kept
-    for item in items:
-        group = "slurm" if "slurm" in item.keywords else item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
     if _has_cuda():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

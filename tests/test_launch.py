@@ -7,44 +7,25 @@ The slurm tests start the single-node slurm with launch/local-slurm/start.sh whe
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from slurm_helpers import REPO, run, wait_gone
 
 from megatron_mmed.demo import SAMPLE
 from preprocessing.layout import iter_kept
 
-REPO = Path(__file__).resolve().parents[1]
 SIZES = {"1_8b": "internlm2-1.8b", "7b": "internlm2-7b", "20b": "internlm2-20b"}
-SLURM_DIR = Path(os.environ.get("MMED_SLURM_DIR", "/tmp/mmed-slurm"))
 RECIPES = sorted(p.name for p in (REPO / "configs/train").glob("*.yaml"))
-#: launch knobs read from the environment; cleared so that a developer's shell cannot leak into a test
-KNOBS = ("NODES", "TASKS_PER_NODE", "DEVICE", "JOB_NAME", "TIME_LIMIT", "FP8", "DATA", "SAVE", "INIT_FROM")
-KNOBS += ("WANDB_PROJECT", "CONFIG", "OVERRIDES", "SLURM_JOB_ID", "SLURM_NNODES", "WORLD_SIZE", "DRY_RUN")
-
-
-def _run(cmd, env=None, timeout=120, cwd=REPO, **kw):
-    base = {k: v for k, v in os.environ.items() if k not in KNOBS}
-    return subprocess.run(
-        cmd,
-        cwd=cwd,
-        env={**base, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        **kw,
-    )
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
 def test_pretrain_dry_run_8_nodes(size: str, tmp_path: Path):
-    res = _run(
+    res = run(
         ["bash", f"launch/pretrain_internlm2_{size}.sh", "--dry-run"],
         env={"NODES": "8", "SAVE": str(tmp_path / "run"), "DATA": "/data/tok/blend.json"},
     )
@@ -62,13 +43,13 @@ def test_pretrain_dry_run_8_nodes(size: str, tmp_path: Path):
 
 
 def test_dry_run_rejects_bad_layout_and_args(tmp_path: Path):
-    res = _run(
+    res = run(
         ["bash", "launch/pretrain_internlm2_20b.sh", "--dry-run"], env={"NODES": "1", "TASKS_PER_NODE": "3"}
     )
     assert res.returncode != 0 and "not a multiple" in res.stderr
-    res = _run(["bash", "launch/pretrain_internlm2_7b.sh", "--bogus"])
+    res = run(["bash", "launch/pretrain_internlm2_7b.sh", "--bogus"])
     assert res.returncode == 2 and "unknown argument" in res.stderr
-    res = _run(["bash", "launch/pretrain_internlm2_7b.sh", "--dry-run"], env={"DEVICE": "tpu"})
+    res = run(["bash", "launch/pretrain_internlm2_7b.sh", "--dry-run"], env={"DEVICE": "tpu"})
     assert res.returncode == 2 and "DEVICE must be" in res.stderr
 
 
@@ -100,7 +81,7 @@ def test_dry_run_shows_the_recipe_values(recipe: str):
     data = yaml.safe_load((REPO / "configs/train" / recipe).read_text())
     launch = data.get("launch") or {}
     cpu = {} if launch else {"DEVICE": "cpu", "TASKS_PER_NODE": "2"}  # tiny_cpu: the CPU smoke run's knobs
-    res = _run(["bash", "launch/pretrain.sh", f"configs/train/{recipe}", "--dry-run"], env=cpu)
+    res = run(["bash", "launch/pretrain.sh", f"configs/train/{recipe}", "--dry-run"], env=cpu)
     assert res.returncode == 0, res.stderr + res.stdout
     shown = _shown(res.stdout)
     job = launch.get("job_name", f"mmed-{Path(recipe).stem}")
@@ -129,8 +110,8 @@ def test_size_scripts_are_one_line_wrappers_matching_their_recipe(size: str):
     text = script.read_text()
     body = [x for x in text.splitlines() if x.strip() and not x.startswith("#")]
     assert len(body) == 1 and f"configs/train/internlm2_{size}.yaml" in body[0] and "pretrain.sh" in body[0]
-    wrapped = _run(["bash", str(script), "--dry-run"])
-    direct = _run(["bash", "launch/pretrain.sh", f"configs/train/internlm2_{size}.yaml", "--dry-run"])
+    wrapped = run(["bash", str(script), "--dry-run"])
+    direct = run(["bash", "launch/pretrain.sh", f"configs/train/internlm2_{size}.yaml", "--dry-run"])
     assert wrapped.returncode == 0 and wrapped.stdout == direct.stdout, wrapped.stderr
     header = dict(
         (m + [""])[:2] for m in (h.split("=", 1) for h in re.findall(r"^#SBATCH --(\S+)", text, re.M))
@@ -150,7 +131,7 @@ def test_dry_run_names_where_each_value_came_from(tmp_path: Path):
         "WANDB_PROJECT": "2024",
         "OVERRIDES": "parallel.pp=2 train.steps=700",
     }
-    res = _run(["bash", "launch/pretrain_internlm2_7b.sh", "--dry-run"], env=env)
+    res = run(["bash", "launch/pretrain_internlm2_7b.sh", "--dry-run"], env=env)
     assert res.returncode == 0, res.stderr + res.stdout
     shown = _shown(res.stdout)
     assert shown["launch.nodes"] == (2, "env NODES")
@@ -172,7 +153,7 @@ def test_dry_run_names_where_each_value_came_from(tmp_path: Path):
 
     # an override beats the environment, and a launch default fills what nobody set
     env = {"NODES": "2", "OVERRIDES": "launch.nodes=8"}
-    res = _run(["bash", "launch/pretrain_internlm2_7b.sh", "--dry-run"], env=env)
+    res = run(["bash", "launch/pretrain_internlm2_7b.sh", "--dry-run"], env=env)
     assert res.returncode == 0, res.stderr
     shown = _shown(res.stdout)
     assert shown["launch.nodes"] == (8, "override") and _sbatch_options(res.stdout)["nodes"] == "8"
@@ -191,13 +172,13 @@ def test_dry_run_names_where_each_value_came_from(tmp_path: Path):
     ],
 )
 def test_launch_knob_mistakes_are_one_line_errors(env, message):
-    res = _run(["bash", "launch/pretrain_internlm2_7b.sh", "--dry-run"], env=env)
+    res = run(["bash", "launch/pretrain_internlm2_7b.sh", "--dry-run"], env=env)
     assert res.returncode == 2 and message in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
 
 
 def test_a_recipe_with_fp8_dry_runs_on_cpu_and_a_cpu_run_can_turn_it_off():
-    res = _run(["bash", "launch/pretrain_internlm2_20b.sh", "--dry-run"], env={"DEVICE": "cpu", "FP8": ""})
+    res = run(["bash", "launch/pretrain_internlm2_20b.sh", "--dry-run"], env={"DEVICE": "cpu", "FP8": ""})
     assert res.returncode == 0, res.stderr
     opts = _sbatch_options(res.stdout)
     assert opts["gpus-per-node"] == "0" and "exclusive" not in opts
@@ -206,10 +187,10 @@ def test_a_recipe_with_fp8_dry_runs_on_cpu_and_a_cpu_run_can_turn_it_off():
 def test_launch_from_another_folder_and_as_an_sbatch_copy(tmp_path: Path):
     """Run from anywhere, the scripts submit with --chdir=REPO; sbatch runs a spool copy of a size script in
     the job's working directory (the repo), and the copy finds launch/ there. No script locates the repo itself."""
-    res = _run(["bash", str(REPO / "launch/pretrain_internlm2_7b.sh"), "--dry-run"], cwd=tmp_path)
+    res = run(["bash", str(REPO / "launch/pretrain_internlm2_7b.sh"), "--dry-run"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert f"--chdir={REPO}" in res.stdout and str(REPO / "configs/train/internlm2_7b.yaml") in res.stdout
-    res = _run(
+    res = run(
         ["bash", str(REPO / "launch/convert_to_hf.sh"), "--dry-run"],
         env={"RUN": "/r", "OUT": "/h"},
         cwd=tmp_path,
@@ -220,7 +201,7 @@ def test_launch_from_another_folder_and_as_an_sbatch_copy(tmp_path: Path):
     for name in ("pretrain_internlm2_7b.sh", "eval_mmedbench.sh"):
         (spool / "slurm_script").write_bytes((REPO / "launch" / name).read_bytes())
         env = {"SLURM_JOB_ID": "7", "DRY_RUN": "1", "MODEL": "/h", "DATA": "/d", "OUT": "/e"}
-        res = _run(["bash", str(spool / "slurm_script")], env=env)
+        res = run(["bash", str(spool / "slurm_script")], env=env)
         assert res.returncode == 0, (name, res.stderr)
     for script in REPO.glob("launch/*.sh"):
         text = script.read_text()
@@ -243,20 +224,20 @@ def test_readme_and_help_agree_with_the_recipes():
         launch, parallel = data["launch"], data["parallel"]
         assert (nodes, per_node) == (launch["nodes"], launch["tasks_per_node"])
         assert (tp, pp, dp) == (parallel["tp"], parallel["pp"], nodes * per_node // (tp * pp))
-    res = _run(["bash", "launch/pretrain.sh", "--help"])
+    res = run(["bash", "launch/pretrain.sh", "--help"])
     assert res.returncode == 0
     for names in ENV_KNOBS.values():
         assert names[0] in res.stdout, names[0]
 
 
 def test_secrets_never_echoed(tmp_path: Path):
-    res = _run(["bash", "launch/pretrain_internlm2_7b.sh", "--dry-run"], env={"WANDB_API_KEY": "sekrit-123"})
+    res = run(["bash", "launch/pretrain_internlm2_7b.sh", "--dry-run"], env={"WANDB_API_KEY": "sekrit-123"})
     assert res.returncode == 0
     assert "sekrit-123" not in res.stdout + res.stderr
 
 
 def test_prep_dry_run_chains_arrays(tmp_path: Path):
-    res = _run(
+    res = run(
         ["bash", "launch/prep_mmedc.sh", "--dry-run"],
         env={"INPUTS": "/raw/en /raw/zh", "OUT": str(tmp_path), "BENCHMARK": "/qa", "TOKENIZER": "/t.model"},
     )
@@ -272,18 +253,18 @@ def test_prep_dry_run_chains_arrays(tmp_path: Path):
 
 
 def test_convert_and_eval_dry_runs(tmp_path: Path):
-    res = _run(
+    res = run(
         ["bash", "launch/convert_to_hf.sh", "--dry-run"],
         env={"RUN": "/r", "OUT": "/h", "LAYOUT": "internlm2"},
     )
     assert res.returncode == 0, res.stderr
     assert "convert mcore-to-hf --ckpt /r --out /h --layout internlm2 --dtype bf16" in res.stdout
-    res = _run(
+    res = run(
         ["bash", "launch/eval_mmedbench.sh", "--dry-run"], env={"MODEL": "/h", "DATA": "/d", "OUT": "/e"}
     )
     assert res.returncode == 0, res.stderr
     assert "eval mmedbench --model /h --data /d --out /e --mode generate" in res.stdout
-    res = _run(["bash", "launch/eval_mmedbench.sh", "--dry-run"], env={"MODEL": "/h"})
+    res = run(["bash", "launch/eval_mmedbench.sh", "--dry-run"], env={"MODEL": "/h"})
     assert res.returncode != 0 and "DATA" in res.stderr
 
 
@@ -296,29 +277,6 @@ def test_dockerfile_pins_base_and_requirements():
 
 
 # ---------------------------------------------------------------- under a real (local) slurm
-
-
-@pytest.fixture(scope="module")
-def slurm():
-    if os.geteuid() != 0:
-        pytest.skip("local slurm needs root (launch/local-slurm/start.sh starts munged/slurmctld/slurmd)")
-    was_up = (
-        (SLURM_DIR / "slurmctld.pid").is_file() and _run(["sinfo", "-h"], timeout=20).returncode == 0
-        if _which("sinfo")
-        else False
-    )
-    res = _run(["bash", "launch/local-slurm/start.sh"], timeout=600)
-    if res.returncode != 0:
-        pytest.skip(f"local slurm could not start here: {res.stderr.strip()[-300:]}")
-    yield
-    if not was_up:
-        _run(["bash", "launch/local-slurm/stop.sh"], timeout=60)
-
-
-def _which(name: str) -> bool:
-    from shutil import which
-
-    return which(name) is not None
 
 
 @pytest.fixture(scope="module")
@@ -352,23 +310,13 @@ def _metrics(save: Path) -> list[dict]:
     return [json.loads(x) for x in (save / "metrics.jsonl").read_text().splitlines() if x.strip()]
 
 
-def _wait_gone(job: str, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if not _run(["squeue", "-h", "-j", job], timeout=30).stdout.strip():
-            return
-        time.sleep(1)
-    _run(["scancel", job])
-    pytest.fail(f"job {job} still queued after {timeout} s")
-
-
 @pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.timeout(900)
 def test_sbatch_wait_cpu_run_and_preemption(slurm, demo_tok: Path, tmp_path: Path):
     steps = 24
     full = tmp_path / "full"
-    res = _run(  # --nodes=1: the 7B header asks for the recipe's 4 nodes; this smoke run uses one
+    res = run(  # --nodes=1: the 7B header asks for the recipe's 4 nodes; this smoke run uses one
         [
             "sbatch",
             "--wait",
@@ -388,7 +336,7 @@ def test_sbatch_wait_cpu_run_and_preemption(slurm, demo_tok: Path, tmp_path: Pat
     # the last two steps of a run, as slurm jobs: export to HF, then evaluate
     hf, ev = tmp_path / "hf", tmp_path / "eval"
     env = {"RUN": str(full), "OUT": str(hf), "DTYPE": "fp32", "WAIT": "1", "GPUS_PER_NODE": "0"}
-    res = _run(["bash", "launch/convert_to_hf.sh"], env=env, timeout=600)
+    res = run(["bash", "launch/convert_to_hf.sh"], env=env, timeout=600)
     assert res.returncode == 0 and (hf / "config.json").is_file(), res.stderr[-2000:]
     env = {
         "MODEL": str(hf),
@@ -398,13 +346,13 @@ def test_sbatch_wait_cpu_run_and_preemption(slurm, demo_tok: Path, tmp_path: Pat
         "GPUS_PER_NODE": "0",
         "EXTRA": "--limit 2 --max-new-tokens 8",
     }
-    res = _run(["bash", "launch/eval_mmedbench.sh"], env=env, timeout=600)
+    res = run(["bash", "launch/eval_mmedbench.sh"], env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(json.loads((ev / "results.json").read_text())["accuracy"]) == 6
 
     # preemption: USR1 to the batch shell -> checkpoint, requeue, resume from latest, same final loss
     pre = tmp_path / "pre"
-    res = _run(
+    res = run(
         [
             "sbatch",
             "--parsable",
@@ -421,8 +369,8 @@ def test_sbatch_wait_cpu_run_and_preemption(slurm, demo_tok: Path, tmp_path: Pat
     deadline = time.time() + 300
     while time.time() < deadline and not ((pre / "metrics.jsonl").is_file() and len(_metrics(pre)) >= 4):
         time.sleep(0.5)
-    assert _run(["scancel", "--signal=USR1", "--batch", job]).returncode == 0
-    _wait_gone(job, 600)
+    assert run(["scancel", "--signal=USR1", "--batch", job]).returncode == 0
+    wait_gone(job, 600)
     log = (tmp_path / "pre.log").read_text()
     assert "requeueing job" in log, log[-3000:]
     assert "training exited with code 0" in log
@@ -440,7 +388,7 @@ def test_self_submission_from_another_folder(slurm, demo_tok: Path, tmp_path: Pa
     """Run from any folder, a size script submits itself with --chdir=REPO, sized from the recipe in use."""
     save = tmp_path / "run"
     env = {**_cpu_env(demo_tok, save, 6), "WAIT": "1"}
-    res = _run(["bash", str(REPO / "launch/pretrain_internlm2_7b.sh")], env=env, cwd=tmp_path, timeout=500)
+    res = run(["bash", str(REPO / "launch/pretrain_internlm2_7b.sh")], env=env, cwd=tmp_path, timeout=500)
     logs = sorted((save / "logs").glob("mmed-tiny_cpu-*.out"))
     assert res.returncode == 0, res.stderr[-2000:] + (logs[-1].read_text()[-3000:] if logs else "")
     assert (save / "latest").is_file() and [m["step"] for m in _metrics(save) if "loss" in m][-1] == 6
@@ -463,7 +411,7 @@ def test_prep_arrays_equal_local_pipeline(slurm, demo_tok: Path, tmp_path: Path)
         "CPUS_PER_TASK": "1",
         "WAIT": "1",
     }
-    res = _run(["bash", "launch/prep_mmedc.sh"], env=env, timeout=800)
+    res = run(["bash", "launch/prep_mmedc.sh"], env=env, timeout=800)
     assert res.returncode == 0, res.stderr[-3000:]
     for stage in ("prep", "dedup", "decontam"):
         a = sorted(json.dumps(r, sort_keys=True) for r in iter_kept(out / stage))

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from slurm_helpers import REPO, run, wait_gone
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = "launch/finetune_internlm2_7b.sh"
-#: launch knobs read from the environment; cleared so that a developer's shell cannot leak into a test
-KNOBS = ("NODES", "TASKS_PER_NODE", "DEVICE", "JOB_NAME", "TIME_LIMIT", "FP8", "DATA", "SAVE", "INIT_FROM")
-KNOBS += ("WANDB_PROJECT", "CONFIG", "OVERRIDES", "SLURM_JOB_ID", "SLURM_NNODES", "WORLD_SIZE", "DRY_RUN")
-KNOBS += ("STAGE", "PEFT", "TOKENIZER")
-
-
-def _run(cmd, env=None, timeout=120):
-    base = {k: v for k, v in os.environ.items() if k not in KNOBS}
-    return subprocess.run(
-        cmd, cwd=REPO, env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def _shown(out: str) -> dict[str, tuple[object, str]]:
@@ -52,7 +39,7 @@ def test_dry_run_full_and_lora(peft: str, shared_data: Path, sp: Path, tmp_path:
     qa = str(shared_data / "qa")
     env = {"PEFT": peft, "DATA": qa, "INIT_FROM": "/ckpt/init", "TOKENIZER": str(sp)}
     env |= {"SAVE": str(tmp_path / "ft"), "NODES": "2", "OVERRIDES": "train.epochs=1"}
-    res = _run(["bash", SCRIPT, "--dry-run"], env=env)
+    res = run(["bash", SCRIPT, "--dry-run"], env=env)
     assert res.returncode == 0, res.stderr + res.stdout
     out = res.stdout
     recipe = str(REPO / f"configs/finetune/mmedbench_{kind}.yaml")
@@ -100,7 +87,7 @@ def test_wrapper_reuses_pretrain_sh_and_its_header_is_the_recipes_job():
     assert "requeue" in header and header["signal"] == "B:USR1@600"
     from megatron_mmed.training.launch import FINETUNE_ENV_KNOBS
 
-    help_text = _run(["bash", "launch/pretrain.sh", "--help"]).stdout
+    help_text = run(["bash", "launch/pretrain.sh", "--help"]).stdout
     for names in FINETUNE_ENV_KNOBS.values():  # --help names every knob of the fine-tuning stage too
         assert names[0] in help_text, names[0]
     assert "STAGE" in help_text
@@ -117,28 +104,12 @@ def test_wrapper_reuses_pretrain_sh_and_its_header_is_the_recipes_job():
     ],
 )
 def test_launch_mistakes_are_one_line_errors(cmd, env, message):
-    res = _run(["bash", *cmd, "--dry-run"], env=env)
+    res = run(["bash", *cmd, "--dry-run"], env=env)
     assert res.returncode == 2 and message in res.stderr, res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
 # --- a real CPU run under a local slurm: the same requeue cycle as pretraining, for a LoRA fine-tuning job ---
-
-
-@pytest.fixture(scope="module")
-def slurm():
-    if os.geteuid() != 0:
-        pytest.skip("local slurm needs root (launch/local-slurm/start.sh starts munged/slurmctld/slurmd)")
-    from shutil import which
-
-    pid = Path(os.environ.get("MMED_SLURM_DIR", "/tmp/mmed-slurm")) / "slurmctld.pid"
-    was_up = bool(which("sinfo")) and pid.is_file() and _run(["sinfo", "-h"], timeout=20).returncode == 0
-    res = _run(["bash", "launch/local-slurm/start.sh"], timeout=600)
-    if res.returncode != 0:
-        pytest.skip(f"local slurm could not start here: {res.stderr.strip()[-300:]}")
-    yield
-    if not was_up:  # as tests/test_launch.py does: stop only what this module started
-        _run(["bash", "launch/local-slurm/stop.sh"], timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +162,7 @@ def test_sbatch_lora_finetune_requeues_and_resumes(slurm, shared_data, sp, ft_in
     full = tmp_path / "full"
     log = tmp_path / "full.log"
     env = _cpu_lora_env(qa, sp, ft_init, full)
-    res = _run(["sbatch", "--wait", "-o", str(log), SCRIPT], env=env, timeout=600)
+    res = run(["sbatch", "--wait", "-o", str(log), SCRIPT], env=env, timeout=600)
     text = log.read_text() if log.exists() else ""
     assert res.returncode == 0, res.stderr + text[-3000:]
     assert (full / "latest").read_text().strip() == "iter_0000008" and sorted(_losses(full)) == list(
@@ -200,20 +171,15 @@ def test_sbatch_lora_finetune_requeues_and_resumes(slurm, shared_data, sp, ft_in
     assert (full / "adapter.yaml").is_file() and "mmed finetune" in text
 
     pre, log = tmp_path / "pre", tmp_path / "pre.log"
-    res = _run(["sbatch", "--parsable", "-o", str(log), SCRIPT], env=_cpu_lora_env(qa, sp, ft_init, pre))
+    res = run(["sbatch", "--parsable", "-o", str(log), SCRIPT], env=_cpu_lora_env(qa, sp, ft_init, pre))
     assert res.returncode == 0, res.stderr
     job = res.stdout.strip().split(";")[0]
     deadline = time.time() + 400
     while time.time() < deadline and len(_losses(pre)) < 2:
         time.sleep(0.5)
-    assert _run(["scancel", "--signal=USR1", "--batch", job]).returncode == 0
-    deadline = time.time() + 700
-    while time.time() < deadline and _run(["squeue", "-h", "-j", job]).stdout.strip():
-        time.sleep(1)
-    if _run(["squeue", "-h", "-j", job]).stdout.strip():
-        _run(["scancel", job])
-        pytest.fail(f"job {job} still queued")
+    assert run(["scancel", "--signal=USR1", "--batch", job]).returncode == 0
+    wait_gone(job, 700)
     text = log.read_text()
     assert "requeueing job" in text and "(restart 1)" in text, text[-3000:]
-    assert "training exited with code 0" in text
+    assert "training exited with code 0" in text, text[-3000:]
     assert _losses(pre)[8] == _losses(full)[8]  # the requeued LoRA job resumed exactly
