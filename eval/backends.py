@@ -239,23 +239,24 @@ class HFBackend:
 
     def _kv_prefill(self, seqs: Sequence[Sequence[int]], kv, groups, slot: Sequence[int]):
         """Logits after each sequence's last prompt token (in ``seqs`` order); sequence ``r`` fills buffer row
-        ``slot[r]``. Every shared prefix goes through the model once at batch size 1 (``PrefixKV`` keeps its keys
-        once), each group's own tokens right-padded after it; only each row's last position reaches the head."""
+        ``slot[r]``. The shared prefixes go through the model once, in one right-padded pass (``PrefixKV`` keeps
+        their keys once), each group's own tokens right-padded after its prefix; only each row's last position
+        reaches the head."""
         import torch
 
-        pad, pids, logits = self.tok.pad_token_id, {}, [None] * len(seqs)
+        pad, logits = self.tok.pad_token_id, [None] * len(seqs)
+        pids: dict[tuple[int, ...], int] = {}
         for grp in groups:
-            pid = None
             if grp.shared:
-                head = tuple(seqs[grp.rows[0]][: grp.shared])
-                if head not in pids:
-                    pids[head] = len(pids)
-                    kv.prefix(pids[head])
-                    ids = torch.tensor([head], device=self.device)
-                    self._kv_forward(
-                        ids, torch.arange(len(head), device=self.device)[None], kv, len(head) - 1
-                    )
-                pid = pids[head]
+                pids.setdefault(tuple(seqs[grp.rows[0]][: grp.shared]), len(pids))
+        if pids:
+            kv.prefixes([len(h) for h in pids])
+            width = max(len(h) for h in pids)
+            ids = torch.tensor([list(h) + [pad] * (width - len(h)) for h in pids], device=self.device)
+            positions = torch.arange(width, device=self.device)[None].expand(len(pids), -1)
+            self._kv_forward(ids, positions, kv, torch.zeros(len(pids), dtype=torch.long, device=self.device))
+        for grp in groups:
+            pid = pids[tuple(seqs[grp.rows[0]][: grp.shared])] if grp.shared else None
             rest = [list(seqs[r][grp.shared :]) for r in grp.rows]
             glens = torch.tensor([len(t) for t in rest], device=self.device)
             gw = int(glens.max())

@@ -32,10 +32,9 @@ def _attend(q, k, v, scale: float, causal: bool = False, mask=None):
 
 
 def _join(out_a, lse_a, out_b, lse_b):
-    """Attention over the union of two disjoint key sets, from each set's output and log-sum-exp."""
-    top = torch.maximum(lse_a, lse_b)
-    wa, wb = (lse_a - top).exp_(), (lse_b - top).exp_()
-    return (out_a * wa[..., None] + out_b * wb[..., None]) / (wa + wb)[..., None]
+    """Attention over the union of two disjoint key sets, from each set's output and log-sum-exp: the weighted
+    mean of the two outputs, ``b``'s weight ``exp(lse_b) / (exp(lse_a) + exp(lse_b)) = sigmoid(lse_b - lse_a)``."""
+    return torch.lerp(out_a, out_b, torch.sigmoid(lse_b - lse_a)[..., None])
 
 
 def _stack_queries(q, kv: int):
@@ -47,7 +46,8 @@ def _stack_queries(q, kv: int):
 class PrefixKV:
     """Keys and values of ``rows`` sequences (buffer rows), each = a shared prefix (or none) + its own tokens.
 
-    Before each forward: ``prefix(pid)`` (a batch-1 pass of prefix ``pid``, ids 0, 1, ... in order);
+    Before each forward: ``prefixes(lengths)`` (once: every shared prefix in one right-padded pass, prefix
+    id = its row);
     ``prompt(rows, pid)`` (buffer ``rows``' own tokens, right-padded, after prefix ``pid`` or none); ``step(own)``
     (decode: buffer row ``r`` has ``own[r]`` own tokens stored and writes its new one there). ``width``: the most
     own tokens a row will hold. Decode reads rows in length buckets, so give long rows low buffer indices.
@@ -57,18 +57,17 @@ class PrefixKV:
         self.rows, self.width = rows, width
         self.keys: dict[int, torch.Tensor] = {}  # per layer: (rows, kv heads, width, dim), made on first use
         self.values: dict[int, torch.Tensor] = {}
-        self.prefixes: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # per layer: per prefix id
-        self.n_prefixes = 0
+        self.prefix_keys: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per layer, all prefixes padded
+        self.prefix_lens: list[int] = []
         self.rows_of: dict[int, list[int]] = {}  # prefix id -> its buffer rows
         self.calls = 0  # attention calls served (a model whose attention bypasses the interface makes none)
         self._plan: tuple | None = None  # decode: where rows' queries go to meet their prefix; built once
-        self._stacks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per layer: all prefixes, padded
         self._mode: tuple = ("none",)
 
-    def prefix(self, pid: int) -> None:
-        if pid != self.n_prefixes:
-            raise ValueError(f"prefix ids are given in order: expected {self.n_prefixes}, got {pid}")
-        self.n_prefixes += 1
+    def prefixes(self, lengths: Sequence[int]) -> None:
+        if self.prefix_lens:
+            raise ValueError("the shared prefixes go through the model in one pass, once")
+        self.prefix_lens = list(lengths)
         self._mode = ("prefix",)
 
     def prompt(self, rows: Sequence[int], pid: int | None) -> None:
@@ -97,7 +96,7 @@ class PrefixKV:
         kv = key.shape[1]
         group = query.shape[1] // kv
         if kind == "prefix":
-            self.prefixes.setdefault(layer, []).append((key, value))
+            self.prefix_keys[layer] = (key, value)  # right-padded: each prefix's pads are masked where read
             out, _ = _attend(
                 query, key.repeat_interleave(group, 1), value.repeat_interleave(group, 1), scale, True
             )
@@ -114,7 +113,7 @@ class PrefixKV:
                 query, key.repeat_interleave(group, 1), value.repeat_interleave(group, 1), scale, True
             )
             if pid is not None:
-                pk, pv = self.prefixes[layer][pid]
+                pk, pv = (t[pid : pid + 1, :, : self.prefix_lens[pid]] for t in self.prefix_keys[layer])
                 n, heads, length, dim = query.shape
                 o, s = _attend(_stack_queries(query, kv), pk, pv, scale)
                 o = o.reshape(kv, n, -1, dim).transpose(0, 1).reshape(n, heads, length, dim)
@@ -133,7 +132,7 @@ class PrefixKV:
                 for a, z, m in buckets
             ]
             out = torch.cat([o for o, _ in parts]) if len(parts) > 1 else parts[0][0]
-            if self.n_prefixes:
+            if self.prefix_lens:
                 lse = torch.cat([s for _, s in parts]) if len(parts) > 1 else parts[0][1]
                 out = _join(out, lse, *self._over_prefixes(layer, q, scale))
             return out.reshape(b, heads, 1, dim).transpose(1, 2)
@@ -141,17 +140,10 @@ class PrefixKV:
 
     def _over_prefixes(self, layer: int, q, scale: float):
         """(output, log-sum-exp) of each decode row's queries (rows, kv heads, group, dim) over its prefix, all
-        prefixes in one call: each read once, its rows' queries stacked as one sequence (prefixes zero-padded to
-        the longest and masked)."""
+        prefixes in one call: each read once, its rows' queries stacked as one sequence (a prefix's padding up to
+        the longest masked)."""
         _, qidx, back, no_prefix, pmask = self._plan
-        if layer not in self._stacks:
-            pairs = self.prefixes[layer]
-            longest = max(k.shape[2] for k, _ in pairs)
-            grown = [
-                [torch.nn.functional.pad(t, (0, 0, 0, longest - t.shape[2])) for t in kv] for kv in pairs
-            ]
-            self._stacks[layer] = (torch.cat([k for k, _ in grown]), torch.cat([v for _, v in grown]))
-        pk, pv = self._stacks[layer]
+        pk, pv = self.prefix_keys[layer]
         n, kv, group, dim = pk.shape[0], q.shape[1], q.shape[2], q.shape[3]
         stacked = q[qidx].view(n, -1, kv, group, dim).transpose(1, 2).reshape(n, kv, -1, dim)
         out, lse = _attend(stacked, pk, pv, scale, mask=pmask)
@@ -169,17 +161,16 @@ class PrefixKV:
         else:
             buckets = length_runs([n + 1 for n in lens], len(lens), BUCKET_COST)
         device, dtype = own.device, self._dtype()
-        if not self.n_prefixes:
+        if not self.prefix_lens:
             return buckets, None, None, None, None
         slots = max(len(r) for r in self.rows_of.values())
         qidx, back, has = [], [0] * self.rows, [False] * self.rows
-        for pid in range(self.n_prefixes):
+        for pid in range(len(self.prefix_lens)):
             rows = self.rows_of.get(pid) or [0]
             qidx += [rows[i] if i < len(rows) else rows[0] for i in range(slots)]
             for i, r in enumerate(self.rows_of.get(pid, [])):
                 back[r], has[r] = pid * slots + i, True
-        first = self.prefixes[next(iter(self.prefixes))]
-        plens = torch.tensor([k.shape[2] for k, _ in first], device=device)
+        plens = torch.tensor(self.prefix_lens, device=device)
         longest = int(plens.max())
         pmask = None
         if bool((plens < longest).any()):

@@ -43,9 +43,9 @@ def _run(model):
     kv = PrefixKV(len(ROWS), max(len(own) for _, own in ROWS) + len(NEW))
     logits = [None] * len(ROWS)
     with torch.inference_mode(), prefix_kv_attention(model):
-        for pid, head in enumerate(PREFIXES):
-            kv.prefix(pid)
-            _forward(model, kv, [head], torch.arange(len(head))[None], [len(head) - 1])
+        kv.prefixes([len(h) for h in PREFIXES])
+        width = max(len(h) for h in PREFIXES)
+        _forward(model, kv, [h + [0] * (width - len(h)) for h in PREFIXES], torch.arange(width)[None], [0, 0])
         for pid in (0, 1, None):  # one right-padded prompt pass per prefix
             rows = [r for r, (p, _) in enumerate(ROWS) if p == pid]
             width = max(len(ROWS[r][1]) for r in rows)
@@ -80,7 +80,8 @@ def test_prefix_kv_equals_plain_forward(llama, bucket_cost, monkeypatch):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_prefix_ids_in_order():
+def test_prefixes_in_one_pass():
     kv = PrefixKV(2, 4)
-    with pytest.raises(ValueError, match="in order"):
-        kv.prefix(1)
+    kv.prefixes([3, 2])
+    with pytest.raises(ValueError, match="one pass, once"):
+        kv.prefixes([4])
