@@ -85,3 +85,31 @@ def test_prefixes_in_one_pass():
     kv.prefixes([3, 2])
     with pytest.raises(ValueError, match="one pass, once"):
         kv.prefixes([4])
+
+
+def test_backend_keeps_transformers_cache_for_sliding_window(tmp_path, shared_data):
+    """A model ``PrefixKV`` cannot serve (here a sliding-window Mistral: its attention needs a window mask) fails
+    the backend's probe, so generation keeps the transformers-cache path; a Llama passes it."""
+    import json
+
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from eval.backends import HFBackend
+    from megatron_mmed.testing.tiny_hf import build_tiny_model
+
+    texts = [
+        json.loads(x)["question"] for x in (shared_data / "qa" / "English.jsonl").read_text().splitlines()
+    ]
+    llama_dir = build_tiny_model(tmp_path / "llama", texts, vocab_size=400)
+    llama = HFBackend(llama_dir)
+    assert llama.prefix_kv
+    cfg = llama.model.config
+    torch.manual_seed(0)
+    mistral = MistralForCausalLM(MistralConfig(vocab_size=cfg.vocab_size, hidden_size=64, intermediate_size=128,
+                                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                               sliding_window=4, pad_token_id=cfg.pad_token_id,
+                                               eos_token_id=cfg.eos_token_id))  # fmt: skip
+    mistral.save_pretrained(tmp_path / "mistral")
+    llama.tok.save_pretrained(tmp_path / "mistral")
+    backend = HFBackend(tmp_path / "mistral")
+    assert not backend.prefix_kv
