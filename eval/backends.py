@@ -47,7 +47,8 @@ def _torch_dtype(name: str):
 
 class HFBackend:
     """transformers causal LM: batched greedy generation (length-sorted batches, prompt passes that compute a
-    shared token prefix once, one decode batch in a preallocated KV cache) and batched loglik."""
+    shared token prefix once, one decode batch: on ``PrefixKV`` where the model passes its probe on CPU, else in a
+    preallocated transformers KV cache) and batched loglik."""
 
     def __init__(
         self,
