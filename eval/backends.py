@@ -47,7 +47,8 @@ def _torch_dtype(name: str):
 
 class HFBackend:
     """transformers causal LM: batched greedy generation (length-sorted batches, prompt passes that compute a
-    shared token prefix once, one decode batch in a preallocated KV cache) and batched loglik."""
+    shared token prefix once, one decode batch: on ``PrefixKV`` where the model passes its probe on CPU, else in a
+    preallocated transformers KV cache) and batched loglik."""
 
     def __init__(
         self,
@@ -94,6 +95,7 @@ class HFBackend:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
         self._decoder, self._head = self.model.get_decoder(), self.model.get_output_embeddings()
         self._split = None not in (self._decoder, self._head) and self._decoder is not self.model
+        self.prefix_kv = self.device.type == "cpu" and self._prefix_kv_works()
 
     def _eos_ids(self) -> list[int]:
         ids = self.model.generation_config.eos_token_id
@@ -226,10 +228,121 @@ class HFBackend:
             cache.update(k, v, i)
         return cache
 
+    def _kv_forward(self, ids, positions, kv, last):
+        """Logits at each row's position ``last`` of ``ids`` run with ``PrefixKV`` attention (no transformers cache)."""
+        import torch
+
+        kw = {"input_ids": ids, "position_ids": positions, "use_cache": False, "prefix_kv": kv}
+        rows = torch.arange(ids.shape[0], device=self.device)
+        if self._split:
+            return self._head(self._decoder(**kw).last_hidden_state[rows, last])
+        return self.model(**kw).logits[rows, last]
+
+    def _kv_prefill(self, seqs: Sequence[Sequence[int]], kv, groups, slot: Sequence[int]):
+        """Logits after each sequence's last prompt token (in ``seqs`` order); sequence ``r`` fills buffer row
+        ``slot[r]``. The shared prefixes go through the model once, in one right-padded pass (``PrefixKV`` keeps
+        their keys once), each group's own tokens right-padded after its prefix; only each row's last position
+        reaches the head."""
+        import torch
+
+        pad, logits = self.tok.pad_token_id, [None] * len(seqs)
+        pids: dict[tuple[int, ...], int] = {}
+        for grp in groups:
+            if grp.shared:
+                pids.setdefault(tuple(seqs[grp.rows[0]][: grp.shared]), len(pids))
+        if pids:
+            kv.prefixes([len(h) for h in pids])
+            width = max(len(h) for h in pids)
+            ids = torch.tensor([list(h) + [pad] * (width - len(h)) for h in pids], device=self.device)
+            positions = torch.arange(width, device=self.device)[None].expand(len(pids), -1)
+            self._kv_forward(ids, positions, kv, torch.zeros(len(pids), dtype=torch.long, device=self.device))
+        for grp in groups:
+            pid = pids[tuple(seqs[grp.rows[0]][: grp.shared])] if grp.shared else None
+            rest = [list(seqs[r][grp.shared :]) for r in grp.rows]
+            glens = torch.tensor([len(t) for t in rest], device=self.device)
+            gw = int(glens.max())
+            ids = torch.tensor([t + [pad] * (gw - len(t)) for t in rest], device=self.device)
+            positions = (grp.shared + torch.arange(gw, device=self.device))[None].expand(len(rest), -1)
+            kv.prompt([slot[r] for r in grp.rows], pid)
+            for r, row in zip(grp.rows, self._kv_forward(ids, positions, kv, glens - 1), strict=True):
+                logits[r] = row
+        return torch.stack(logits)
+
+    def _greedy_prefix_kv(self, seqs: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+        """``_greedy`` on ``PrefixKV``: a prefix's keys once per language, each row's own tokens in a buffer row
+        (longest first, so that decode reads them in length buckets); all rows decode until each has an EOS."""
+        import torch
+
+        from eval.prefix_kv import PrefixKV, prefix_kv_attention
+
+        groups = prefill_groups(seqs, self.prefill_group)
+        own_len = {r: len(seqs[r]) - g.shared for g in groups for r in g.rows}
+        order = sorted(own_len, key=lambda r: -own_len[r])  # buffer row -> index into seqs
+        slot = [0] * len(seqs)
+        for row, r in enumerate(order):
+            slot[r] = row
+        own = torch.tensor([own_len[r] for r in order], device=self.device)
+        pos = torch.tensor([len(seqs[r]) for r in order], device=self.device)
+        kv = PrefixKV(len(seqs), int(own.max()) + max_new_tokens)
+        out = torch.empty(len(seqs), max_new_tokens, dtype=torch.long, device=self.device)
+        eos = torch.tensor(self.eos_ids or [-1], device=self.device)
+        done = torch.zeros(len(seqs), dtype=torch.bool, device=self.device)
+        steps = 0
+        with torch.inference_mode(), prefix_kv_attention(self.model):
+            logits = self._kv_prefill(seqs, kv, groups, slot)[torch.tensor(order, device=self.device)]
+            for step in range(max_new_tokens):
+                nxt = logits.argmax(-1)
+                out[:, step] = nxt
+                steps = step + 1
+                done |= torch.isin(nxt, eos)
+                if steps == max_new_tokens or bool(done.all()):
+                    break
+                kv.step(own)
+                logits = self._kv_forward(nxt[:, None], pos[:, None], kv, 0)
+                own, pos = own + 1, pos + 1
+        eos_ids, result = set(self.eos_ids), [[] for _ in seqs]
+        for row, toks in enumerate(out[:, :steps].tolist()):
+            end = next((i + 1 for i, t in enumerate(toks) if t in eos_ids), len(toks))
+            result[order[row]] = toks[:end]
+        return result
+
+    def _prefix_kv_works(self) -> bool:
+        """Whether this model's attention goes through ``PrefixKV`` and gives its own logits (checked on a tiny
+        two-row batch sharing a prefix, against plain forwards); other models keep the transformers-cache path."""
+        import torch
+
+        from eval.prefix import PrefillGroup
+
+        vocab = self.model.get_input_embeddings().num_embeddings
+        seqs = [[(7 * i + 3) % vocab for i in range(n)] for n in (9, 7)]
+        seqs[1][5:] = [(11 * i + 5) % vocab for i in range(2)]
+        try:
+            from eval.prefix_kv import PrefixKV, prefix_kv_attention
+
+            kv = PrefixKV(2, 6)
+            with torch.inference_mode(), prefix_kv_attention(self.model):
+                got = self._kv_prefill(seqs, kv, [PrefillGroup((0, 1), 5)], [0, 1])
+                kv.step(torch.tensor([4, 2], device=self.device))
+                nxt = torch.tensor([[1], [2]], device=self.device)
+                pos = torch.tensor([[9], [7]], device=self.device)
+                got = torch.cat([got, self._kv_forward(nxt, pos, kv, 0)])
+            if kv.calls == 0:
+                return False
+            with torch.inference_mode():
+                want = [self.model(input_ids=torch.tensor([s + [t]], device=self.device)).logits[0] for s, t in
+                        zip(seqs, (1, 2), strict=True)]  # fmt: skip
+            want = torch.stack([want[0][8], want[1][6], want[0][9], want[1][7]])
+            return bool(torch.allclose(got.float(), want.float(), rtol=1e-3, atol=1e-4))
+        except (NotImplementedError, RuntimeError, TypeError, AttributeError, KeyError, ValueError):
+            return False
+
     def _greedy(self, seqs: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
         """Greedy new token ids per sequence (up to and including an EOS): the prompt passes, then one token per
         step for the whole batch in a preallocated cache (finished rows leave a growing cache's batch)."""
         import torch
+
+        if self.prefix_kv:
+            return self._greedy_prefix_kv(seqs, max_new_tokens)
 
         out: list[list[int]] = [[] for _ in seqs]
         eos = set(self.eos_ids)

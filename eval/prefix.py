@@ -31,13 +31,13 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def _by_length(lens: list[int], max_rows: int) -> list[tuple[int, int]]:
+def length_runs(lens: list[int], max_rows: int, pass_cost: int = PASS_COST) -> list[tuple[int, int]]:
     """Cheapest cut of rows sorted longest first into runs of at most ``max_rows`` (each padded to its first
-    row's length, plus ``PASS_COST`` a run): (start, end) per run."""
+    row's length, plus ``pass_cost`` a run): (start, end) per run."""
     best, cut = [0] + [float("inf")] * len(lens), [0] * (len(lens) + 1)
     for j in range(1, len(lens) + 1):
         for i in range(max(0, j - max_rows), j):
-            cost = best[i] + PASS_COST + (j - i) * lens[i]
+            cost = best[i] + pass_cost + (j - i) * lens[i]
             if cost < best[j]:
                 best[j], cut[j] = cost, i
     runs, j = [], len(lens)
@@ -74,6 +74,6 @@ def prefill_groups(seqs: Sequence[Sequence[int]], max_rows: int) -> list[Prefill
     out = []
     for rows, shared in [*((rows, s) for rows, s in clusters if len(rows) > 1 and s), (alone, 0)]:
         rows = sorted(rows, key=lambda i: -len(seqs[i]))
-        runs = _by_length([len(seqs[r]) - shared for r in rows], max_rows)
+        runs = length_runs([len(seqs[r]) - shared for r in rows], max_rows)
         out += [PrefillGroup(tuple(rows[a:b]), shared) for a, b in runs]
     return out

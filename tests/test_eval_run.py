@@ -311,10 +311,13 @@ def test_protocol_prompt_model_and_data_digest_are_recorded(tiny_model, small_qa
 def _generate_equals_hf_one_at_a_time(backend, prompts: list[str], new_tokens: int, eot_at: int) -> None:
     """``backend.generate`` gives the tokens transformers' own ``generate`` gives one prompt at a time (the
     official script's loop), first as is, then with an extra "end-of-text" id (the first prompt's ``eot_at``-th
-    generated token) at which some rows stop early while the others go on."""
+    generated token) at which some rows stop early while the others go on; and a batch given shortest first
+    (not in ``generate``'s longest-first order) gives each row its own tokens."""
     import torch
 
     batched = backend.generate(prompts, max_new_tokens=new_tokens)
+    seqs = sorted((backend.tok(p)["input_ids"] for p in prompts), key=len)
+    assert backend._greedy(seqs, new_tokens) == backend._greedy(seqs[::-1], new_tokens)[::-1]
     eot = backend._greedy([backend.tok(prompts[0])["input_ids"]], new_tokens)[0][eot_at]
     backend.eos_ids = [*backend.eos_ids, eot]
     stopped = backend.generate(prompts, max_new_tokens=new_tokens)
@@ -332,15 +335,19 @@ def _generate_equals_hf_one_at_a_time(backend, prompts: list[str], new_tokens: i
     )  # some rows really stopped early
 
 
-def test_batched_generation_equals_hf_generate_one_at_a_time(tiny_model, shared_data):
-    """Grouped right-padded prompt passes joined into one decode batch, finished rows dropped mid-batch: the
-    same tokens as transformers' own ``generate`` run one prompt at a time (the official script's loop)."""
+@pytest.mark.parametrize("prefix_kv", [True, False], ids=["prefix-kv", "hf-cache"])
+def test_batched_generation_equals_hf_generate_one_at_a_time(tiny_model, shared_data, prefix_kv):
+    """Grouped right-padded prompt passes joined into one decode batch, rows stopping early: the same tokens as
+    transformers' own ``generate`` run one prompt at a time (the official script's loop), on both decode paths
+    (``PrefixKV`` buffers in length buckets; the transformers-cache fallback for other models)."""
 
     prompts = []
     for lang in ("Chinese", "English", "Japanese"):
         lines = (shared_data / "qa" / f"{lang}.jsonl").read_text(encoding="utf-8").splitlines()[:3]
         prompts += [json.loads(x)["question"] for x in lines]
     backend = HFBackend(tiny_model, batch_size=9, prefill_group=2)
+    assert backend.prefix_kv  # a Llama on CPU takes the PrefixKV path
+    backend.prefix_kv = prefix_kv
     _generate_equals_hf_one_at_a_time(backend, prompts, new_tokens=8, eot_at=2)
 
 
@@ -359,10 +366,12 @@ def test_demo_eval_scores_by_loglik_without_loading_bars(tiny_model, tmp_path, c
     assert "loglik" in out.err + out.out  # the printed table says which protocol made the number
 
 
-def test_shared_prefix_generation_equals_hf_generate_one_at_a_time(tiny_model, shared_data):
+@pytest.mark.parametrize("prefix_kv", [True, False], ids=["prefix-kv", "hf-cache"])
+def test_shared_prefix_generation_equals_hf_generate_one_at_a_time(tiny_model, shared_data, prefix_kv):
     """Paper prompts of three languages: each language's ~220-token wrapper + instruction is computed once and
-    broadcast into several passes (prefill_group=2), the rest right-padded, all rows joined in one decode batch;
-    the tokens equal transformers' own ``generate`` run one prompt at a time, also when rows stop early."""
+    serves several passes (prefill_group=2), the rest right-padded, all rows joined in one decode batch (its
+    keys read once per step with ``PrefixKV``, copied into every row's cache on the fallback path); the tokens
+    equal transformers' own ``generate`` run one prompt at a time, also when rows stop early."""
 
     from eval.data import load_benchmark
     from eval.prefix import prefill_groups
@@ -375,4 +384,6 @@ def test_shared_prefix_generation_equals_hf_generate_one_at_a_time(tiny_model, s
     groups = prefill_groups(seqs, backend.prefill_group)
     assert min(g.shared for g in groups) > 200 and len({g.shared for g in groups}) > 1  # per language
     assert len(groups) > 3  # a language's prefix serves more than one pass
+    assert backend.prefix_kv
+    backend.prefix_kv = prefix_kv
     _generate_equals_hf_one_at_a_time(backend, prompts, new_tokens=10, eot_at=3)

@@ -1,0 +1,207 @@
+"""Keys and values of one batched greedy generation on CPU, and the attention over them: each shared prompt prefix
+kept once (not copied into every row), each row's own tokens in a preallocated buffer, no padding mask in the
+prompt passes, decode attention in length buckets. It plugs into transformers as an attention function
+(``AttentionInterface``) while a batch runs.
+
+Why: decode attention on a CPU is bound by the bytes of keys it reads. A static cache sized to the longest prompt
+reads every row's copy of its language's ~220-token prefix and the padding up to the longest row at every step;
+here a step reads each prefix once and each row's own tokens (rows sorted by length, read in a few buckets each as
+wide as its longest row). Two attentions over disjoint key sets are joined exactly by their log-sum-exps, as flash
+attention joins its blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import torch
+
+from eval.prefix import length_runs
+
+NAME = "mmed_prefix_kv"
+_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # (output, log-sum-exp); CPU tensors only
+# A decode attention call's fixed cost in row x key positions read (~30 us against ~25 ns a position, tiny CPU
+# model): a further length bucket is worth it only when it skips more padding than this.
+BUCKET_COST = 1200
+
+
+def _attend(q, k, v, scale: float, causal: bool = False, mask=None):
+    """(output, log-sum-exp of the scaled scores) of ``q`` (b, h, q, d) over ``k``/``v`` (b, h, k, d)."""
+    return _FLASH(q, k, v, 0.0, causal, attn_mask=mask, scale=scale)
+
+
+def _join(out_a, lse_a, out_b, lse_b):
+    """Attention over the union of two disjoint key sets, from each set's output and log-sum-exp: the weighted
+    mean of the two outputs, ``b``'s weight ``exp(lse_b) / (exp(lse_a) + exp(lse_b)) = sigmoid(lse_b - lse_a)``."""
+    return torch.lerp(out_a, out_b, torch.sigmoid(lse_b - lse_a)[..., None])
+
+
+def _stack_queries(q, kv: int):
+    """(n, heads, q, d) -> (1, kv heads, n * group * q, d): every row's queries of a key head as one sequence."""
+    n, heads, length, dim = q.shape
+    return q.reshape(n, kv, heads // kv * length, dim).transpose(0, 1).reshape(1, kv, -1, dim)
+
+
+class PrefixKV:
+    """Keys and values of ``rows`` sequences (buffer rows), each = a shared prefix (or none) + its own tokens.
+
+    Before each forward: ``prefixes(lengths)`` (once: every shared prefix in one right-padded pass, prefix
+    id = its row);
+    ``prompt(rows, pid)`` (buffer ``rows``' own tokens, right-padded, after prefix ``pid`` or none); ``step(own)``
+    (decode: buffer row ``r`` has ``own[r]`` own tokens stored and writes its new one there). ``width``: the most
+    own tokens a row will hold. Decode reads rows in length buckets, so give long rows low buffer indices.
+    """
+
+    def __init__(self, rows: int, width: int):
+        self.rows, self.width = rows, width
+        self.keys: dict[int, torch.Tensor] = {}  # per layer: (rows, kv heads, width, dim), made on first use
+        self.values: dict[int, torch.Tensor] = {}
+        self.prefix_keys: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per layer, all prefixes padded
+        self.prefix_lens: list[int] = []
+        self.rows_of: dict[int, list[int]] = {}  # prefix id -> its buffer rows
+        self.calls = 0  # attention calls served (a model whose attention bypasses the interface makes none)
+        self._plan: tuple | None = None  # decode: where rows' queries go to meet their prefix; built once
+        self._mode: tuple = ("none",)
+
+    def prefixes(self, lengths: Sequence[int]) -> None:
+        if self.prefix_lens:
+            raise ValueError("the shared prefixes go through the model in one pass, once")
+        self.prefix_lens = list(lengths)
+        self._mode = ("prefix",)
+
+    def prompt(self, rows: Sequence[int], pid: int | None) -> None:
+        if pid is not None:
+            self.rows_of.setdefault(pid, []).extend(rows)
+        self._mode = ("prompt", torch.tensor(list(rows)), pid)
+
+    def step(self, own: torch.Tensor) -> None:
+        if self._plan is None:
+            self._plan = self._decode_plan(own)
+        buckets = []
+        for a, b in self._plan[0]:
+            width = int(own[a:b].max()) + 1
+            cols = torch.arange(width, device=own.device)
+            mask = torch.zeros(b - a, 1, 1, width, dtype=self._dtype(), device=own.device)
+            buckets.append((a, b, mask.masked_fill_(cols > own[a:b, None, None, None], float("-inf"))))
+        self._mode = ("step", own, torch.arange(len(own), device=own.device), buckets)
+
+    def _dtype(self):
+        return next(iter(self.keys.values())).dtype
+
+    def attention(self, module, query, key, value, scale: float):
+        """``module``'s attention output (batch, queries, heads, dim) in the current mode; stores ``key``/``value``."""
+        layer, kind = module.layer_idx, self._mode[0]
+        self.calls += 1
+        kv = key.shape[1]
+        group = query.shape[1] // kv
+        if kind == "prefix":
+            self.prefix_keys[layer] = (key, value)  # right-padded: each prefix's pads are masked where read
+            out, _ = _attend(
+                query, key.repeat_interleave(group, 1), value.repeat_interleave(group, 1), scale, True
+            )
+            return out.transpose(1, 2)
+        if kind == "prompt":
+            _, rows, pid = self._mode
+            if layer not in self.keys:  # zeros: decode reads (masked) past a row's end, never garbage or NaN
+                shape = (self.rows, kv, self.width, key.shape[3])
+                self.keys[layer], self.values[layer] = key.new_zeros(shape), value.new_zeros(shape)
+            self.keys[layer][rows, :, : key.shape[2]] = key
+            self.values[layer][rows, :, : key.shape[2]] = value
+            # right padding needs no mask under causal attention: a real token never sees the pads after it
+            out, lse = _attend(
+                query, key.repeat_interleave(group, 1), value.repeat_interleave(group, 1), scale, True
+            )
+            if pid is not None:
+                pk, pv = (t[pid : pid + 1, :, : self.prefix_lens[pid]] for t in self.prefix_keys[layer])
+                n, heads, length, dim = query.shape
+                o, s = _attend(_stack_queries(query, kv), pk, pv, scale)
+                o = o.reshape(kv, n, -1, dim).transpose(0, 1).reshape(n, heads, length, dim)
+                s = s.reshape(kv, n, -1).transpose(0, 1).reshape(n, heads, length)
+                out = _join(out, lse, o, s)
+            return out.transpose(1, 2)
+        if kind == "step":
+            _, own, rows, buckets = self._mode
+            keys, values = self.keys[layer], self.values[layer]
+            keys[rows, :, own] = key[:, :, 0]
+            values[rows, :, own] = value[:, :, 0]
+            b, heads, _, dim = query.shape
+            q = query.reshape(b, kv, group, dim)  # a row's query heads as queries of their key head
+            parts = [
+                _attend(q[a:z], keys[a:z, :, : m.shape[-1]], values[a:z, :, : m.shape[-1]], scale, mask=m)
+                for a, z, m in buckets
+            ]
+            out = torch.cat([o for o, _ in parts]) if len(parts) > 1 else parts[0][0]
+            if self.prefix_lens:
+                lse = torch.cat([s for _, s in parts]) if len(parts) > 1 else parts[0][1]
+                out = _join(out, lse, *self._over_prefixes(layer, q, scale))
+            return out.reshape(b, heads, 1, dim).transpose(1, 2)
+        raise RuntimeError("PrefixKV: no mode set before the forward")
+
+    def _over_prefixes(self, layer: int, q, scale: float):
+        """(output, log-sum-exp) of each decode row's queries (rows, kv heads, group, dim) over its prefix, all
+        prefixes in one call: each read once, its rows' queries stacked as one sequence (a prefix's padding up to
+        the longest masked)."""
+        _, qidx, back, no_prefix, pmask = self._plan
+        pk, pv = self.prefix_keys[layer]
+        n, kv, group, dim = pk.shape[0], q.shape[1], q.shape[2], q.shape[3]
+        stacked = q[qidx].view(n, -1, kv, group, dim).transpose(1, 2).reshape(n, kv, -1, dim)
+        out, lse = _attend(stacked, pk, pv, scale, mask=pmask)
+        out = out.view(n, kv, -1, group, dim).transpose(1, 2).reshape(-1, kv, group, dim)[back]
+        lse = lse.view(n, kv, -1, group).transpose(1, 2).reshape(-1, kv, group)[back] + no_prefix
+        return out, lse
+
+    def _decode_plan(self, own: torch.Tensor) -> tuple:
+        """(length buckets, the row whose queries fill each prefix slot, each row's slot, -inf for rows without a
+        prefix, the mask of each prefix's padding), from the rows' own lengths at the first step."""
+        lens = own.tolist()
+        order = sorted(range(len(lens)), key=lambda r: -lens[r])
+        if order != list(range(len(lens))):
+            buckets = [(0, len(lens))]  # rows not sorted by length: one bucket as wide as the longest
+        else:
+            buckets = length_runs([n + 1 for n in lens], len(lens), BUCKET_COST)
+        device, dtype = own.device, self._dtype()
+        if not self.prefix_lens:
+            return buckets, None, None, None, None
+        slots = max(len(r) for r in self.rows_of.values())
+        qidx, back, has = [], [0] * self.rows, [False] * self.rows
+        for pid in range(len(self.prefix_lens)):
+            rows = self.rows_of.get(pid) or [0]
+            qidx += [rows[i] if i < len(rows) else rows[0] for i in range(slots)]
+            for i, r in enumerate(self.rows_of.get(pid, [])):
+                back[r], has[r] = pid * slots + i, True
+        plens = torch.tensor(self.prefix_lens, device=device)
+        longest = int(plens.max())
+        pmask = None
+        if bool((plens < longest).any()):
+            pmask = torch.zeros(len(plens), 1, 1, longest, dtype=dtype, device=device)
+            pmask.masked_fill_(
+                torch.arange(longest, device=device) >= plens[:, None, None, None], float("-inf")
+            )
+        no_prefix = torch.tensor([0.0 if h else float("-inf") for h in has], dtype=dtype, device=device)
+        qidx_t, back_t = torch.tensor(qidx, device=device), torch.tensor(back, device=device)
+        return buckets, qidx_t, back_t, no_prefix[:, None, None], pmask
+
+
+def _attention_function(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The ``AttentionInterface`` entry: routes to the ``PrefixKV`` given as the forward's ``prefix_kv`` argument."""
+    kv = kwargs.get("prefix_kv")
+    unsupported = [k for k in ("sliding_window", "softcap", "s_aux") if kwargs.get(k) is not None]
+    if kv is None or unsupported or attention_mask is not None or dropout:
+        raise NotImplementedError(f"{NAME}: unsupported attention call ({unsupported or 'no prefix_kv'})")
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    return kv.attention(module, query, key, value, scale), None
+
+
+@contextmanager
+def prefix_kv_attention(model):
+    """``model``'s attention goes through ``PrefixKV`` inside the block (give ``prefix_kv=`` to each forward)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(NAME, _attention_function)
+    old = model.config._attn_implementation
+    model.config._attn_implementation = NAME
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = old

@@ -1,0 +1,115 @@
+"""``PrefixKV`` attention on a real (tiny, random) transformers Llama gives the logits of plain forwards over the
+whole sequences: prefixes of different lengths kept once, rows without a prefix, right-padded prompt passes,
+decode steps in one or several length buckets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from eval import prefix_kv
+from eval.prefix_kv import PrefixKV, prefix_kv_attention
+
+
+@pytest.fixture(scope="module")
+def llama():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _ids(n, seed):
+    return torch.randint(3, 300, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+PREFIXES = [_ids(30, 1), _ids(25, 2)]
+# (prefix id or None, own tokens): rows of two prefixes of different lengths, one row without a prefix
+ROWS = [(0, _ids(40, 10)), (0, _ids(12, 11)), (1, _ids(33, 12)), (None, _ids(50, 13)), (1, _ids(5, 14))]
+NEW = [7, 8, 9, 10]
+
+
+def _forward(model, kv, ids, positions, last):
+    out = model(input_ids=torch.tensor(ids), position_ids=positions, use_cache=False, prefix_kv=kv).logits
+    return out[torch.arange(len(ids)), last]
+
+
+def _run(model):
+    """Logits after each row's prompt and after each of ``NEW`` fed to every row, rows in the buffer (longest
+    own part first), through ``PrefixKV``; and the number of decode buckets it used."""
+    order = sorted(range(len(ROWS)), key=lambda r: -len(ROWS[r][1]))
+    slot = {r: i for i, r in enumerate(order)}
+    kv = PrefixKV(len(ROWS), max(len(own) for _, own in ROWS) + len(NEW))
+    logits = [None] * len(ROWS)
+    with torch.inference_mode(), prefix_kv_attention(model):
+        kv.prefixes([len(h) for h in PREFIXES])
+        width = max(len(h) for h in PREFIXES)
+        _forward(model, kv, [h + [0] * (width - len(h)) for h in PREFIXES], torch.arange(width)[None], [0, 0])
+        for pid in (0, 1, None):  # one right-padded prompt pass per prefix
+            rows = [r for r, (p, _) in enumerate(ROWS) if p == pid]
+            width = max(len(ROWS[r][1]) for r in rows)
+            ids = [ROWS[r][1] + [0] * (width - len(ROWS[r][1])) for r in rows]
+            start = len(PREFIXES[pid]) if pid is not None else 0
+            kv.prompt([slot[r] for r in rows], pid)
+            got = _forward(model, kv, ids, (start + torch.arange(width))[None].expand(len(rows), -1),
+                           [len(ROWS[r][1]) - 1 for r in rows])  # fmt: skip
+            for r, row in zip(rows, got, strict=True):
+                logits[r] = row
+        steps = [torch.stack([logits[r] for r in order])]
+        own = torch.tensor([len(ROWS[r][1]) for r in order])
+        full = torch.tensor([len(ROWS[r][1]) + (len(PREFIXES[ROWS[r][0]]) if ROWS[r][0] is not None else 0)
+                             for r in order])  # fmt: skip
+        for i, tok in enumerate(NEW):
+            kv.step(own + i)
+            steps.append(_forward(model, kv, [[tok]] * len(ROWS), (full + i)[:, None], [0] * len(ROWS)))
+    return order, steps, len(kv._plan[0])
+
+
+@pytest.mark.parametrize("bucket_cost", [0, 10**9], ids=["buckets", "one-bucket"])
+def test_prefix_kv_equals_plain_forward(llama, bucket_cost, monkeypatch):
+    monkeypatch.setattr(prefix_kv, "BUCKET_COST", bucket_cost)
+    order, steps, buckets = _run(llama)
+    assert (buckets > 2) if bucket_cost == 0 else (buckets == 1)
+    for row, r in enumerate(order):
+        pid, own = ROWS[r]
+        seq = (PREFIXES[pid] if pid is not None else []) + own + NEW
+        with torch.inference_mode():
+            want = llama(input_ids=torch.tensor([seq])).logits[0, len(seq) - len(NEW) - 1 :]
+        got = torch.stack([s[row] for s in steps])
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_prefixes_in_one_pass():
+    kv = PrefixKV(2, 4)
+    kv.prefixes([3, 2])
+    with pytest.raises(ValueError, match="one pass, once"):
+        kv.prefixes([4])
+
+
+def test_backend_keeps_transformers_cache_for_sliding_window(tmp_path, shared_data):
+    """A model ``PrefixKV`` cannot serve (here a sliding-window Mistral: its attention needs a window mask) fails
+    the backend's probe, so generation keeps the transformers-cache path; a Llama passes it."""
+    import json
+
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from eval.backends import HFBackend
+    from megatron_mmed.testing.tiny_hf import build_tiny_model
+
+    texts = [
+        json.loads(x)["question"] for x in (shared_data / "qa" / "English.jsonl").read_text().splitlines()
+    ]
+    llama_dir = build_tiny_model(tmp_path / "llama", texts, vocab_size=400)
+    llama = HFBackend(llama_dir)
+    assert llama.prefix_kv
+    cfg = llama.model.config
+    torch.manual_seed(0)
+    mistral = MistralForCausalLM(MistralConfig(vocab_size=cfg.vocab_size, hidden_size=64, intermediate_size=128,
+                                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                               sliding_window=4, pad_token_id=cfg.pad_token_id,
+                                               eos_token_id=cfg.eos_token_id))  # fmt: skip
+    mistral.save_pretrained(tmp_path / "mistral")
+    llama.tok.save_pretrained(tmp_path / "mistral")
+    backend = HFBackend(tmp_path / "mistral")
+    assert not backend.prefix_kv
