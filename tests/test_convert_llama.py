@@ -6,7 +6,15 @@ import json
 
 import pytest
 import torch
-from convert_helpers import TINY, read_tensors, read_tensors_of, save_internlm2, save_llama, tiny_llama
+from convert_helpers import (
+    TINY,
+    count_forks,
+    read_tensors,
+    read_tensors_of,
+    save_internlm2,
+    save_llama,
+    tiny_llama,
+)
 
 from conversion import hf_to_mcore, mcore_to_hf
 from conversion import validate as V
@@ -65,6 +73,20 @@ def test_checkpoint_is_what_training_load_weights_reads(mcore_dir):
         load_weights(mcore_dir, [model])
         emb = model.embedding.word_embeddings.weight
         assert emb[300:].abs().sum() == 0 and emb[:300].abs().sum() > 0
+
+
+def test_hf_to_mcore_writes_from_its_own_process(llama_dir, tmp_path):
+    """megatron-core's save forks one writer process per file, each inheriting every page of the converter
+    (the process tree held 2.1x a 1.8B model): the conversion writes the same files from threads instead."""
+    from megatron_mmed.common.writers import SAVE_THREADS
+
+    with count_forks() as forks:
+        hf_to_mcore(llama_dir, tmp_path / "mcore", skip_validation=True)
+    assert forks == []
+    files = sorted(p.name for p in (tmp_path / "mcore").glob("*.distcp"))
+    assert files == [
+        f"__0_{i}.distcp" for i in range(SAVE_THREADS)
+    ]  # megatron-core's layout: a file a writer
 
 
 def test_round_trip_llama_exact_and_loads_in_transformers(llama, llama_dir, mcore_dir, tmp_path):
