@@ -79,7 +79,7 @@ def _report(name: str, r: Measured, size: int) -> list[str]:
     gib = 1024**3
     rss, pss = r.peak_tree_rss_mb * 2**20, r.peak_tree_pss_mb * 2**20
     rate = size / 1e6 / r.wall_s
-    procs = r.extra.get("peak_processes", [])
+    procs = r.peak_processes
     lines = [
         f"{name}: wall {r.wall_s:.1f} s = {rate:.0f} MB/s, CPU {r.cpu_s:.1f} s, peak tree RSS {rss / gib:.2f} GiB "
         f"({rss / size:.2f}x model) over {len(procs)} process(es), PSS {pss / gib:.2f} GiB ({pss / size:.2f}x)",

@@ -9,7 +9,7 @@ bounds: user + system time of every descendant that was waited for (``getrusage(
 wrapper, which runs nothing else), and the sum over every process seen in the samples of its last own CPU
 time (catches pool workers that no one reaped, which rusage never sees; misses < one interval per process).
 ``max_process_rss_mb`` is the largest single process (``ru_maxrss``), which sampling cannot miss.
-``extra["peak_processes"]`` breaks the peak sample of summed RSS down per process (pid, parent, command,
+``peak_processes`` breaks the peak sample of summed RSS down per process (pid, parent, command,
 RSS, PSS): which processes the peak counts, e.g. forked writers holding the parent's pages copy-on-write.
 """
 
@@ -41,7 +41,8 @@ class Measured:
     returncode: int
     stdout: str = ""
     stderr: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # the CPU-second bounds behind cpu_s
+    peak_processes: list = field(default_factory=list)  # {pid, ppid, cmd, rss_mb, pss_mb} at the RSS peak
 
     @property
     def ok(self) -> bool:
@@ -134,7 +135,8 @@ def _wrapper(result: Path, cmd: list[str], interval: float) -> int:
         "max_process_rss_mb": ru.ru_maxrss / 1024,
         "samples": samples[0],
         "returncode": rc,
-        "extra": {"cpu_s_rusage": waited, "cpu_s_sampled": sampled, "peak_processes": peak_processes},
+        "extra": {"cpu_s_rusage": waited, "cpu_s_sampled": sampled},
+        "peak_processes": peak_processes,
     }
     result.write_text(json.dumps(rec))
     return 0
