@@ -88,6 +88,12 @@ def fc1_to_gate_up(fc1: Tensor, arch: ModelPreset) -> tuple[Tensor, Tensor]:
     return gate.contiguous(), up.contiguous()
 
 
+class RowBlocks(tuple):
+    """HF tensors whose row-wise concatenation is one megatron-core tensor (``linear_fc1`` = ``[gate; up]``),
+    handed over unconcatenated: torch_dist stores SwiGLU's two halves as tensors of their own, so a writer
+    can save each block as it is instead of concatenating them and copying the halves back out."""
+
+
 # --- declarative maps ----------------------------------------------------------------------------------------
 
 
@@ -99,6 +105,7 @@ class Rule:
     hf: tuple[str, ...]
     pack: Callable[..., Tensor] | None = None  # (*hf_tensors, arch) -> mcore tensor
     unpack: Callable[..., tuple[Tensor, ...]] | None = None  # (mcore tensor, arch) -> hf tensors
+    row_blocks: bool = False  # pack is torch.cat(hf_tensors, dim=0): the parts may go out as RowBlocks
 
     @property
     def per_layer(self) -> bool:
@@ -156,6 +163,7 @@ LLAMA = Family(
             ("model.layers.{i}.mlp.gate_proj.weight", "model.layers.{i}.mlp.up_proj.weight"),
             fc1_from_gate_up,
             fc1_to_gate_up,
+            row_blocks=True,
         ),
         Rule(_L + "mlp.linear_fc2.weight", ("model.layers.{i}.mlp.down_proj.weight",)),
         Rule("decoder.final_layernorm.weight", ("model.norm.weight",)),
@@ -183,6 +191,7 @@ INTERNLM2 = Family(
             ("model.layers.{i}.feed_forward.w1.weight", "model.layers.{i}.feed_forward.w3.weight"),
             fc1_from_gate_up,
             fc1_to_gate_up,
+            row_blocks=True,
         ),
         Rule(_L + "mlp.linear_fc2.weight", ("model.layers.{i}.feed_forward.w2.weight",)),
         Rule("decoder.final_layernorm.weight", ("model.norm.weight",)),
@@ -255,12 +264,16 @@ def _rules_in_layer_order(family: Family, num_layers: int) -> Iterator[tuple[Rul
 
 
 def hf_to_mcore_tensors(
-    family: Family, arch: ModelPreset, get: Callable[[str], Tensor]
-) -> Iterator[tuple[str, Tensor]]:
-    """(megatron-core name, tensor) pairs built from HF tensors fetched one rule at a time by ``get``."""
+    family: Family, arch: ModelPreset, get: Callable[[str], Tensor], row_blocks: bool = False
+) -> Iterator[tuple[str, Tensor | RowBlocks]]:
+    """(megatron-core name, tensor) pairs built from HF tensors fetched one rule at a time by ``get``; with
+    ``row_blocks`` a row-concatenating rule yields its parts as :class:`RowBlocks` instead."""
     for rule, i in _rules_in_layer_order(family, arch.num_layers):
         parts = [get(n.format(i=i)) for n in rule.hf]
-        yield rule.mcore.format(i=i), rule.pack(*parts, arch) if rule.pack else parts[0]
+        if row_blocks and rule.row_blocks:
+            yield rule.mcore.format(i=i), RowBlocks(parts)
+        else:
+            yield rule.mcore.format(i=i), rule.pack(*parts, arch) if rule.pack else parts[0]
 
 
 def mcore_to_hf_tensors(

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from conversion.families import checkpoint_key
+from conversion.families import RowBlocks, checkpoint_key
 from megatron_mmed.common.distributed import mcore_session
 from megatron_mmed.common.errors import UserError
 from megatron_mmed.models import weights
@@ -46,22 +46,32 @@ def build_model(arch: ModelPreset, padded_vocab: int, dtype: torch.dtype, on_cpu
 
 
 def write_mcore(
-    tensors: Iterable[tuple[str, torch.Tensor]],
+    tensors: Iterable[tuple[str, torch.Tensor | RowBlocks]],
     arch: ModelPreset,
     padded_vocab: int,
     dtype: torch.dtype,
     out: Path,
 ) -> None:
     """Save ``(mcore name, tensor)`` pairs as weights-only torch_dist in ``out`` (an empty dir), without the
-    manifest (the conversion writes it once its other files are in)."""
+    manifest (the conversion writes it once its other files are in). A :class:`RowBlocks` value is saved
+    block by block where the checkpoint splits the tensor the same way (SwiGLU's halves), never concatenated."""
     with mcore_session():
         model = build_model(arch, padded_vocab, dtype)
         params = dict(model.named_parameters())
         seen = set()
+        blocks: dict[str, list[torch.Tensor]] = {}
         with torch.no_grad():
             for name, t in tensors:
                 dest = params[name]
-                if name in (EMBEDDING, OUTPUT) and padded_vocab != arch.vocab_size:
+                if isinstance(t, RowBlocks):
+                    blocks[name] = [
+                        b if _owns_storage(b, dest.dtype) else _owned_copy(b, dest.dtype) for b in t
+                    ]
+                    if sum(b.shape[0] for b in blocks[name]) != dest.shape[0]:
+                        raise RuntimeError(
+                            f"{name}: blocks of {[tuple(b.shape) for b in t]} for {tuple(dest.shape)}"
+                        )
+                elif name in (EMBEDDING, OUTPUT) and padded_vocab != arch.vocab_size:
                     dest[: arch.vocab_size].copy_(t)
                     dest[arch.vocab_size :].zero_()
                 elif _adoptable(t, dest):  # the parameter takes the tensor's storage: no copy
@@ -74,6 +84,7 @@ def write_mcore(
         if left:
             raise RuntimeError(f"megatron-core parameters never filled: {left[:10]}")
         sharded = {weights.model_key(0, 1): model.sharded_state_dict()}
+        _save_blocks_as_they_are(sharded, params, blocks)
         _own_storage_for_views(sharded, params)
         del params
         weights.save_weights(out, [model], sharded=sharded, manifest=False)
@@ -83,12 +94,54 @@ def write_mcore(
 def _adoptable(t: torch.Tensor, dest: torch.Tensor) -> bool:
     """``t`` can become ``dest``'s data as is: same shape and dtype, contiguous, alone in its storage (not a
     view into a bigger tensor, which would keep that alive and be cloned again by the writer)."""
+    return t.shape == dest.shape and _owns_storage(t, dest.dtype)
+
+
+def _owns_storage(t: torch.Tensor, dtype: torch.dtype) -> bool:
+    """``t`` is of ``dtype``, contiguous and alone in its storage: the writer saves it without a copy."""
     return (
-        t.shape == dest.shape
-        and t.dtype == dest.dtype
+        t.dtype == dtype
         and t.is_contiguous()
         and t.untyped_storage().nbytes() == t.numel() * t.element_size()
     )
+
+
+def _owned_copy(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(t.shape, dtype=dtype).copy_(t)
+
+
+def _save_blocks_as_they_are(sharded: dict, params: dict[str, torch.Tensor], blocks: dict) -> None:
+    """Point each sharded view of a :class:`RowBlocks` parameter at the block holding the same rows.
+
+    The parameter itself is never filled (its pages are never touched); should a view not match a block
+    (not the TP=1 SwiGLU split), the parameter gets the concatenation and the view stays as it is.
+    """
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories
+
+    apply_factories(sharded)
+    if not blocks:
+        return
+    by_ptr = {params[name].untyped_storage().data_ptr(): name for name in blocks}
+    unmatched = set()
+    for sh in nested_values(sharded):
+        if not isinstance(sh, ShardedTensor) or sh.data is None:
+            continue
+        name = by_ptr.get(sh.data.untyped_storage().data_ptr())
+        if name is None:
+            continue
+        start, row = sh.data.storage_offset(), params[name].stride(0)
+        for b in blocks[name]:
+            if start == 0 and sh.data.shape == b.shape and sh.data.is_contiguous():
+                sh.data = b
+                break
+            start -= b.shape[0] * row
+        else:
+            unmatched.add(name)
+    for name in unmatched:
+        torch.cat(blocks[name], dim=0, out=params[name].data)
+    for name in set(blocks) - unmatched:  # no view left on it: free the parameter
+        params[name].data = torch.empty(0, dtype=params[name].dtype)
 
 
 def _own_storage_for_views(sharded: dict, params: dict[str, torch.Tensor]) -> None:
@@ -99,9 +152,8 @@ def _own_storage_for_views(sharded: dict, params: dict[str, torch.Tensor]) -> No
     the peak at one model plus one layer.
     """
     from megatron.core.dist_checkpointing.dict_utils import nested_values
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-    apply_factories(sharded)
     by_storage: dict[int, list] = {}
     for sh in nested_values(sharded):
         if not isinstance(sh, ShardedTensor) or sh.data is None:

@@ -173,7 +173,7 @@ def hf_to_mcore(
         )
     with staged_output(out, force) as tmp:
         with Prefetcher(src.get, hf_names_in_order(src.family, arch)) as get:
-            tensors = hf_to_mcore_tensors(src.family, arch, get)
+            tensors = hf_to_mcore_tensors(src.family, arch, get, row_blocks=True)
             mcore_io.write_mcore(tensors, arch, padded, hf_io.DTYPES[out_dtype], tmp)
         source = {
             "hf": str(Path(hf).resolve()),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -105,3 +108,26 @@ def read_tensors_of(shard: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(shard))
+
+
+_forks: list[list[int]] = []  # the open count_forks() lists; the at-fork hook appends to each
+
+
+def _note_fork() -> None:
+    for forks in _forks:
+        forks.append(os.getpid())
+
+
+os.register_at_fork(before=_note_fork)
+
+
+@contextlib.contextmanager
+def count_forks() -> Iterator[list[int]]:
+    """A list that gets one entry per ``fork()`` this process makes inside the block (multiprocessing's fork
+    context included)."""
+    forks: list[int] = []
+    _forks.append(forks)
+    try:
+        yield forks
+    finally:
+        _forks.remove(forks)

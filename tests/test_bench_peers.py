@@ -140,6 +140,11 @@ def test_measure_sees_the_whole_process_tree(tmp_path: Path) -> None:
     assert 300 < m.max_process_rss_mb < 500
     assert m.cpu_s >= 0.4 and m.wall_s >= 1.0 and m.samples > 5
     assert (tmp_path / "logs" / "stderr.txt").is_file()
+    at_peak = m.peak_processes  # the peak sample, process by process: the two 300 MB grandchildren
+    assert sum(p["rss_mb"] for p in at_peak) == pytest.approx(m.peak_tree_rss_mb)
+    big = [p for p in at_peak if p["rss_mb"] > 300]
+    assert len(big) == 2 and {p["ppid"] for p in big} == {at_peak[0]["pid"]}, at_peak
+    assert all(p["cmd"].startswith("python") for p in at_peak), at_peak
     ok = run_measured([sys.executable, "-c", "print('hi')"])
     assert ok.ok and ok.stdout.strip() == "hi"
 

@@ -6,11 +6,20 @@ import json
 
 import pytest
 import torch
-from convert_helpers import TINY, read_tensors, read_tensors_of, save_internlm2, save_llama, tiny_llama
+from convert_helpers import (
+    TINY,
+    count_forks,
+    read_tensors,
+    read_tensors_of,
+    save_internlm2,
+    save_llama,
+    tiny_llama,
+)
 
 from conversion import hf_to_mcore, mcore_to_hf
 from conversion import validate as V
 from conversion.arch import arch_from_hf_config
+from conversion.families import LLAMA
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -65,6 +74,57 @@ def test_checkpoint_is_what_training_load_weights_reads(mcore_dir):
         load_weights(mcore_dir, [model])
         emb = model.embedding.word_embeddings.weight
         assert emb[300:].abs().sum() == 0 and emb[:300].abs().sum() > 0
+
+
+def test_hf_to_mcore_writes_from_its_own_process(llama_dir, tmp_path):
+    """megatron-core's save forks one writer process per file, each inheriting every page of the converter
+    (the process tree held 2.1x a 1.8B model): the conversion writes the same files from threads instead."""
+    from megatron_mmed.common.writers import SAVE_THREADS
+
+    with count_forks() as forks:
+        hf_to_mcore(llama_dir, tmp_path / "mcore", skip_validation=True)
+    assert forks == []
+    files = sorted(p.name for p in (tmp_path / "mcore").glob("*.distcp"))
+    assert files == [
+        f"__0_{i}.distcp" for i in range(SAVE_THREADS)
+    ]  # megatron-core's layout: a file a writer
+
+
+def test_fc1_halves_are_saved_from_the_hf_tensors_never_concatenated(llama):
+    """SwiGLU's gate and up are stored as two torch_dist tensors: hf-to-mcore hands them over as RowBlocks and
+    the checkpoint's views point at them (no [gate; up] concatenation, no copy of the halves back out); a
+    split it does not recognise falls back to the concatenated parameter, saving the same values."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+
+    from conversion.families import RowBlocks, hf_to_mcore_tensors
+    from conversion.mcore_io import _save_blocks_as_they_are, build_model
+    from megatron_mmed.common.distributed import mcore_session
+
+    arch = arch_from_hf_config(llama.config.to_dict())
+    sd = llama.state_dict()
+    pairs = dict(hf_to_mcore_tensors(LLAMA, arch, sd.__getitem__, row_blocks=True))
+    fc1 = "decoder.layers.0.mlp.linear_fc1.weight"
+    gate, up = sd["model.layers.0.mlp.gate_proj.weight"], sd["model.layers.0.mlp.up_proj.weight"]
+    assert isinstance(pairs[fc1], RowBlocks) and pairs[fc1][0] is gate and pairs[fc1][1] is up
+    with mcore_session():
+        model = build_model(arch, 384, torch.float32)
+        params = dict(model.named_parameters())
+        sharded = {"model": model.sharded_state_dict()}
+        _save_blocks_as_they_are(sharded, params, {fc1: [gate, up]})
+        halves = [
+            sh.data for sh in nested_values(sharded) if getattr(sh, "key", "").endswith("linear_fc1.weight")
+        ]
+        assert halves[0] is gate and halves[1] is up and params[fc1].numel() == 0
+        thirds = list(torch.cat([gate, up]).split(2 * gate.shape[0] // 3))  # not the checkpoint's split
+        model = build_model(arch, 384, torch.float32)
+        params = dict(model.named_parameters())
+        sharded = {"model": model.sharded_state_dict()}
+        _save_blocks_as_they_are(sharded, params, {fc1: [t.clone() for t in thirds]})
+        halves = [
+            sh.data for sh in nested_values(sharded) if getattr(sh, "key", "").endswith("linear_fc1.weight")
+        ]
+        assert torch.equal(params[fc1], torch.cat([gate, up]))
+        assert torch.equal(halves[0], gate) and torch.equal(halves[1], up)
 
 
 def test_round_trip_llama_exact_and_loads_in_transformers(llama, llama_dir, mcore_dir, tmp_path):

@@ -9,6 +9,8 @@ bounds: user + system time of every descendant that was waited for (``getrusage(
 wrapper, which runs nothing else), and the sum over every process seen in the samples of its last own CPU
 time (catches pool workers that no one reaped, which rusage never sees; misses < one interval per process).
 ``max_process_rss_mb`` is the largest single process (``ru_maxrss``), which sampling cannot miss.
+``peak_processes`` breaks the peak sample of summed RSS down per process (pid, parent, command,
+RSS, PSS): which processes the peak counts, e.g. forked writers holding the parent's pages copy-on-write.
 """
 
 from __future__ import annotations
@@ -39,16 +41,18 @@ class Measured:
     returncode: int
     stdout: str = ""
     stderr: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # the CPU-second bounds behind cpu_s
+    peak_processes: list = field(default_factory=list)  # {pid, ppid, cmd, rss_mb, pss_mb} at the RSS peak
 
     @property
     def ok(self) -> bool:
         return self.returncode == 0
 
 
-def _tree_sample(proc, cpu: dict) -> tuple[int, int]:
+def _tree_sample(proc, cpu: dict, each: list | None = None) -> tuple[int, int]:
     """(summed RSS, summed PSS) in bytes of ``proc`` and all its descendants (0 for any that vanished); updates
-    ``cpu[(pid, start time)]`` with each one's own user + system seconds (zombies still report theirs)."""
+    ``cpu[(pid, start time)]`` with each one's own user + system seconds (zombies still report theirs) and
+    appends ``{pid, ppid, cmd, rss_mb, pss_mb}`` per process to ``each`` when given."""
     import psutil
 
     rss = pss = 0
@@ -69,7 +73,27 @@ def _tree_sample(proc, cpu: dict) -> tuple[int, int]:
             continue
         rss += info.rss
         pss += getattr(info, "pss", info.rss)
+        if each is not None:
+            each.append(_describe(p, info))
     return rss, pss
+
+
+def _describe(p, info) -> dict:
+    """One process of a sample: pid, parent pid, a short command line, RSS and PSS in MB."""
+    import psutil
+
+    try:
+        cmd = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(p.cmdline()[:4]))
+        ppid = p.ppid()
+    except psutil.Error:
+        cmd, ppid = "?", 0
+    return {
+        "pid": p.pid,
+        "ppid": ppid,
+        "cmd": cmd[:80],
+        "rss_mb": info.rss / 2**20,
+        "pss_mb": getattr(info, "pss", info.rss) / 2**20,
+    }
 
 
 def _wrapper(result: Path, cmd: list[str], interval: float) -> int:
@@ -80,13 +104,17 @@ def _wrapper(result: Path, cmd: list[str], interval: float) -> int:
     child = subprocess.Popen(cmd)
     proc = psutil.Process(child.pid)
     peak = [0, 0]
+    peak_processes: list[dict] = []
     samples = [0]
     cpu: dict[tuple[int, float], float] = {}
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            rss, pss = _tree_sample(proc, cpu)
+            each: list[dict] = []
+            rss, pss = _tree_sample(proc, cpu, each)
+            if rss > peak[0]:
+                peak_processes[:] = each
             peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
             samples[0] += 1
             done.wait(interval)
@@ -108,6 +136,7 @@ def _wrapper(result: Path, cmd: list[str], interval: float) -> int:
         "samples": samples[0],
         "returncode": rc,
         "extra": {"cpu_s_rusage": waited, "cpu_s_sampled": sampled},
+        "peak_processes": peak_processes,
     }
     result.write_text(json.dumps(rec))
     return 0

@@ -102,6 +102,28 @@ INTERNALS: tuple[Internal, ...] = (
         "an in-process queue replaces the Manager server a SIGTERM to the process group would kill",
     ),
     Internal(
+        "megatron.core.dist_checkpointing.strategies.async_utils:AsyncRequest",
+        "parameters",
+        "megatron_mmed/common/writers.py (in_process_save_strategy runs the request itself)",
+        "the sync save's request: its writer function, arguments, host staging and finalisers",
+        ("async_fn", "async_fn_args", "finalize_fns", "preload_fn"),
+    ),
+    Internal(
+        "megatron.core.dist_checkpointing.strategies.filesystem_async:"
+        "FileSystemWriterAsync.write_preloaded_data_multiproc",
+        "parameters",
+        "megatron_mmed/common/writers.py (in_process_save_strategy unpacks its partial and arguments)",
+        "the request's async_fn is partial(this, transform_list, use_msc) called with (rank, buckets, queue)",
+        ("transform_list", "use_msc", "rank", "write_buckets", "global_results_queue"),
+    ),
+    Internal(
+        "megatron.core.dist_checkpointing.strategies.filesystem_async:FileSystemWriterAsync.write_preloaded_data",
+        "parameters",
+        "megatron_mmed/common/writers.py (_write_buckets_on_threads calls it on threads, positionally)",
+        "the per-file writer megatron-core forks a process for, run on a thread of the saving process",
+        ("transform_list", "local_proc_idx", "write_bucket", "results_queue", "count_queue", "use_fsync"),
+    ),
+    Internal(
         "torch.serialization:_get_layout",
         "attribute",
         "megatron_mmed/common/integrity.py (_RestrictedUnpickler's allowed callables)",

@@ -192,12 +192,13 @@ def save_weights(path: str | Path, models: list, sharded: dict | None = None, ma
     """Write the weights-only torch_dist format into ``path`` (collective), then its ``manifest.json``.
 
     ``sharded`` replaces the models' own sharded state dicts (conversion passes one whose tensors own their
-    storage); ``manifest=False`` when the caller adds files and writes the manifest itself.
+    storage); ``manifest=False`` when the caller adds files and writes the manifest itself. The files are
+    written from threads of this process (no forked writer holding a copy of the weights).
     """
     import torch
     from megatron.core import dist_checkpointing
 
-    from megatron_mmed.common.writers import writer_processes_safe
+    from megatron_mmed.common.writers import in_process_save_strategy, writer_processes_safe
 
     path = Path(path)
     if torch.distributed.get_rank() == 0:
@@ -206,7 +207,7 @@ def save_weights(path: str | Path, models: list, sharded: dict | None = None, ma
     if sharded is None:
         sharded = {model_key(i, len(models)): m.sharded_state_dict() for i, m in enumerate(models)}
     with writer_processes_safe():
-        dist_checkpointing.save(sharded, str(path))
+        dist_checkpointing.save(sharded, str(path), sharded_strategy=in_process_save_strategy())
     torch.distributed.barrier()
     if manifest:
         integrity.write_manifest_on_all_ranks(path)
