@@ -95,7 +95,10 @@ class HFBackend:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
         self._decoder, self._head = self.model.get_decoder(), self.model.get_output_embeddings()
         self._split = None not in (self._decoder, self._head) and self._decoder is not self.model
-        self.prefix_kv = self.device.type == "cpu" and self._prefix_kv_works()
+        # a cache layer that keeps every position is what the batched paths copy and extend; other kinds (sliding
+        # windows, chunked attention) go through transformers' own left-padded `generate`
+        self._plain_cache = all(type(layer).__name__ == "DynamicLayer" for layer in self._new_cache().layers)
+        self.prefix_kv = self._plain_cache and self.device.type == "cpu" and self._prefix_kv_works()
 
     def _eos_ids(self) -> list[int]:
         ids = self.model.generation_config.eos_token_id
@@ -343,6 +346,8 @@ class HFBackend:
 
         if self.prefix_kv:
             return self._greedy_prefix_kv(seqs, max_new_tokens)
+        if not self._plain_cache:
+            return self._greedy_hf(seqs, max_new_tokens)
 
         out: list[list[int]] = [[] for _ in seqs]
         eos = set(self.eos_ids)
@@ -387,6 +392,22 @@ class HFBackend:
                 ).logits[:, -1]
                 pos = pos + 1
         return out
+
+    def _greedy_hf(self, seqs: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+        """Greedy new token ids (up to and including an EOS) from transformers' ``generate`` on the left-padded
+        batch: for models whose cache is not one plain layer per position (sliding-window attention)."""
+        import torch
+
+        pad = self.tok.pad_token_id
+        width = max(len(s) for s in seqs)
+        ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in seqs], device=self.device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+        with torch.inference_mode():
+            new = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                                      max_new_tokens=max_new_tokens, eos_token_id=self.eos_ids,
+                                      pad_token_id=pad)[:, width:].tolist()  # fmt: skip
+        eos = set(self.eos_ids)
+        return [row[: next((i + 1 for i, t in enumerate(row) if t in eos), len(row))] for row in new]
 
     def loglik(self, context: str, continuations: Sequence[str]) -> list[float]:
         """Sum of log-probabilities of each continuation's tokens after ``context`` (one batched forward)."""

@@ -89,7 +89,8 @@ def test_prefixes_in_one_pass():
 
 def test_backend_keeps_transformers_cache_for_sliding_window(tmp_path, shared_data):
     """A model ``PrefixKV`` cannot serve (here a sliding-window Mistral: its attention needs a window mask) fails
-    the backend's probe, so generation keeps the transformers-cache path; a Llama passes it."""
+    the backend's probe, so generation does not take it (tests/test_eval_run.py checks what it takes instead);
+    a Llama passes it."""
     import json
 
     from transformers import MistralConfig, MistralForCausalLM
