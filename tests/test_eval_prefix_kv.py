@@ -93,8 +93,6 @@ def test_backend_keeps_transformers_cache_for_sliding_window(tmp_path, shared_da
     a Llama passes it."""
     import json
 
-    from transformers import MistralConfig, MistralForCausalLM
-
     from eval.backends import HFBackend
     from megatron_mmed.testing.tiny_hf import build_tiny_model
 
@@ -104,13 +102,6 @@ def test_backend_keeps_transformers_cache_for_sliding_window(tmp_path, shared_da
     llama_dir = build_tiny_model(tmp_path / "llama", texts, vocab_size=400)
     llama = HFBackend(llama_dir)
     assert llama.prefix_kv
-    cfg = llama.model.config
-    torch.manual_seed(0)
-    mistral = MistralForCausalLM(MistralConfig(vocab_size=cfg.vocab_size, hidden_size=64, intermediate_size=128,
-                                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                               sliding_window=4, pad_token_id=cfg.pad_token_id,
-                                               eos_token_id=cfg.eos_token_id))  # fmt: skip
-    mistral.save_pretrained(tmp_path / "mistral")
-    llama.tok.save_pretrained(tmp_path / "mistral")
+    build_tiny_model(tmp_path / "mistral", texts, vocab_size=400, sliding_window=4)
     backend = HFBackend(tmp_path / "mistral")
     assert not backend.prefix_kv

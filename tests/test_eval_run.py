@@ -389,27 +389,18 @@ def test_shared_prefix_generation_equals_hf_generate_one_at_a_time(tiny_model, s
     _generate_equals_hf_one_at_a_time(backend, prompts, new_tokens=10, eot_at=3)
 
 
-def test_sliding_window_model_generates_as_hf_one_at_a_time(tiny_model, shared_data, tmp_path):
+def test_sliding_window_model_generates_as_hf_one_at_a_time(shared_data, tmp_path):
     """A sliding-window model (a tiny Mistral, window 4 tokens, much shorter than the prompts: BioMistral is of
     this family) has cache layers that keep only the window, which the batched paths cannot copy or extend: it
     goes through transformers' left-padded ``generate`` and gives the same tokens as one prompt at a time."""
-    import torch
-    from transformers import MistralConfig, MistralForCausalLM
-
-    cfg = HFBackend(tiny_model).model.config
-    torch.manual_seed(0)
-    mistral = MistralForCausalLM(MistralConfig(vocab_size=cfg.vocab_size, hidden_size=64, intermediate_size=128,
-                                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                               sliding_window=4, pad_token_id=cfg.pad_token_id,
-                                               eos_token_id=cfg.eos_token_id))  # fmt: skip
-    mistral.save_pretrained(tmp_path / "mistral")
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (tiny_model / name).is_file():
-            shutil.copy(tiny_model / name, tmp_path / "mistral" / name)
+    texts = [
+        json.loads(x)["question"] for x in (shared_data / "qa" / "English.jsonl").read_text().splitlines()
+    ]
+    mistral = build_tiny_model(tmp_path / "mistral", texts, vocab_size=400, sliding_window=4)
     prompts = []
     for lang in ("English", "Spanish"):
         lines = (shared_data / "qa" / f"{lang}.jsonl").read_text(encoding="utf-8").splitlines()[:3]
         prompts += [json.loads(x)["question"] for x in lines]
-    backend = HFBackend(tmp_path / "mistral", batch_size=6)
+    backend = HFBackend(mistral, batch_size=6)
     assert not backend.prefix_kv and not backend._plain_cache
     _generate_equals_hf_one_at_a_time(backend, prompts, new_tokens=8, eot_at=2)

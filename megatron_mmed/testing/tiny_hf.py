@@ -1,4 +1,5 @@
-"""A tiny random Llama + a BPE tokenizer trained on given texts: the CPU stand-in model for tests and benchmarks."""
+"""A tiny random Llama (or sliding-window Mistral) + a BPE tokenizer trained on given texts: the CPU stand-in
+model for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -6,11 +7,20 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
-def build_tiny_model(out: str | Path, texts: Iterable[str], vocab_size: int = 2000, seed: int = 0) -> Path:
-    """Train a byte-level BPE on ``texts``, build a 2-layer Llama (hidden 64) and save both to ``out``."""
+def build_tiny_model(
+    out: str | Path, texts: Iterable[str], vocab_size: int = 2000, seed: int = 0, sliding_window: int = 0
+) -> Path:
+    """Train a byte-level BPE on ``texts``, build a 2-layer Llama (hidden 64) and save both to ``out``; with
+    ``sliding_window`` a Mistral of the same shape whose attention sees only that many past tokens."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     out = Path(out)
     bpe = Tokenizer(models.BPE(unk_token=None))
@@ -26,7 +36,9 @@ def build_tiny_model(out: str | Path, texts: Iterable[str], vocab_size: int = 20
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     tok.save_pretrained(out)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
+    config, model = (MistralConfig, MistralForCausalLM) if sliding_window else (LlamaConfig, LlamaForCausalLM)
+    extra = {"sliding_window": sliding_window} if sliding_window else {}
+    cfg = config(
         vocab_size=len(tok),
         hidden_size=64,
         intermediate_size=128,
@@ -37,6 +49,7 @@ def build_tiny_model(out: str | Path, texts: Iterable[str], vocab_size: int = 20
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
+        **extra,
     )
-    LlamaForCausalLM(cfg).save_pretrained(out)
+    model(cfg).save_pretrained(out)
     return out
