@@ -7,7 +7,8 @@
 #
 # Facts this relies on: the node is named `localhost` with NodeAddr=127.0.0.1 and slurmd is started with
 # `-N localhost`; proctrack/linuxproc + task/none need no cgroups; munged runs as user munge with /run/munge and
-# a 0400 key; AuthInfo=cred_expire=10 (else a requeued job waits 120 s); MinJobAge=5 (else `sbatch --wait`
+# a 0400 key; a (re)started slurmctld clears its saved queue (-c) and a drained node is resumed, so jobs of an
+# earlier life of this cluster never hold it; AuthInfo=cred_expire=10 (else a requeued job waits 120 s); MinJobAge=5 (else `sbatch --wait`
 # polls every 32 s); batch_sched_delay=0; CPUs above nproc need SlurmdParameters=config_overrides. No GRES is
 # configured as a count-only GPU GRES (no device files): jobs that request GPUs are accepted, and DEVICE=cpu
 # runs them on CPUs over gloo.
@@ -22,8 +23,15 @@ MARK="# written by megatron-mmed launch/local-slurm/start.sh"
 
 die() { echo "local-slurm: $*" >&2; exit 1; }
 alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# a node drained or down (e.g. its jobs lost munge when it was stopped under them) takes no jobs until resumed
+resume() {
+  if sinfo -h -o %t 2>/dev/null | grep -qE '^(drain|drng|drained|down|fail)'; then
+    scontrol update NodeName=localhost State=RESUME 2>/dev/null || true
+  fi
+}
 
 if alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" && alive "$DIR/munged.pid"; then
+  resume
   echo "local-slurm: already running (state in $DIR)"
   exit 0
 fi
@@ -98,9 +106,12 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSu
 CONF
 
 export SLURM_CONF="$CONF"
-alive "$DIR/slurmctld.pid" || /usr/sbin/slurmctld -i
+# -c: a (re)started controller begins with an empty queue; jobs of an earlier life of this local cluster
+# (killed with it, or left pending) would otherwise come back and hold the node
+alive "$DIR/slurmctld.pid" || /usr/sbin/slurmctld -c
 alive "$DIR/slurmd.pid" || /usr/sbin/slurmd -N localhost
 for _ in $(seq 100); do
+  resume
   if sinfo -h -o %t 2>/dev/null | grep -qE '^(idle|mix|alloc)'; then
     echo "local-slurm: up (node localhost, $CPUS CPUs, state in $DIR, config $CONF)"
     exit 0
