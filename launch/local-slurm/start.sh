@@ -8,10 +8,10 @@
 # Facts this relies on: the node is named `localhost` with NodeAddr=127.0.0.1 and slurmd is started with
 # `-N localhost`; proctrack/linuxproc + task/none need no cgroups; munged runs as user munge with /run/munge and
 # a 0400 key; a (re)started slurmctld clears its saved queue (-c) and a drained node is resumed, so jobs of an
-# earlier life of this cluster never hold it; AuthInfo=cred_expire=10 (else a requeued job waits 120 s); MinJobAge=5 (else `sbatch --wait`
-# polls every 32 s); batch_sched_delay=0; CPUs above nproc need SlurmdParameters=config_overrides. No GRES is
-# configured as a count-only GPU GRES (no device files): jobs that request GPUs are accepted, and DEVICE=cpu
-# runs them on CPUs over gloo.
+# earlier life of this cluster never hold it; AuthInfo=cred_expire=10 (else a requeued job waits 120 s);
+# MinJobAge=5 (else `sbatch --wait` polls every 32 s); batch_sched_delay=0; CPUs above nproc need
+# SlurmdParameters=config_overrides. No GRES is configured as a count-only GPU GRES (no device files): jobs that
+# request GPUs are accepted, and DEVICE=cpu runs them on CPUs over gloo.
 set -euo pipefail
 
 DIR="${MMED_SLURM_DIR:-/tmp/mmed-slurm}"
