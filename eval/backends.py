@@ -146,18 +146,33 @@ class HFBackend:
         except TypeError:  # older transformers
             return DynamicCache()
 
+    def _padded(self, seqs: Sequence[Sequence[int]], left: bool = False):
+        """``seqs`` as one tensor of ids, each padded with the pad id to the longest (after it, or before)."""
+        import torch
+
+        pad, width = self.tok.pad_token_id, max(len(s) for s in seqs)
+        rows = [
+            [pad] * (width - len(s)) + list(s) if left else list(s) + [pad] * (width - len(s)) for s in seqs
+        ]
+        return torch.tensor(rows, device=self.device)
+
+    def _logits_at(self, last, **kw):
+        """The forward ``kw``'s logits at each row's position ``last`` (only those go through the LM head), or
+        ``None`` without ``last`` (a pass run for the keys and values it leaves in a cache)."""
+        import torch
+
+        if self._split:
+            hidden = self._decoder(**kw).last_hidden_state
+            if last is None:
+                return None
+            return self._head(hidden[torch.arange(hidden.shape[0], device=self.device), last])
+        logits = self.model(**kw).logits
+        return None if last is None else logits[torch.arange(logits.shape[0], device=self.device), last]
+
     def _prompt_pass(self, ids, cache, last=None):
         """``ids`` (rows right-padded) through the model after the keys and values already in ``cache`` (which
         takes theirs); the logits at each row's position ``last``, if given (only those go through the head)."""
-        import torch
-
-        kw = {self._cache_kw: cache, "use_cache": True}
-        rows = torch.arange(ids.shape[0], device=self.device)
-        if self._split:
-            hidden = self._decoder(input_ids=ids, **kw).last_hidden_state
-            return None if last is None else self._head(hidden[rows, last])
-        out = self.model(input_ids=ids, **kw)
-        return None if last is None else out.logits[rows, last]
+        return self._logits_at(last, input_ids=ids, **{self._cache_kw: cache}, use_cache=True)
 
     def _prefill(self, seqs: Sequence[Sequence[int]]):
         """(logits after each sequence's last token, per-layer keys and values, the groups) for a batch of prompts.
@@ -171,7 +186,6 @@ class HFBackend:
         """
         import torch
 
-        pad = self.tok.pad_token_id
         width = max(len(s) for s in seqs)
         groups = prefill_groups(seqs, self.prefill_group)
         prefixes: dict[tuple[int, ...], Any] = {}
@@ -190,8 +204,7 @@ class HFBackend:
             rest = [list(seqs[r][grp.shared :]) for r in grp.rows]
             glens = torch.tensor([len(t) for t in rest], device=self.device)
             gw = int(glens.max())
-            ids = torch.tensor([t + [pad] * (gw - len(t)) for t in rest], device=self.device)
-            logits.append(self._prompt_pass(ids, cache, glens - 1))
+            logits.append(self._prompt_pass(self._padded(rest), cache, glens - 1))
             if layers is None:
                 layers = [
                     (
@@ -233,13 +246,7 @@ class HFBackend:
 
     def _kv_forward(self, ids, positions, kv, last):
         """Logits at each row's position ``last`` of ``ids`` run with ``PrefixKV`` attention (no transformers cache)."""
-        import torch
-
-        kw = {"input_ids": ids, "position_ids": positions, "use_cache": False, "prefix_kv": kv}
-        rows = torch.arange(ids.shape[0], device=self.device)
-        if self._split:
-            return self._head(self._decoder(**kw).last_hidden_state[rows, last])
-        return self.model(**kw).logits[rows, last]
+        return self._logits_at(last, input_ids=ids, position_ids=positions, use_cache=False, prefix_kv=kv)
 
     def _kv_prefill(self, seqs: Sequence[Sequence[int]], kv, groups, slot: Sequence[int]):
         """Logits after each sequence's last prompt token (in ``seqs`` order); sequence ``r`` fills buffer row
@@ -248,24 +255,22 @@ class HFBackend:
         reaches the head."""
         import torch
 
-        pad, logits = self.tok.pad_token_id, [None] * len(seqs)
+        logits = [None] * len(seqs)
         pids: dict[tuple[int, ...], int] = {}
         for grp in groups:
             if grp.shared:
                 pids.setdefault(tuple(seqs[grp.rows[0]][: grp.shared]), len(pids))
         if pids:
             kv.prefixes([len(h) for h in pids])
-            width = max(len(h) for h in pids)
-            ids = torch.tensor([list(h) + [pad] * (width - len(h)) for h in pids], device=self.device)
-            positions = torch.arange(width, device=self.device)[None].expand(len(pids), -1)
+            ids = self._padded(list(pids))
+            positions = torch.arange(ids.shape[1], device=self.device)[None].expand(len(pids), -1)
             self._kv_forward(ids, positions, kv, torch.zeros(len(pids), dtype=torch.long, device=self.device))
         for grp in groups:
             pid = pids[tuple(seqs[grp.rows[0]][: grp.shared])] if grp.shared else None
             rest = [list(seqs[r][grp.shared :]) for r in grp.rows]
             glens = torch.tensor([len(t) for t in rest], device=self.device)
-            gw = int(glens.max())
-            ids = torch.tensor([t + [pad] * (gw - len(t)) for t in rest], device=self.device)
-            positions = (grp.shared + torch.arange(gw, device=self.device))[None].expand(len(rest), -1)
+            ids = self._padded(rest)
+            positions = grp.shared + torch.arange(ids.shape[1], device=self.device).expand(len(rest), -1)
             kv.prompt([slot[r] for r in grp.rows], pid)
             for r, row in zip(grp.rows, self._kv_forward(ids, positions, kv, glens - 1), strict=True):
                 logits[r] = row
@@ -303,10 +308,9 @@ class HFBackend:
                 kv.step(own)
                 logits = self._kv_forward(nxt[:, None], pos[:, None], kv, 0)
                 own, pos = own + 1, pos + 1
-        eos_ids, result = set(self.eos_ids), [[] for _ in seqs]
+        result: list[list[int]] = [[] for _ in seqs]
         for row, toks in enumerate(out[:, :steps].tolist()):
-            end = next((i + 1 for i, t in enumerate(toks) if t in eos_ids), len(toks))
-            result[order[row]] = toks[:end]
+            result[order[row]] = self._through_eos(toks)
         return result
 
     def _prefix_kv_works(self) -> bool:
@@ -398,16 +402,19 @@ class HFBackend:
         batch: for models whose cache is not one plain layer per position (sliding-window attention)."""
         import torch
 
-        pad = self.tok.pad_token_id
-        width = max(len(s) for s in seqs)
-        ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in seqs], device=self.device)
+        ids = self._padded(seqs, left=True)
+        width = ids.shape[1]
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
         with torch.inference_mode():
             new = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
                                       max_new_tokens=max_new_tokens, eos_token_id=self.eos_ids,
-                                      pad_token_id=pad)[:, width:].tolist()  # fmt: skip
+                                      pad_token_id=self.tok.pad_token_id)[:, width:].tolist()  # fmt: skip
+        return [self._through_eos(row) for row in new]
+
+    def _through_eos(self, toks: list[int]) -> list[int]:
+        """``toks`` up to and including the first EOS id (all of them if none)."""
         eos = set(self.eos_ids)
-        return [row[: next((i + 1 for i, t in enumerate(row) if t in eos), len(row))] for row in new]
+        return toks[: next((i + 1 for i, t in enumerate(toks) if t in eos), len(toks))]
 
     def loglik(self, context: str, continuations: Sequence[str]) -> list[float]:
         """Sum of log-probabilities of each continuation's tokens after ``context`` (one batched forward)."""
@@ -416,9 +423,8 @@ class HFBackend:
         ctx = self._encode([context], room=8)[0]
         conts = [self.tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
         seqs = [ctx + c for c in conts]
-        width = max(len(s) for s in seqs)
-        pad = self.tok.pad_token_id
-        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=self.device)
+        ids = self._padded(seqs)
+        width = ids.shape[1]
         mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=self.device)
         with torch.inference_mode():
             logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
