@@ -31,6 +31,20 @@ def _attend(q, k, v, scale: float, causal: bool = False, mask=None):
     return _FLASH(q, k, v, 0.0, causal, attn_mask=mask, scale=scale)
 
 
+def _causal(query, key, value, scale: float):
+    """(output, log-sum-exp) of causal attention of ``query`` over its own ``key``/``value`` (fewer key heads:
+    each repeated for its group of query heads)."""
+    group = query.shape[1] // key.shape[1]
+    return _attend(query, key.repeat_interleave(group, 1), value.repeat_interleave(group, 1), scale, True)
+
+
+def _beyond(lengths: torch.Tensor, width: int, dtype) -> torch.Tensor:
+    """``(n, 1, 1, width)`` additive mask: 0 at the first ``lengths[i]`` key positions of row ``i``, -inf after."""
+    mask = torch.zeros(len(lengths), 1, 1, width, dtype=dtype, device=lengths.device)
+    cols = torch.arange(width, device=lengths.device)
+    return mask.masked_fill_(cols >= lengths[:, None, None, None], float("-inf"))
+
+
 def _join(out_a, lse_a, out_b, lse_b):
     """Attention over the union of two disjoint key sets, from each set's output and log-sum-exp: the weighted
     mean of the two outputs, ``b``'s weight ``exp(lse_b) / (exp(lse_a) + exp(lse_b)) = sigmoid(lse_b - lse_a)``."""
@@ -78,12 +92,9 @@ class PrefixKV:
     def step(self, own: torch.Tensor) -> None:
         if self._plan is None:
             self._plan = self._decode_plan(own)
-        buckets = []
-        for a, b in self._plan[0]:
-            width = int(own[a:b].max()) + 1
-            cols = torch.arange(width, device=own.device)
-            mask = torch.zeros(b - a, 1, 1, width, dtype=self._dtype(), device=own.device)
-            buckets.append((a, b, mask.masked_fill_(cols > own[a:b, None, None, None], float("-inf"))))
+        buckets = [
+            (a, b, _beyond(own[a:b] + 1, int(own[a:b].max()) + 1, self._dtype())) for a, b in self._plan[0]
+        ]
         self._mode = ("step", own, torch.arange(len(own), device=own.device), buckets)
 
     def _dtype(self):
@@ -97,10 +108,7 @@ class PrefixKV:
         group = query.shape[1] // kv
         if kind == "prefix":
             self.prefix_keys[layer] = (key, value)  # right-padded: each prefix's pads are masked where read
-            out, _ = _attend(
-                query, key.repeat_interleave(group, 1), value.repeat_interleave(group, 1), scale, True
-            )
-            return out.transpose(1, 2)
+            return _causal(query, key, value, scale)[0].transpose(1, 2)
         if kind == "prompt":
             _, rows, pid = self._mode
             if layer not in self.keys:  # zeros: decode reads (masked) past a row's end, never garbage or NaN
@@ -109,9 +117,7 @@ class PrefixKV:
             self.keys[layer][rows, :, : key.shape[2]] = key
             self.values[layer][rows, :, : key.shape[2]] = value
             # right padding needs no mask under causal attention: a real token never sees the pads after it
-            out, lse = _attend(
-                query, key.repeat_interleave(group, 1), value.repeat_interleave(group, 1), scale, True
-            )
+            out, lse = _causal(query, key, value, scale)
             if pid is not None:
                 pk, pv = (t[pid : pid + 1, :, : self.prefix_lens[pid]] for t in self.prefix_keys[layer])
                 n, heads, length, dim = query.shape
@@ -172,12 +178,7 @@ class PrefixKV:
                 back[r], has[r] = pid * slots + i, True
         plens = torch.tensor(self.prefix_lens, device=device)
         longest = int(plens.max())
-        pmask = None
-        if bool((plens < longest).any()):
-            pmask = torch.zeros(len(plens), 1, 1, longest, dtype=dtype, device=device)
-            pmask.masked_fill_(
-                torch.arange(longest, device=device) >= plens[:, None, None, None], float("-inf")
-            )
+        pmask = _beyond(plens, longest, dtype) if bool((plens < longest).any()) else None
         no_prefix = torch.tensor([0.0 if h else float("-inf") for h in has], dtype=dtype, device=device)
         qidx_t, back_t = torch.tensor(qidx, device=device), torch.tensor(back, device=device)
         return buckets, qidx_t, back_t, no_prefix[:, None, None], pmask
