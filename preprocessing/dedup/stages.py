@@ -10,11 +10,12 @@ compared: every task works inside one language, so a text and its translation ar
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,10 +148,22 @@ def _save(path: Path, arr: np.ndarray | None = None, **arrays: np.ndarray) -> No
         raise
 
 
+def _timed(task: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """``task``'s payload with its wall ``seconds`` and its CPU seconds ``cpu_s`` (this process) added."""
+
+    @functools.wraps(task)
+    def timed(*args: Any) -> dict[str, Any]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        info = task(*args)
+        return info | {"seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+
+    return timed
+
+
 # ---------------------------------------------------------------------------------------------- signatures
+@_timed
 def signatures_task(ctx: Ctx, lang: str, i: int) -> dict[str, Any]:
     """Signatures, sorted band hashes, exact hashes, lengths and ids of input file ``i`` of ``lang``."""
-    t0, c0 = time.perf_counter(), time.process_time()
     cfg, work, path = ctx.cfg, ctx.work, ctx.lang_files(lang)[i]
     cjk = lang in CJK_LANGS
     n = cfg.cjk_ngram if cjk else cfg.word_ngram
@@ -198,8 +211,7 @@ def signatures_task(ctx: Ctx, lang: str, i: int) -> dict[str, Any]:
     _save(work.arr(lang, i, "xdoc"), xorder.astype(np.uint32))
     _save(work.arr(lang, i, "len"), np.array(lengths, dtype=np.int64))
     atomic_write_json(work.ids(lang, i), ids)
-    info = {"docs": n_docs, "no_shingles": int(n_docs - len(docs)), "seconds": time.perf_counter() - t0}
-    return info | {"cpu_s": time.process_time() - c0}
+    return {"docs": n_docs, "no_shingles": int(n_docs - len(docs))}
 
 
 # ------------------------------------------------------------------------------------------------- buckets
@@ -221,13 +233,13 @@ def _row_pairs(ctx: Ctx, maps: list[dict[str, np.ndarray]], row: int, part: int,
     return bucket_pairs(np.concatenate(keys), np.concatenate(docs), ctx.cfg.max_bucket_pairs)
 
 
+@_timed
 def bucket_task(ctx: Ctx, lang: str, part: int, parts: int) -> dict[str, Any]:
     """Verified duplicate pairs of documents sharing the exact hash or a band, for keys in one hash range.
 
     Bands are read one at a time from the sorted per-file arrays (only this range's slice), so memory is
     bounded by ``partition_docs`` entries whatever the corpus size.
     """
-    t0, c0 = time.perf_counter(), time.process_time()
     sigs = ShardArrays(ctx.work, lang, "sig")
     exact = ShardArrays(ctx.work, lang, "exact")
     out_a, out_b, out_j = [], [], []
@@ -257,14 +269,13 @@ def bucket_task(ctx: Ctx, lang: str, part: int, parts: int) -> dict[str, Any]:
         _, first = np.unique(np.stack((a, b), axis=1), axis=0, return_index=True)
         a, b, j = a[first], b[first], j[first]
     _save(ctx.work.edges(lang, bucket_task_id(lang, part)), a=a, b=b, jaccard=j)
-    info = {"candidates": int(candidates), "verified": int(len(a)), "seconds": time.perf_counter() - t0}
-    return info | {"cpu_s": time.process_time() - c0}
+    return {"candidates": int(candidates), "verified": int(len(a))}
 
 
 # ------------------------------------------------------------------------------------------------ clusters
+@_timed
 def cluster_task(ctx: Ctx, lang: str) -> dict[str, Any]:
     """Union of verified pairs into clusters; per cluster the kept document; removals grouped per input file."""
-    t0, c0 = time.perf_counter(), time.process_time()
     work = ctx.work
     edge_files = sorted((work.root / "edges" / lang).glob("*.npz"))
     parts_a, parts_b = [], []
@@ -306,14 +317,13 @@ def cluster_task(ctx: Ctx, lang: str) -> dict[str, Any]:
             removed_near=int((~is_exact).sum()),
             cluster_sizes=size_histogram(labels),
         )
-    info["seconds"] = time.perf_counter() - t0
-    return info | {"cpu_s": time.process_time() - c0}
+    return info
 
 
 # -------------------------------------------------------------------------------------------------- filter
+@_timed
 def filter_task(ctx: Ctx, lang: str, i: int) -> dict[str, Any]:
     """Copy survivors of input file ``i`` unchanged to OUT/kept; write removed ones to OUT/rejected."""
-    t0, c0 = time.perf_counter(), time.process_time()
     path = ctx.lang_files(lang)[i]
     removed: dict[int, tuple[str, bool, float]] = {}
     rm_path = ctx.work.removed(lang, i)
@@ -352,5 +362,4 @@ def filter_task(ctx: Ctx, lang: str, i: int) -> dict[str, Any]:
         kept_w.abort()
         rej_w.abort()
         raise
-    info = {"stats": stats.to_dict(), "seconds": time.perf_counter() - t0}
-    return info | {"cpu_s": time.process_time() - c0}
+    return {"stats": stats.to_dict()}
