@@ -52,7 +52,7 @@ class Measured:
 def _tree_sample(proc, cpu: dict, each: list | None = None) -> tuple[int, int]:
     """(summed RSS, summed PSS) in bytes of ``proc`` and all its descendants (0 for any that vanished); updates
     ``cpu[(pid, start time)]`` with each one's own user + system seconds (zombies still report theirs) and
-    appends ``{pid, ppid, cmd, rss_mb, pss_mb}`` per process to ``each`` when given."""
+    appends ``(process, memory info)`` to ``each`` when given (described by :func:`_describe` only for a peak)."""
     import psutil
 
     rss = pss = 0
@@ -74,7 +74,7 @@ def _tree_sample(proc, cpu: dict, each: list | None = None) -> tuple[int, int]:
         rss += info.rss
         pss += getattr(info, "pss", info.rss)
         if each is not None:
-            each.append(_describe(p, info))
+            each.append((p, info))
     return rss, pss
 
 
@@ -111,10 +111,10 @@ def _wrapper(result: Path, cmd: list[str], interval: float) -> int:
 
     def sample() -> None:
         while not done.is_set():
-            each: list[dict] = []
+            each: list = []
             rss, pss = _tree_sample(proc, cpu, each)
-            if rss > peak[0]:
-                peak_processes[:] = each
+            if rss > peak[0]:  # command lines read only for a new peak, not at every sample
+                peak_processes[:] = [_describe(p, info) for p, info in each]
             peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
             samples[0] += 1
             done.wait(interval)
