@@ -97,6 +97,7 @@ class HFBackend:
         self._split = None not in (self._decoder, self._head) and self._decoder is not self.model
         # a cache layer that keeps every position is what the batched paths copy and extend; other kinds (sliding
         # windows, chunked attention) go through transformers' own left-padded `generate`
+        self._last_layer = self.model.config.get_text_config().num_hidden_layers - 1
         self._plain_cache = all(type(layer).__name__ == "DynamicLayer" for layer in self._new_cache().layers)
         self.prefix_kv = self._plain_cache and self.device.type == "cpu" and self._prefix_kv_works()
 
@@ -271,7 +272,7 @@ class HFBackend:
             glens = torch.tensor([len(t) for t in rest], device=self.device)
             ids = self._padded(rest)
             positions = grp.shared + torch.arange(ids.shape[1], device=self.device).expand(len(rest), -1)
-            kv.prompt([slot[r] for r in grp.rows], pid)
+            kv.prompt([slot[r] for r in grp.rows], pid, glens - 1)
             for r, row in zip(grp.rows, self._kv_forward(ids, positions, kv, glens - 1), strict=True):
                 logits[r] = row
         return torch.stack(logits)
@@ -291,7 +292,7 @@ class HFBackend:
             slot[r] = row
         own = torch.tensor([own_len[r] for r in order], device=self.device)
         pos = torch.tensor([len(seqs[r]) for r in order], device=self.device)
-        kv = PrefixKV(len(seqs), int(own.max()) + max_new_tokens)
+        kv = PrefixKV(len(seqs), int(own.max()) + max_new_tokens, self._last_layer)
         out = torch.empty(len(seqs), max_new_tokens, dtype=torch.long, device=self.device)
         eos = torch.tensor(self.eos_ids or [-1], device=self.device)
         done = torch.zeros(len(seqs), dtype=torch.bool, device=self.device)
@@ -326,7 +327,7 @@ class HFBackend:
         try:
             from eval.prefix_kv import PrefixKV, prefix_kv_attention
 
-            kv = PrefixKV(2, 6)
+            kv = PrefixKV(2, 6, self._last_layer)
             with torch.inference_mode(), prefix_kv_attention(self.model):
                 got = self._kv_prefill(seqs, kv, [PrefillGroup((0, 1), 5)], [0, 1])
                 kv.step(torch.tensor([4, 2], device=self.device))

@@ -1,6 +1,7 @@
 """Keys and values of one batched greedy generation on CPU, and the attention over them: each shared prompt prefix
 kept once (not copied into every row), each row's own tokens in a preallocated buffer, no padding mask in the
-prompt passes, decode attention in length buckets. It plugs into transformers as an attention function
+prompt passes, the last layer of a prompt pass attended only where its output is read (each row's last position),
+decode attention in length buckets. It plugs into transformers as an attention function
 (``AttentionInterface``) while a batch runs.
 
 Why: decode attention on a CPU is bound by the bytes of keys it reads. A static cache sized to the longest prompt
@@ -67,8 +68,11 @@ class PrefixKV:
     own tokens a row will hold. Decode reads rows in length buckets, so give long rows low buffer indices.
     """
 
-    def __init__(self, rows: int, width: int):
+    def __init__(self, rows: int, width: int, last_layer: int | None = None):
         self.rows, self.width = rows, width
+        # the model's last layer: its prompt-pass outputs are read only at each row's last position (the logits
+        # of the first new token); at every other position only its keys and values are needed
+        self.last_layer = last_layer
         self.keys: dict[int, torch.Tensor] = {}  # per layer: (rows, kv heads, width, dim), made on first use
         self.values: dict[int, torch.Tensor] = {}
         self.prefix_keys: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per layer, all prefixes padded
@@ -84,10 +88,12 @@ class PrefixKV:
         self.prefix_lens = list(lengths)
         self._mode = ("prefix",)
 
-    def prompt(self, rows: Sequence[int], pid: int | None) -> None:
+    def prompt(self, rows: Sequence[int], pid: int | None, last: torch.Tensor | None = None) -> None:
+        """The next forward is a prompt pass of buffer ``rows`` after prefix ``pid``; ``last``: each row's last
+        real position in it, where alone the last layer's output is then computed (elsewhere zeros)."""
         if pid is not None:
             self.rows_of.setdefault(pid, []).extend(rows)
-        self._mode = ("prompt", torch.tensor(list(rows)), pid)
+        self._mode = ("prompt", torch.tensor(list(rows)), pid, last)
 
     def step(self, own: torch.Tensor) -> None:
         if self._plan is None:
@@ -108,14 +114,19 @@ class PrefixKV:
         group = query.shape[1] // kv
         if kind == "prefix":
             self.prefix_keys[layer] = (key, value)  # right-padded: each prefix's pads are masked where read
+            # nothing reads the last layer's output in the prefix pass: its keys and values are what it is for
+            if layer == self.last_layer:
+                return query.new_zeros(query.transpose(1, 2).shape)
             return _causal(query, key, value, scale)[0].transpose(1, 2)
         if kind == "prompt":
-            _, rows, pid = self._mode
+            _, rows, pid, last = self._mode
             if layer not in self.keys:  # zeros: decode reads (masked) past a row's end, never garbage or NaN
                 shape = (self.rows, kv, self.width, key.shape[3])
                 self.keys[layer], self.values[layer] = key.new_zeros(shape), value.new_zeros(shape)
             self.keys[layer][rows, :, : key.shape[2]] = key
             self.values[layer][rows, :, : key.shape[2]] = value
+            if last is not None and layer == self.last_layer:
+                return self._at_last(layer, query, key, value, scale, pid, last)
             # right padding needs no mask under causal attention: a real token never sees the pads after it
             out, lse = _causal(query, key, value, scale)
             if pid is not None:
@@ -143,6 +154,23 @@ class PrefixKV:
                 out = _join(out, lse, *self._over_prefixes(layer, q, scale))
             return out.reshape(b, heads, 1, dim).transpose(1, 2)
         raise RuntimeError("PrefixKV: no mode set before the forward")
+
+    def _at_last(self, layer: int, query, key, value, scale: float, pid: int | None, last: torch.Tensor):
+        """Attention output (rows, positions, heads, dim) of a prompt pass computed only at each row's position
+        ``last`` (zeros elsewhere): its query heads as queries of their key head over the row's own keys up to
+        there, joined with its prefix."""
+        n, heads, length, dim = query.shape
+        kv = key.shape[1]
+        at = torch.arange(n, device=query.device)
+        q = query[at, :, last].reshape(n, kv, heads // kv, dim)
+        out, lse = _attend(q, key, value, scale, mask=_beyond(last + 1, length, query.dtype))
+        if pid is not None:
+            pk, pv = (t[pid : pid + 1, :, : self.prefix_lens[pid]] for t in self.prefix_keys[layer])
+            o, s = _attend(q.transpose(0, 1).reshape(1, kv, -1, dim), pk, pv, scale)
+            out = _join(out, lse, o.view(kv, n, -1, dim).transpose(0, 1), s.view(kv, n, -1).transpose(0, 1))
+        full = query.new_zeros(n, length, heads, dim)
+        full[at, last] = out.reshape(n, heads, dim)
+        return full
 
     def _over_prefixes(self, layer: int, q, scale: float):
         """(output, log-sum-exp) of each decode row's queries (rows, kv heads, group, dim) over its prefix, all

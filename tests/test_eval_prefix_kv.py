@@ -1,6 +1,6 @@
 """``PrefixKV`` attention on a real (tiny, random) transformers Llama gives the logits of plain forwards over the
-whole sequences: prefixes of different lengths kept once, rows without a prefix, right-padded prompt passes,
-decode steps in one or several length buckets."""
+whole sequences: prefixes of different lengths kept once, rows without a prefix, right-padded prompt passes (the
+last layer computed at each row's last position only), decode steps in one or several length buckets."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def _run(model):
     own part first), through ``PrefixKV``; and the number of decode buckets it used."""
     order = sorted(range(len(ROWS)), key=lambda r: -len(ROWS[r][1]))
     slot = {r: i for i, r in enumerate(order)}
-    kv = PrefixKV(len(ROWS), max(len(own) for _, own in ROWS) + len(NEW))
+    kv = PrefixKV(len(ROWS), max(len(own) for _, own in ROWS) + len(NEW), last_layer=1)
     logits = [None] * len(ROWS)
     with torch.inference_mode(), prefix_kv_attention(model):
         kv.prefixes([len(h) for h in PREFIXES])
@@ -51,9 +51,9 @@ def _run(model):
             width = max(len(ROWS[r][1]) for r in rows)
             ids = [ROWS[r][1] + [0] * (width - len(ROWS[r][1])) for r in rows]
             start = len(PREFIXES[pid]) if pid is not None else 0
-            kv.prompt([slot[r] for r in rows], pid)
-            got = _forward(model, kv, ids, (start + torch.arange(width))[None].expand(len(rows), -1),
-                           [len(ROWS[r][1]) - 1 for r in rows])  # fmt: skip
+            last = torch.tensor([len(ROWS[r][1]) - 1 for r in rows])
+            kv.prompt([slot[r] for r in rows], pid, last)  # the last layer at each row's last position only
+            got = _forward(model, kv, ids, (start + torch.arange(width))[None].expand(len(rows), -1), last)
             for r, row in zip(rows, got, strict=True):
                 logits[r] = row
         steps = [torch.stack([logits[r] for r in order])]
