@@ -6,10 +6,11 @@
 Without ``--model`` it builds the tiny random Llama of the tests (BPE trained on ``../shared/data/qa``). Both
 sides greedy-decode the same paper-format prompts (MMedBench questions, all six languages) on the same model:
 (1) baseline: tokenise one prompt, ``model.generate``, decode, next question; (2) ours: ``HFBackend.generate``
-(length-sorted batches; every language's shared prefix through the model once, the rest in passes cut by length,
-the last layer of a pass attended only at each row's last position, the one its logits are read at; decode on ``eval/prefix_kv.py``: each prefix's keys kept and read once, rows' own keys read in length buckets;
-``"prefix_kv": false`` in the output = the transformers-cache fallback). Goal: (2) >= 10x (1) at 32 and at 128 new
-tokens. One torch thread by default: on a shared 2-core machine, extra threads
+(length-sorted batches; every language's shared prefix through the model once, the rest in passes cut by
+length, a pass's last layer computed only at each row's last position; decode on ``eval/prefix_kv.py``: each
+prefix's keys kept and read once, rows' own keys read in length buckets; ``"own_forward": true``: on the model's
+forward written out, ``eval/llama_forward.py``; ``"prefix_kv": false``: the transformers-cache fallback). Goal:
+(2) >= 10x (1) at 32 and at 128 new tokens. One torch thread by default: on a shared 2-core machine, extra threads
 oversubscribe the cores and make both sides ~10x slower and noisy; the two sides run in interleaved rounds and
 each keeps its best time. Batching does not make attention over a 300-750-token prompt cheaper on a CPU; what
 the prompt passes save is the ~220-token shared prefix (paper wrapper + the language's instruction) and padding,
@@ -114,6 +115,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "prefill_group": backend.prefill_group,
         "prefix_kv": backend.prefix_kv,
+        "own_forward": backend.own_forward,
         "rounds": args.rounds,
         "threads": torch.get_num_threads(),
         "runs": runs,

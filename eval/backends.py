@@ -98,8 +98,20 @@ class HFBackend:
         # a cache layer that keeps every position is what the batched paths copy and extend; other kinds (sliding
         # windows, chunked attention) go through transformers' own left-padded `generate`
         self._last_layer = self.model.config.get_text_config().num_hidden_layers - 1
+        self._own = None
+        self._kv_pool: dict = {}  # PrefixKV's buffers, reused by the next batch
         self._plain_cache = all(type(layer).__name__ == "DynamicLayer" for layer in self._new_cache().layers)
-        self.prefix_kv = self._plain_cache and self.device.type == "cpu" and self._prefix_kv_works()
+        # CPU: PrefixKV decoding where the probe finds the model's own logits, on the model's forward written out
+        # (eval/llama_forward.py) for the Llama layout, else on transformers' forward; else the transformers cache
+        self.own_forward = self.prefix_kv = False
+        if self._plain_cache and self.device.type == "cpu":
+            from eval.llama_forward import LlamaForward
+
+            self._own = LlamaForward.of(self.model)
+            self.own_forward = self.prefix_kv = self._own is not None and self._prefix_kv_works()
+            if not self.prefix_kv:
+                self._own = None
+                self.prefix_kv = self._prefix_kv_works()
 
     def _eos_ids(self) -> list[int]:
         ids = self.model.generation_config.eos_token_id
@@ -246,7 +258,10 @@ class HFBackend:
         return cache
 
     def _kv_forward(self, ids, positions, kv, last):
-        """Logits at each row's position ``last`` of ``ids`` run with ``PrefixKV`` attention (no transformers cache)."""
+        """Logits at each row's position ``last`` of ``ids`` run with ``PrefixKV`` attention (no transformers cache):
+        through the model's forward written out where it is the Llama layout, else transformers'."""
+        if self._own is not None:
+            return self._own(ids, positions, kv, last)
         return self._logits_at(last, input_ids=ids, position_ids=positions, use_cache=False, prefix_kv=kv)
 
     def _kv_prefill(self, seqs: Sequence[Sequence[int]], kv, groups, slot: Sequence[int]):
@@ -292,7 +307,7 @@ class HFBackend:
             slot[r] = row
         own = torch.tensor([own_len[r] for r in order], device=self.device)
         pos = torch.tensor([len(seqs[r]) for r in order], device=self.device)
-        kv = PrefixKV(len(seqs), int(own.max()) + max_new_tokens, self._last_layer)
+        kv = PrefixKV(len(seqs), int(own.max()) + max_new_tokens, self._last_layer, self._kv_pool)
         out = torch.empty(len(seqs), max_new_tokens, dtype=torch.long, device=self.device)
         eos = torch.tensor(self.eos_ids or [-1], device=self.device)
         done = torch.zeros(len(seqs), dtype=torch.bool, device=self.device)

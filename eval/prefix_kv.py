@@ -13,8 +13,10 @@ attention joins its blocks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 
@@ -58,6 +60,19 @@ def _stack_queries(q, kv: int):
     return q.reshape(n, kv, heads // kv * length, dim).transpose(0, 1).reshape(1, kv, -1, dim)
 
 
+class _Plan(NamedTuple):
+    """How decode steps read the buffer: length buckets (row ranges); each (row, key head)'s first buffer
+    position (a flat index); and for the prefixes: the row whose queries fill each prefix slot, each row's slot,
+    -inf for rows without a prefix (``None``: all have one), the mask of each prefix's padding."""
+
+    buckets: list[tuple[int, int]]
+    slots: torch.Tensor
+    qidx: torch.Tensor | None = None
+    back: torch.Tensor | None = None
+    no_prefix: torch.Tensor | None = None
+    pmask: torch.Tensor | None = None
+
+
 class PrefixKV:
     """Keys and values of ``rows`` sequences (buffer rows), each = a shared prefix (or none) + its own tokens.
 
@@ -68,8 +83,11 @@ class PrefixKV:
     own tokens a row will hold. Decode reads rows in length buckets, so give long rows low buffer indices.
     """
 
-    def __init__(self, rows: int, width: int, last_layer: int | None = None):
+    def __init__(self, rows: int, width: int, last_layer: int | None = None, pool: dict | None = None):
         self.rows, self.width = rows, width
+        # flat tensors the buffers are cut from, kept by the caller from one batch to the next: the same memory
+        # is zeroed again instead of freed and faulted in afresh (~25 ms per GB on the CI machine)
+        self.pool = pool if pool is not None else {}
         # the model's last layer: its prompt-pass outputs are read only at each row's last position (the logits
         # of the first new token); at every other position only its keys and values are needed
         self.last_layer = last_layer
@@ -79,7 +97,9 @@ class PrefixKV:
         self.prefix_lens: list[int] = []
         self.rows_of: dict[int, list[int]] = {}  # prefix id -> its buffer rows
         self.calls = 0  # attention calls served (a model whose attention bypasses the interface makes none)
-        self._plan: tuple | None = None  # decode: where rows' queries go to meet their prefix; built once
+        self._plan: _Plan | None = None  # decode: built at the first step
+        self._mask: torch.Tensor | None = None  # decode: (rows, 1, 1, width), -inf past each row's keys
+        self._widths: list[int] = []  # decode: each bucket's keys read
         self._mode: tuple = ("none",)
 
     def prefixes(self, lengths: Sequence[int]) -> None:
@@ -98,35 +118,57 @@ class PrefixKV:
     def step(self, own: torch.Tensor) -> None:
         if self._plan is None:
             self._plan = self._decode_plan(own)
-        buckets = [
-            (a, b, _beyond(own[a:b] + 1, int(own[a:b].max()) + 1, self._dtype())) for a, b in self._plan[0]
-        ]
-        self._mode = ("step", own, torch.arange(len(own), device=own.device), buckets)
+        before = self._mode[1] if self._mode[0] == "step" else None
+        if before is not None and torch.equal(
+            own, before + 1
+        ):  # a token more in every row: a column more each
+            self._mask.view(len(own), -1).scatter_(1, own[:, None], 0.0)
+            self._widths = [w + 1 for w in self._widths]
+        else:
+            self._mask = _beyond(own + 1, self.width, self._dtype())
+            self._widths = [int(own[a:b].max()) + 1 for a, b in self._plan.buckets]
+        self._mode = (
+            "step",
+            own,
+            (self._plan.slots + own[:, None]).reshape(-1),
+        )  # (row, head) -> new key's place
 
     def _dtype(self):
         return next(iter(self.keys.values())).dtype
 
-    def attention(self, module, query, key, value, scale: float):
-        """``module``'s attention output (batch, queries, heads, dim) in the current mode; stores ``key``/``value``."""
-        layer, kind = module.layer_idx, self._mode[0]
+    @property
+    def mode(self) -> str:
+        """What the next forward is: ``"prefix"``, ``"prompt"`` or ``"step"`` (``"none"`` before any)."""
+        return self._mode[0]
+
+    @property
+    def at_last_only(self) -> bool:
+        """A prompt pass given each row's last position: the last layer is needed there only."""
+        return self._mode[0] == "prompt" and self._mode[3] is not None
+
+    def attention(self, layer: int, query, key, value, scale: float):
+        """Layer ``layer``'s attention output (batch, queries, heads, dim) in the current mode; keeps
+        ``key``/``value``. In a prompt pass given ``last``, the last layer's output is computed at each row's
+        ``last`` position only (zeros elsewhere; ``at_last`` returns just those)."""
+        kind = self._mode[0]
         self.calls += 1
         kv = key.shape[1]
         group = query.shape[1] // kv
         if kind == "prefix":
-            self.prefix_keys[layer] = (key, value)  # right-padded: each prefix's pads are masked where read
+            self.keep(layer, key, value)
             # nothing reads the last layer's output in the prefix pass: its keys and values are what it is for
             if layer == self.last_layer:
                 return query.new_zeros(query.transpose(1, 2).shape)
             return _causal(query, key, value, scale)[0].transpose(1, 2)
         if kind == "prompt":
             _, rows, pid, last = self._mode
-            if layer not in self.keys:  # zeros: decode reads (masked) past a row's end, never garbage or NaN
-                shape = (self.rows, kv, self.width, key.shape[3])
-                self.keys[layer], self.values[layer] = key.new_zeros(shape), value.new_zeros(shape)
-            self.keys[layer][rows, :, : key.shape[2]] = key
-            self.values[layer][rows, :, : key.shape[2]] = value
             if last is not None and layer == self.last_layer:
-                return self._at_last(layer, query, key, value, scale, pid, last)
+                n, heads, length, dim = query.shape
+                at = torch.arange(n, device=query.device)
+                full = query.new_zeros(n, length, heads, dim)
+                full[at, last] = self.at_last(layer, query[at, :, last], key, value, scale)
+                return full
+            self.keep(layer, key, value)
             # right padding needs no mask under causal attention: a real token never sees the pads after it
             out, lse = _causal(query, key, value, scale)
             if pid is not None:
@@ -138,15 +180,15 @@ class PrefixKV:
                 out = _join(out, lse, o, s)
             return out.transpose(1, 2)
         if kind == "step":
-            _, own, rows, buckets = self._mode
+            _, own, slots = self._mode
             keys, values = self.keys[layer], self.values[layer]
-            keys[rows, :, own] = key[:, :, 0]
-            values[rows, :, own] = value[:, :, 0]
             b, heads, _, dim = query.shape
+            keys.view(-1, dim).index_copy_(0, slots, key.reshape(-1, dim))
+            values.view(-1, dim).index_copy_(0, slots, value.reshape(-1, dim))
             q = query.reshape(b, kv, group, dim)  # a row's query heads as queries of their key head
             parts = [
-                _attend(q[a:z], keys[a:z, :, : m.shape[-1]], values[a:z, :, : m.shape[-1]], scale, mask=m)
-                for a, z, m in buckets
+                _attend(q[a:z], keys[a:z, :, :w], values[a:z, :, :w], scale, mask=self._mask[a:z, ..., :w])
+                for (a, z), w in zip(self._plan.buckets, self._widths, strict=True)
             ]
             out = torch.cat([o for o, _ in parts]) if len(parts) > 1 else parts[0][0]
             if self.prefix_lens:
@@ -155,39 +197,57 @@ class PrefixKV:
             return out.reshape(b, heads, 1, dim).transpose(1, 2)
         raise RuntimeError("PrefixKV: no mode set before the forward")
 
-    def _at_last(self, layer: int, query, key, value, scale: float, pid: int | None, last: torch.Tensor):
-        """Attention output (rows, positions, heads, dim) of a prompt pass computed only at each row's position
-        ``last`` (zeros elsewhere): its query heads as queries of their key head over the row's own keys up to
-        there, joined with its prefix."""
-        n, heads, length, dim = query.shape
-        kv = key.shape[1]
-        at = torch.arange(n, device=query.device)
-        q = query[at, :, last].reshape(n, kv, heads // kv, dim)
+    def keep(self, layer: int, key, value) -> None:
+        """Keep a prefix or prompt pass's keys and values (a prompt pass's into its rows of the buffer)."""
+        if self._mode[0] == "prefix":
+            self.prefix_keys[layer] = (key, value)  # right-padded: each prefix's pads are masked where read
+            return
+        rows = self._mode[1]
+        if layer not in self.keys:  # zeros: decode reads (masked) past a row's end, never garbage or NaN
+            shape = (self.rows, key.shape[1], self.width, key.shape[3])
+            self.keys[layer], self.values[layer] = (self._zeros((layer, t), shape, key) for t in ("k", "v"))
+        self.keys[layer][rows, :, : key.shape[2]] = key
+        self.values[layer][rows, :, : key.shape[2]] = value
+
+    def _zeros(self, name, shape, like):
+        """A zeroed contiguous ``shape`` tensor cut from the pool's flat tensor ``name`` (grown if too small)."""
+        size = math.prod(shape)
+        flat = self.pool.get(name)
+        if flat is None or flat.numel() < size or flat.dtype != like.dtype or flat.device != like.device:
+            flat = self.pool[name] = like.new_empty(size)
+        return flat[:size].view(shape).zero_()
+
+    def at_last(self, layer: int, query, key, value, scale: float):
+        """A prompt pass's attention output (rows, heads, dim) at each row's position ``last`` only, from the
+        queries there (rows, heads, dim) and the pass's keys and values (kept): the row's query heads as queries
+        of their key head over its own keys up to there, joined with its prefix."""
+        _, rows, pid, last = self._mode
+        self.keep(layer, key, value)
+        n, heads, dim = query.shape
+        kv, length = key.shape[1], key.shape[2]
+        q = query.reshape(n, kv, heads // kv, dim)
         out, lse = _attend(q, key, value, scale, mask=_beyond(last + 1, length, query.dtype))
         if pid is not None:
             pk, pv = (t[pid : pid + 1, :, : self.prefix_lens[pid]] for t in self.prefix_keys[layer])
             o, s = _attend(q.transpose(0, 1).reshape(1, kv, -1, dim), pk, pv, scale)
             out = _join(out, lse, o.view(kv, n, -1, dim).transpose(0, 1), s.view(kv, n, -1).transpose(0, 1))
-        full = query.new_zeros(n, length, heads, dim)
-        full[at, last] = out.reshape(n, heads, dim)
-        return full
+        return out.reshape(n, heads, dim)
 
     def _over_prefixes(self, layer: int, q, scale: float):
         """(output, log-sum-exp) of each decode row's queries (rows, kv heads, group, dim) over its prefix, all
         prefixes in one call: each read once, its rows' queries stacked as one sequence (a prefix's padding up to
         the longest masked)."""
-        _, qidx, back, no_prefix, pmask = self._plan
+        plan = self._plan
         pk, pv = self.prefix_keys[layer]
         n, kv, group, dim = pk.shape[0], q.shape[1], q.shape[2], q.shape[3]
-        stacked = q[qidx].view(n, -1, kv, group, dim).transpose(1, 2).reshape(n, kv, -1, dim)
-        out, lse = _attend(stacked, pk, pv, scale, mask=pmask)
-        out = out.view(n, kv, -1, group, dim).transpose(1, 2).reshape(-1, kv, group, dim)[back]
-        lse = lse.view(n, kv, -1, group).transpose(1, 2).reshape(-1, kv, group)[back] + no_prefix
-        return out, lse
+        stacked = q[plan.qidx].view(n, -1, kv, group, dim).transpose(1, 2).reshape(n, kv, -1, dim)
+        out, lse = _attend(stacked, pk, pv, scale, mask=plan.pmask)
+        out = out.view(n, kv, -1, group, dim).transpose(1, 2).reshape(-1, kv, group, dim)[plan.back]
+        lse = lse.view(n, kv, -1, group).transpose(1, 2).reshape(-1, kv, group)[plan.back]
+        return out, lse if plan.no_prefix is None else lse + plan.no_prefix
 
-    def _decode_plan(self, own: torch.Tensor) -> tuple:
-        """(length buckets, the row whose queries fill each prefix slot, each row's slot, -inf for rows without a
-        prefix, the mask of each prefix's padding), from the rows' own lengths at the first step."""
+    def _decode_plan(self, own: torch.Tensor) -> _Plan:
+        """How decode reads the buffer, from the rows' own lengths at the first step."""
         lens = own.tolist()
         order = sorted(range(len(lens)), key=lambda r: -lens[r])
         if order != list(range(len(lens))):
@@ -195,21 +255,27 @@ class PrefixKV:
         else:
             buckets = length_runs([n + 1 for n in lens], len(lens), BUCKET_COST)
         device, dtype = own.device, self._dtype()
+        heads = next(iter(self.keys.values())).shape[1]
+        rows = torch.arange(len(lens), device=device)[:, None]
+        slots = (rows * heads + torch.arange(heads, device=device)) * self.width
         if not self.prefix_lens:
-            return buckets, None, None, None, None
-        slots = max(len(r) for r in self.rows_of.values())
+            return _Plan(buckets, slots)
+        width = max(len(r) for r in self.rows_of.values())
         qidx, back, has = [], [0] * self.rows, [False] * self.rows
         for pid in range(len(self.prefix_lens)):
             rows = self.rows_of.get(pid) or [0]
-            qidx += [rows[i] if i < len(rows) else rows[0] for i in range(slots)]
+            qidx += [rows[i] if i < len(rows) else rows[0] for i in range(width)]
             for i, r in enumerate(self.rows_of.get(pid, [])):
-                back[r], has[r] = pid * slots + i, True
+                back[r], has[r] = pid * width + i, True
         plens = torch.tensor(self.prefix_lens, device=device)
         longest = int(plens.max())
         pmask = _beyond(plens, longest, dtype) if bool((plens < longest).any()) else None
-        no_prefix = torch.tensor([0.0 if h else float("-inf") for h in has], dtype=dtype, device=device)
+        no_prefix = None
+        if not all(has):
+            no_prefix = torch.tensor([0.0 if h else float("-inf") for h in has], dtype=dtype, device=device)
+            no_prefix = no_prefix[:, None, None]
         qidx_t, back_t = torch.tensor(qidx, device=device), torch.tensor(back, device=device)
-        return buckets, qidx_t, back_t, no_prefix[:, None, None], pmask
+        return _Plan(buckets, slots, qidx_t, back_t, no_prefix, pmask)
 
 
 def _attention_function(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -219,7 +285,7 @@ def _attention_function(module, query, key, value, attention_mask, scaling=None,
     if kv is None or unsupported or attention_mask is not None or dropout:
         raise NotImplementedError(f"{NAME}: unsupported attention call ({unsupported or 'no prefix_kv'})")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    return kv.attention(module, query, key, value, scale), None
+    return kv.attention(module.layer_idx, query, key, value, scale), None
 
 
 @contextmanager

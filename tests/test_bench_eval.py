@@ -23,3 +23,4 @@ def test_bench_eval_runs_as_module_and_as_script(how, shared_data):
     out = json.loads(res.stdout[res.stdout.index("{") :])
     assert out["questions"] == 6
     assert [r["identical_outputs"] for r in out["runs"]] == ["6/6"]
+    assert out["prefix_kv"] and out["own_forward"]  # the path the goal is measured on

@@ -1,23 +1,39 @@
-"""``PrefixKV`` attention on a real (tiny, random) transformers Llama gives the logits of plain forwards over the
-whole sequences: prefixes of different lengths kept once, rows without a prefix, right-padded prompt passes (the
-last layer computed at each row's last position only), decode steps in one or several length buckets."""
+"""``PrefixKV`` attention on real (tiny, random) transformers models (a Llama; a Qwen2, whose projections have
+biases) gives the logits of plain forwards over the whole sequences: prefixes of different lengths kept once, rows
+without a prefix, right-padded prompt passes (the last layer computed at each row's last position only), decode
+steps in one or several length buckets; through transformers' forward and through ``eval/llama_forward.py``."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from eval import prefix_kv
+from eval.llama_forward import LlamaForward
 from eval.prefix_kv import PrefixKV, prefix_kv_attention
+
+SIZE = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def llama():
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
-    return LlamaForCausalLM(cfg).eval()
+    return LlamaForCausalLM(LlamaConfig(**SIZE)).eval()
+
+
+@pytest.fixture(scope="module")
+def qwen2():
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**SIZE)).eval()
+    with torch.no_grad():  # initialised to zero: random, so that a forward that drops them fails
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.5)
+    return model
 
 
 def _ids(n, seed):
@@ -31,6 +47,8 @@ NEW = [7, 8, 9, 10]
 
 
 def _forward(model, kv, ids, positions, last):
+    if isinstance(model, LlamaForward):
+        return model(torch.tensor(ids), positions, kv, torch.as_tensor(last))
     out = model(input_ids=torch.tensor(ids), position_ids=positions, use_cache=False, prefix_kv=kv).logits
     return out[torch.arange(len(ids)), last]
 
@@ -40,9 +58,12 @@ def _run(model):
     own part first), through ``PrefixKV``; and the number of decode buckets it used."""
     order = sorted(range(len(ROWS)), key=lambda r: -len(ROWS[r][1]))
     slot = {r: i for i, r in enumerate(order)}
-    kv = PrefixKV(len(ROWS), max(len(own) for _, own in ROWS) + len(NEW), last_layer=1)
+    kv = PrefixKV(
+        len(ROWS), max(len(own) for _, own in ROWS) + len(NEW), last_layer=SIZE["num_hidden_layers"] - 1
+    )
     logits = [None] * len(ROWS)
-    with torch.inference_mode(), prefix_kv_attention(model):
+    written_out = isinstance(model, LlamaForward)  # calls PrefixKV itself
+    with torch.inference_mode(), nullcontext() if written_out else prefix_kv_attention(model):
         kv.prefixes([len(h) for h in PREFIXES])
         width = max(len(h) for h in PREFIXES)
         _forward(model, kv, [h + [0] * (width - len(h)) for h in PREFIXES], torch.arange(width)[None], [0, 0])
@@ -63,19 +84,22 @@ def _run(model):
         for i, tok in enumerate(NEW):
             kv.step(own + i)
             steps.append(_forward(model, kv, [[tok]] * len(ROWS), (full + i)[:, None], [0] * len(ROWS)))
-    return order, steps, len(kv._plan[0])
+    return order, steps, len(kv._plan.buckets)
 
 
+@pytest.mark.parametrize("forward", ["transformers", "own"])
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
 @pytest.mark.parametrize("bucket_cost", [0, 10**9], ids=["buckets", "one-bucket"])
-def test_prefix_kv_equals_plain_forward(llama, bucket_cost, monkeypatch):
+def test_prefix_kv_equals_plain_forward(request, family, forward, bucket_cost, monkeypatch):
     monkeypatch.setattr(prefix_kv, "BUCKET_COST", bucket_cost)
-    order, steps, buckets = _run(llama)
+    model = request.getfixturevalue(family)
+    order, steps, buckets = _run(model if forward == "transformers" else LlamaForward.of(model))
     assert (buckets > 2) if bucket_cost == 0 else (buckets == 1)
     for row, r in enumerate(order):
         pid, own = ROWS[r]
         seq = (PREFIXES[pid] if pid is not None else []) + own + NEW
         with torch.inference_mode():
-            want = llama(input_ids=torch.tensor([seq])).logits[0, len(seq) - len(NEW) - 1 :]
+            want = model(input_ids=torch.tensor([seq])).logits[0, len(seq) - len(NEW) - 1 :]
         got = torch.stack([s[row] for s in steps])
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
@@ -105,3 +129,27 @@ def test_backend_keeps_transformers_cache_for_sliding_window(tmp_path, shared_da
     build_tiny_model(tmp_path / "mistral", texts, vocab_size=400, sliding_window=4)
     backend = HFBackend(tmp_path / "mistral")
     assert not backend.prefix_kv
+
+
+def test_forward_written_out_only_for_the_llama_layout(llama, tmp_path, shared_data, monkeypatch):
+    """``LlamaForward.of`` takes a Llama and refuses a layout it does not write out (Qwen3: norms on the query
+    and key heads); a written-out forward that is wrong fails the backend's probe, which then runs PrefixKV on
+    transformers' forward (the tokens stay the model's own)."""
+    import json
+
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from eval import llama_forward
+    from eval.backends import HFBackend
+    from megatron_mmed.testing.tiny_hf import build_tiny_model
+
+    assert LlamaForward.of(llama) is not None
+    assert LlamaForward.of(Qwen3ForCausalLM(Qwen3Config(**SIZE, head_dim=16))) is None
+    texts = [
+        json.loads(x)["question"] for x in (shared_data / "qa" / "English.jsonl").read_text().splitlines()
+    ]
+    model_dir = build_tiny_model(tmp_path / "llama", texts, vocab_size=400)
+    assert HFBackend(model_dir).own_forward
+    monkeypatch.setattr(llama_forward, "_rotate_half", lambda x: x)  # a rotary embedding gone wrong
+    backend = HFBackend(model_dir)
+    assert backend.prefix_kv and not backend.own_forward

@@ -335,19 +335,30 @@ def _generate_equals_hf_one_at_a_time(backend, prompts: list[str], new_tokens: i
     )  # some rows really stopped early
 
 
-@pytest.mark.parametrize("prefix_kv", [True, False], ids=["prefix-kv", "hf-cache"])
-def test_batched_generation_equals_hf_generate_one_at_a_time(tiny_model, shared_data, prefix_kv):
+# the three batched paths: PrefixKV on the model's forward written out (a Llama on CPU), PrefixKV on transformers'
+# forward (models of another layout), the transformers cache (GPUs, models the probe rejects)
+PATHS = pytest.mark.parametrize("path", ["own-forward", "prefix-kv", "hf-cache"])
+
+
+def _take(backend, path):
+    assert backend.prefix_kv and backend.own_forward  # a Llama on CPU takes the first
+    if path != "own-forward":
+        backend._own, backend.own_forward = None, False
+    backend.prefix_kv = path != "hf-cache"
+
+
+@PATHS
+def test_batched_generation_equals_hf_generate_one_at_a_time(tiny_model, shared_data, path):
     """Grouped right-padded prompt passes joined into one decode batch, rows stopping early: the same tokens as
-    transformers' own ``generate`` run one prompt at a time (the official script's loop), on both decode paths
-    (``PrefixKV`` buffers in length buckets; the transformers-cache fallback for other models)."""
+    transformers' own ``generate`` run one prompt at a time (the official script's loop), on every batched path
+    (``PrefixKV`` buffers in length buckets, on either forward; the transformers-cache fallback)."""
 
     prompts = []
     for lang in ("Chinese", "English", "Japanese"):
         lines = (shared_data / "qa" / f"{lang}.jsonl").read_text(encoding="utf-8").splitlines()[:3]
         prompts += [json.loads(x)["question"] for x in lines]
     backend = HFBackend(tiny_model, batch_size=9, prefill_group=2)
-    assert backend.prefix_kv  # a Llama on CPU takes the PrefixKV path
-    backend.prefix_kv = prefix_kv
+    _take(backend, path)
     _generate_equals_hf_one_at_a_time(backend, prompts, new_tokens=8, eot_at=2)
 
 
@@ -366,8 +377,8 @@ def test_demo_eval_scores_by_loglik_without_loading_bars(tiny_model, tmp_path, c
     assert "loglik" in out.err + out.out  # the printed table says which protocol made the number
 
 
-@pytest.mark.parametrize("prefix_kv", [True, False], ids=["prefix-kv", "hf-cache"])
-def test_shared_prefix_generation_equals_hf_generate_one_at_a_time(tiny_model, shared_data, prefix_kv):
+@PATHS
+def test_shared_prefix_generation_equals_hf_generate_one_at_a_time(tiny_model, shared_data, path):
     """Paper prompts of three languages: each language's ~220-token wrapper + instruction is computed once and
     serves several passes (prefill_group=2), the rest right-padded, all rows joined in one decode batch (its
     keys read once per step with ``PrefixKV``, copied into every row's cache on the fallback path); the tokens
@@ -384,8 +395,7 @@ def test_shared_prefix_generation_equals_hf_generate_one_at_a_time(tiny_model, s
     groups = prefill_groups(seqs, backend.prefill_group)
     assert min(g.shared for g in groups) > 200 and len({g.shared for g in groups}) > 1  # per language
     assert len(groups) > 3  # a language's prefix serves more than one pass
-    assert backend.prefix_kv
-    backend.prefix_kv = prefix_kv
+    _take(backend, path)
     _generate_equals_hf_one_at_a_time(backend, prompts, new_tokens=10, eot_at=3)
 
 
