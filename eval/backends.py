@@ -13,6 +13,9 @@ from eval.prefix import prefill_groups
 from megatron_mmed.common.errors import UserError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+# PrefixKV decoding drops the rows that have their EOS once they are this share of the decode batch (a drop copies
+# the other rows' keys; answers of very different lengths otherwise all cost as much as the longest)
+DROP_FINISHED = 0.25
 
 
 class Backend(Protocol):
@@ -100,6 +103,7 @@ class HFBackend:
         self._last_layer = self.model.config.get_text_config().num_hidden_layers - 1
         self._own = None
         self._kv_pool: dict = {}  # PrefixKV's buffers, reused by the next batch
+        self.rows_dropped = 0  # finished rows taken out of PrefixKV decode batches
         self._plain_cache = all(type(layer).__name__ == "DynamicLayer" for layer in self._new_cache().layers)
         # CPU: PrefixKV decoding where the probe finds the model's own logits, on the model's forward written out
         # (eval/llama_forward.py) for the Llama layout, else on transformers' forward; else the transformers cache
@@ -308,19 +312,31 @@ class HFBackend:
         own = torch.tensor([own_len[r] for r in order], device=self.device)
         pos = torch.tensor([len(seqs[r]) for r in order], device=self.device)
         kv = PrefixKV(len(seqs), int(own.max()) + max_new_tokens, self._last_layer, self._kv_pool)
-        out = torch.empty(len(seqs), max_new_tokens, dtype=torch.long, device=self.device)
+        out = torch.full((len(seqs), max_new_tokens), -1, dtype=torch.long, device=self.device)
         eos = torch.tensor(self.eos_ids or [-1], device=self.device)
         done = torch.zeros(len(seqs), dtype=torch.bool, device=self.device)
+        alive = torch.arange(len(seqs), device=self.device)  # decode row -> its row of ``out``
         steps = 0
         with torch.inference_mode(), prefix_kv_attention(self.model):
             logits = self._kv_prefill(seqs, kv, groups, slot)[torch.tensor(order, device=self.device)]
             for step in range(max_new_tokens):
                 nxt = logits.argmax(-1)
-                out[:, step] = nxt
+                if len(alive) == len(seqs):
+                    out[:, step] = nxt
+                else:
+                    out[alive, step] = nxt
                 steps = step + 1
                 done |= torch.isin(nxt, eos)
-                if steps == max_new_tokens or bool(done.all()):
+                finished = int(done.sum())
+                if steps == max_new_tokens or finished == len(done):
                     break
+                if finished and finished >= DROP_FINISHED * len(
+                    done
+                ):  # rows that have their EOS leave the decode batch
+                    keep = (~done).nonzero().squeeze(1)
+                    kv.keep_rows(keep)
+                    alive, own, pos, nxt, done = alive[keep], own[keep], pos[keep], nxt[keep], done[keep]
+                    self.rows_dropped += finished
                 kv.step(own)
                 logits = self._kv_forward(nxt[:, None], pos[:, None], kv, 0)
                 own, pos = own + 1, pos + 1

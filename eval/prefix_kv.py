@@ -133,6 +133,17 @@ class PrefixKV:
             (self._plan.slots + own[:, None]).reshape(-1),
         )  # (row, head) -> new key's place
 
+    def keep_rows(self, keep: torch.Tensor) -> None:
+        """Decode goes on with buffer rows ``keep`` only (ascending), which become rows ``0..len(keep)-1``: rows
+        that finished stop costing a step anything."""
+        for layer in self.keys:
+            self.keys[layer] = self.keys[layer].index_select(0, keep)
+            self.values[layer] = self.values[layer].index_select(0, keep)
+        new = {old: i for i, old in enumerate(keep.tolist())}
+        self.rows_of = {pid: [new[r] for r in rows if r in new] for pid, rows in self.rows_of.items()}
+        self.rows = len(keep)
+        self._plan, self._mode = None, ("none",)  # the next step plans afresh
+
     def _dtype(self):
         return next(iter(self.keys.values())).dtype
 
@@ -191,7 +202,7 @@ class PrefixKV:
                 for (a, z), w in zip(self._plan.buckets, self._widths, strict=True)
             ]
             out = torch.cat([o for o, _ in parts]) if len(parts) > 1 else parts[0][0]
-            if self.prefix_lens:
+            if self._plan.qidx is not None:  # some rows have a prefix
                 lse = torch.cat([s for _, s in parts]) if len(parts) > 1 else parts[0][1]
                 out = _join(out, lse, *self._over_prefixes(layer, q, scale))
             return out.reshape(b, heads, 1, dim).transpose(1, 2)
@@ -258,7 +269,7 @@ class PrefixKV:
         heads = next(iter(self.keys.values())).shape[1]
         rows = torch.arange(len(lens), device=device)[:, None]
         slots = (rows * heads + torch.arange(heads, device=device)) * self.width
-        if not self.prefix_lens:
+        if not any(self.rows_of.values()):
             return _Plan(buckets, slots)
         width = max(len(r) for r in self.rows_of.values())
         qidx, back, has = [], [0] * self.rows, [False] * self.rows

@@ -53,9 +53,10 @@ def _forward(model, kv, ids, positions, last):
     return out[torch.arange(len(ids)), last]
 
 
-def _run(model):
-    """Logits after each row's prompt and after each of ``NEW`` fed to every row, rows in the buffer (longest
-    own part first), through ``PrefixKV``; and the number of decode buckets it used."""
+def _run(model, keep=None):
+    """Logits after each row's prompt and after each of ``NEW`` fed to every row (only buffer rows ``keep`` from
+    the third on), rows in the buffer (longest own part first), through ``PrefixKV``; and the number of decode
+    buckets it used at first."""
     order = sorted(range(len(ROWS)), key=lambda r: -len(ROWS[r][1]))
     slot = {r: i for i, r in enumerate(order)}
     kv = PrefixKV(
@@ -77,14 +78,22 @@ def _run(model):
             got = _forward(model, kv, ids, (start + torch.arange(width))[None].expand(len(rows), -1), last)
             for r, row in zip(rows, got, strict=True):
                 logits[r] = row
-        steps = [torch.stack([logits[r] for r in order])]
+        steps = [dict(enumerate(logits[r] for r in order))]  # per step: buffer row -> logits
         own = torch.tensor([len(ROWS[r][1]) for r in order])
         full = torch.tensor([len(ROWS[r][1]) + (len(PREFIXES[ROWS[r][0]]) if ROWS[r][0] is not None else 0)
                              for r in order])  # fmt: skip
+        alive = list(range(len(ROWS)))  # decode row -> buffer row
         for i, tok in enumerate(NEW):
-            kv.step(own + i)
-            steps.append(_forward(model, kv, [[tok]] * len(ROWS), (full + i)[:, None], [0] * len(ROWS)))
-    return order, steps, len(kv._plan.buckets)
+            if keep is not None and i == 2:  # the other rows finished
+                kv.keep_rows(torch.tensor(keep))
+                alive = [alive[j] for j in keep]
+            at = torch.tensor(alive)
+            kv.step(own[at] + i)
+            if i == 0:
+                buckets = len(kv._plan.buckets)
+            got = _forward(model, kv, [[tok]] * len(alive), (full[at] + i)[:, None], [0] * len(alive))
+            steps.append(dict(zip(alive, got, strict=True)))
+    return order, steps, buckets
 
 
 @pytest.mark.parametrize("forward", ["transformers", "own"])
@@ -95,13 +104,28 @@ def test_prefix_kv_equals_plain_forward(request, family, forward, bucket_cost, m
     model = request.getfixturevalue(family)
     order, steps, buckets = _run(model if forward == "transformers" else LlamaForward.of(model))
     assert (buckets > 2) if bucket_cost == 0 else (buckets == 1)
+    _check(model, order, steps)
+
+
+@pytest.mark.parametrize("keep", [[1, 2, 4], [0]], ids=["prefixed-rows-left", "unprefixed-row-left"])
+def test_finished_rows_leave_the_decode_batch(llama, keep, monkeypatch):
+    """After ``keep_rows`` the rows left decode on as before: rows of both prefixes (the row without one gone), or
+    the row without a prefix alone."""
+    monkeypatch.setattr(prefix_kv, "BUCKET_COST", 0)
+    order, steps, _ = _run(LlamaForward.of(llama), keep)
+    assert sorted(steps[-1]) == keep
+    _check(llama, order, steps)
+
+
+def _check(model, order, steps):
+    """Each buffer row's logits in ``steps`` are those of a plain forward over its whole sequence."""
     for row, r in enumerate(order):
         pid, own = ROWS[r]
         seq = (PREFIXES[pid] if pid is not None else []) + own + NEW
         with torch.inference_mode():
             want = model(input_ids=torch.tensor([seq])).logits[0, len(seq) - len(NEW) - 1 :]
-        got = torch.stack([s[row] for s in steps])
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        got = torch.stack([s[row] for s in steps if row in s])
+        torch.testing.assert_close(got, want[: len(got)], rtol=1e-4, atol=1e-5)
 
 
 def test_prefixes_in_one_pass():

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from eval import backends
 from eval.backends import HFBackend
 from eval.data import LANGUAGES
 from eval.metrics import bertscore
@@ -333,6 +334,7 @@ def _generate_equals_hf_one_at_a_time(backend, prompts: list[str], new_tokens: i
     assert any(
         len(a) > len(b) for a, b in zip(batched, stopped, strict=True)
     )  # some rows really stopped early
+    assert (backend.rows_dropped > 0) == backend.prefix_kv  # and left the PrefixKV decode batch
 
 
 # the three batched paths: PrefixKV on the model's forward written out (a Llama on CPU), PrefixKV on transformers'
@@ -340,15 +342,16 @@ def _generate_equals_hf_one_at_a_time(backend, prompts: list[str], new_tokens: i
 PATHS = pytest.mark.parametrize("path", ["own-forward", "prefix-kv", "hf-cache"])
 
 
-def _take(backend, path):
+def _take(backend, path, monkeypatch):
     assert backend.prefix_kv and backend.own_forward  # a Llama on CPU takes the first
     if path != "own-forward":
         backend._own, backend.own_forward = None, False
     backend.prefix_kv = path != "hf-cache"
+    monkeypatch.setattr(backends, "DROP_FINISHED", 1e-9)  # PrefixKV: every row leaves the batch at its EOS
 
 
 @PATHS
-def test_batched_generation_equals_hf_generate_one_at_a_time(tiny_model, shared_data, path):
+def test_batched_generation_equals_hf_generate_one_at_a_time(tiny_model, shared_data, path, monkeypatch):
     """Grouped right-padded prompt passes joined into one decode batch, rows stopping early: the same tokens as
     transformers' own ``generate`` run one prompt at a time (the official script's loop), on every batched path
     (``PrefixKV`` buffers in length buckets, on either forward; the transformers-cache fallback)."""
@@ -358,8 +361,46 @@ def test_batched_generation_equals_hf_generate_one_at_a_time(tiny_model, shared_
         lines = (shared_data / "qa" / f"{lang}.jsonl").read_text(encoding="utf-8").splitlines()[:3]
         prompts += [json.loads(x)["question"] for x in lines]
     backend = HFBackend(tiny_model, batch_size=9, prefill_group=2)
-    _take(backend, path)
+    _take(backend, path, monkeypatch)
     _generate_equals_hf_one_at_a_time(backend, prompts, new_tokens=8, eot_at=2)
+
+
+@pytest.mark.parametrize("path", ["own-forward", "prefix-kv"])
+def test_finished_rows_leave_the_prefix_kv_decode_batch(tiny_model, shared_data, path, monkeypatch):
+    """Rows that have their EOS leave the PrefixKV decode batch: each later step feeds exactly the unfinished rows,
+    each its own last token at its own position, and every row's tokens are those of decoding without drops."""
+    from collections import Counter
+
+    from eval.data import load_benchmark
+    from eval.prompts import build_prompt
+
+    bench = load_benchmark(shared_data / "qa")
+    prompts = [
+        build_prompt(it) for lang in ("English", "Japanese", "Russian") for it in bench[lang].items[:8]
+    ]
+    backend = HFBackend(tiny_model, batch_size=len(prompts), prefill_group=2)
+    _take(backend, path, monkeypatch)
+    seqs = [backend.tok(p)["input_ids"] for p in prompts]
+    free = backend._greedy(seqs, 10)
+    # the random model writes much the same in every row: the most common token at the first step where rows
+    # differ ends those rows there, the others later or not at all
+    t = next(t for t in range(10) if len({f[t] for f in free}) > 1)
+    backend.eos_ids = [*backend.eos_ids, Counter(f[t] for f in free).most_common(1)[0][0]]
+    fed, forward = [], backend._kv_forward
+
+    def recorded(ids, positions, kv, last):
+        if ids.shape[1] == 1:
+            fed.append(sorted(zip(positions[:, 0].tolist(), ids[:, 0].tolist(), strict=True)))
+        return forward(ids, positions, kv, last)
+
+    monkeypatch.setattr(backend, "_kv_forward", recorded)
+    got = backend._greedy(seqs, 10)
+    assert got == [backend._through_eos(f) for f in free] and backend.rows_dropped > 0
+    assert len({len(g) for g in got}) > 1  # rows finished at different steps
+    for t, step in enumerate(fed, 1):  # step t feeds token t-1 of the rows that have not ended by then
+        assert step == sorted(
+            (len(s) + t - 1, g[t - 1]) for s, g in zip(seqs, got, strict=True) if len(g) > t
+        )
 
 
 def test_demo_eval_scores_by_loglik_without_loading_bars(tiny_model, tmp_path, capfd):
@@ -378,7 +419,9 @@ def test_demo_eval_scores_by_loglik_without_loading_bars(tiny_model, tmp_path, c
 
 
 @PATHS
-def test_shared_prefix_generation_equals_hf_generate_one_at_a_time(tiny_model, shared_data, path):
+def test_shared_prefix_generation_equals_hf_generate_one_at_a_time(
+    tiny_model, shared_data, path, monkeypatch
+):
     """Paper prompts of three languages: each language's ~220-token wrapper + instruction is computed once and
     serves several passes (prefill_group=2), the rest right-padded, all rows joined in one decode batch (its
     keys read once per step with ``PrefixKV``, copied into every row's cache on the fallback path); the tokens
@@ -395,7 +438,7 @@ def test_shared_prefix_generation_equals_hf_generate_one_at_a_time(tiny_model, s
     groups = prefill_groups(seqs, backend.prefill_group)
     assert min(g.shared for g in groups) > 200 and len({g.shared for g in groups}) > 1  # per language
     assert len(groups) > 3  # a language's prefix serves more than one pass
-    _take(backend, path)
+    _take(backend, path, monkeypatch)
     _generate_equals_hf_one_at_a_time(backend, prompts, new_tokens=10, eot_at=3)
 
 
