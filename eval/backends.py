@@ -1,5 +1,6 @@
 """Generation and log-likelihood backends: Hugging Face transformers (batched, left-padded; CPU or GPU) and
-vLLM (imported only when chosen). Both take the same prompt strings and return raw text or log-probabilities.
+vLLM (``eval/vllm_backend.py``, imported only when chosen). Both take the same prompt strings and return raw text
+or log-probabilities.
 """
 
 from __future__ import annotations
@@ -330,9 +331,7 @@ class HFBackend:
                 finished = int(done.sum())
                 if steps == max_new_tokens or finished == len(done):
                     break
-                if finished and finished >= DROP_FINISHED * len(
-                    done
-                ):  # rows that have their EOS leave the decode batch
+                if finished and finished >= DROP_FINISHED * len(done):  # rows with their EOS leave the batch
                     keep = (~done).nonzero().squeeze(1)
                     kv.keep_rows(keep)
                     alive, own, pos, nxt, done = alive[keep], own[keep], pos[keep], nxt[keep], done[keep]
@@ -468,52 +467,13 @@ class HFBackend:
         return scores
 
 
-class VLLMBackend:
-    """vLLM engine with the same prompts; needs ``pip install vllm`` on a GPU machine (optional extra)."""
-
-    def __init__(
-        self, model: str | Path, dtype: str = "auto", trust_remote_code: bool = False, **engine: Any
-    ):
-        try:
-            from vllm import LLM
-        except ImportError:
-            raise UserError(
-                "backend 'vllm' needs the vllm package (pip install vllm on a GPU machine)"
-            ) from None
-        path = check_model_dir(model)
-        self.llm = LLM(model=str(path), dtype=dtype, trust_remote_code=trust_remote_code, **engine)
-        self.tok = self.llm.get_tokenizer()
-        self.eos_text = tuple(t for t in {self.tok.eos_token} if t)
-        self.truncated = 0
-
-    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-        from vllm import SamplingParams
-
-        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=False)
-        return [o.outputs[0].text for o in self.llm.generate(list(prompts), params, use_tqdm=False)]
-
-    def loglik(self, context: str, continuations: Sequence[str]) -> list[float]:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        ctx = self.tok(context)["input_ids"]
-        conts = [self.tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
-        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
-        outs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=ctx + c) for c in conts], params, use_tqdm=False
-        )
-        scores = []
-        for o, c in zip(outs, conts, strict=True):
-            lp = o.prompt_logprobs[len(ctx) :]
-            scores.append(sum(step[t].logprob for step, t in zip(lp, c, strict=True)))
-        return scores
-
-
 def make_backend(kind: str, model: str | Path, **kw: Any) -> Backend:
     """``"hf"`` or ``"vllm"`` backend for ``model``."""
     if kind == "hf":
         return HFBackend(model, **kw)
     if kind == "vllm":
+        from eval.vllm_backend import VLLMBackend
+
         return VLLMBackend(
             model, dtype=kw.get("dtype", "auto"), trust_remote_code=kw.get("trust_remote_code", False)
         )

@@ -77,10 +77,12 @@ class PrefixKV:
     """Keys and values of ``rows`` sequences (buffer rows), each = a shared prefix (or none) + its own tokens.
 
     Before each forward: ``prefixes(lengths)`` (once: every shared prefix in one right-padded pass, prefix
-    id = its row);
-    ``prompt(rows, pid)`` (buffer ``rows``' own tokens, right-padded, after prefix ``pid`` or none); ``step(own)``
-    (decode: buffer row ``r`` has ``own[r]`` own tokens stored and writes its new one there). ``width``: the most
-    own tokens a row will hold. Decode reads rows in length buckets, so give long rows low buffer indices.
+    id = its row); ``prompt(rows, pid, last)`` (buffer ``rows``' own tokens, right-padded, after prefix ``pid`` or
+    none; ``last``: each row's last real position, the only one the last layer computes); ``step(own)`` (decode:
+    buffer row ``r`` has ``own[r]`` own tokens stored and writes its new one there). Between steps,
+    ``keep_rows(keep)`` drops the other rows. ``width``: the most own tokens a row will hold. Decode reads rows in
+    length buckets, so give long rows low buffer indices. ``attention`` serves transformers' forward (through
+    ``prefix_kv_attention``); ``keep`` and ``at_last`` serve a forward written out (``eval/llama_forward.py``).
     """
 
     def __init__(self, rows: int, width: int, last_layer: int | None = None, pool: dict | None = None):
@@ -119,19 +121,14 @@ class PrefixKV:
         if self._plan is None:
             self._plan = self._decode_plan(own)
         before = self._mode[1] if self._mode[0] == "step" else None
-        if before is not None and torch.equal(
-            own, before + 1
-        ):  # a token more in every row: a column more each
+        if before is not None and torch.equal(own, before + 1):  # a token more in each row: a column more
             self._mask.view(len(own), -1).scatter_(1, own[:, None], 0.0)
             self._widths = [w + 1 for w in self._widths]
         else:
             self._mask = _beyond(own + 1, self.width, self._dtype())
             self._widths = [int(own[a:b].max()) + 1 for a, b in self._plan.buckets]
-        self._mode = (
-            "step",
-            own,
-            (self._plan.slots + own[:, None]).reshape(-1),
-        )  # (row, head) -> new key's place
+        slots = (self._plan.slots + own[:, None]).reshape(-1)  # (row, key head) -> its new key's place
+        self._mode = ("step", own, slots)
 
     def keep_rows(self, keep: torch.Tensor) -> None:
         """Decode goes on with buffer rows ``keep`` only (ascending), which become rows ``0..len(keep)-1``: rows
@@ -267,8 +264,8 @@ class PrefixKV:
             buckets = length_runs([n + 1 for n in lens], len(lens), BUCKET_COST)
         device, dtype = own.device, self._dtype()
         heads = next(iter(self.keys.values())).shape[1]
-        rows = torch.arange(len(lens), device=device)[:, None]
-        slots = (rows * heads + torch.arange(heads, device=device)) * self.width
+        row_ids = torch.arange(len(lens), device=device)[:, None]
+        slots = (row_ids * heads + torch.arange(heads, device=device)) * self.width
         if not any(self.rows_of.values()):
             return _Plan(buckets, slots)
         width = max(len(r) for r in self.rows_of.values())
