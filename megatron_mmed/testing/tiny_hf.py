@@ -8,10 +8,17 @@ from pathlib import Path
 
 
 def build_tiny_model(
-    out: str | Path, texts: Iterable[str], vocab_size: int = 2000, seed: int = 0, sliding_window: int = 0
+    out: str | Path,
+    texts: Iterable[str],
+    vocab_size: int = 2000,
+    seed: int = 0,
+    sliding_window: int = 0,
+    init_std: float = 0.02,
 ) -> Path:
     """Train a byte-level BPE on ``texts``, build a 2-layer Llama (hidden 64) and save both to ``out``; with
-    ``sliding_window`` a Mistral of the same shape whose attention sees only that many past tokens."""
+    ``sliding_window`` a Mistral of the same shape whose attention sees only that many past tokens. ``init_std``:
+    the weights' standard deviation (transformers' default 0.02 gives near-uniform attention, so the model writes
+    much the same whatever the prompt; ~0.2 makes what it writes depend on the prompt)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
@@ -49,6 +56,7 @@ def build_tiny_model(
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
+        initializer_range=init_std,
         **extra,
     )
     model(cfg).save_pretrained(out)
