@@ -450,7 +450,7 @@ def test_sliding_window_model_generates_as_hf_one_at_a_time(shared_data, tmp_pat
     texts = [
         json.loads(x)["question"] for x in (shared_data / "qa" / "English.jsonl").read_text().splitlines()
     ]
-    mistral = build_tiny_model(tmp_path / "mistral", texts, vocab_size=400, sliding_window=4)
+    mistral = build_tiny_model(tmp_path / "mistral", texts, vocab_size=400, sliding_window=4, init_std=0.2)
     prompts = []
     for lang in ("English", "Spanish"):
         lines = (shared_data / "qa" / f"{lang}.jsonl").read_text(encoding="utf-8").splitlines()[:3]
