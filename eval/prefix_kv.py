@@ -180,12 +180,7 @@ class PrefixKV:
             # right padding needs no mask under causal attention: a real token never sees the pads after it
             out, lse = _causal(query, key, value, scale)
             if pid is not None:
-                pk, pv = (t[pid : pid + 1, :, : self.prefix_lens[pid]] for t in self.prefix_keys[layer])
-                n, heads, length, dim = query.shape
-                o, s = _attend(_stack_queries(query, kv), pk, pv, scale)
-                o = o.reshape(kv, n, -1, dim).transpose(0, 1).reshape(n, heads, length, dim)
-                s = s.reshape(kv, n, -1).transpose(0, 1).reshape(n, heads, length)
-                out = _join(out, lse, o, s)
+                out = _join(out, lse, *self._over_prefix(layer, pid, query, scale))
             return out.transpose(1, 2)
         if kind == "step":
             _, own, slots = self._mode
@@ -233,13 +228,22 @@ class PrefixKV:
         self.keep(layer, key, value)
         n, heads, dim = query.shape
         kv, length = key.shape[1], key.shape[2]
-        q = query.reshape(n, kv, heads // kv, dim)
-        out, lse = _attend(q, key, value, scale, mask=_beyond(last + 1, length, query.dtype))
+        out, lse = _attend(query.reshape(n, kv, heads // kv, dim), key, value, scale,
+                           mask=_beyond(last + 1, length, query.dtype))  # fmt: skip
+        out, lse = out.reshape(n, heads, 1, dim), lse.reshape(n, heads, 1)
         if pid is not None:
-            pk, pv = (t[pid : pid + 1, :, : self.prefix_lens[pid]] for t in self.prefix_keys[layer])
-            o, s = _attend(q.transpose(0, 1).reshape(1, kv, -1, dim), pk, pv, scale)
-            out = _join(out, lse, o.view(kv, n, -1, dim).transpose(0, 1), s.view(kv, n, -1).transpose(0, 1))
+            out = _join(out, lse, *self._over_prefix(layer, pid, query[:, :, None], scale))
         return out.reshape(n, heads, dim)
+
+    def _over_prefix(self, layer: int, pid: int, query, scale: float):
+        """(output, log-sum-exp) of ``query`` (rows, heads, positions, dim), every row after prefix ``pid``, over
+        that prefix's keys, read once: every row's queries of a key head as one sequence."""
+        pk, pv = (t[pid : pid + 1, :, : self.prefix_lens[pid]] for t in self.prefix_keys[layer])
+        n, heads, length, dim = query.shape
+        kv = pk.shape[1]
+        o, s = _attend(_stack_queries(query, kv), pk, pv, scale)
+        o = o.reshape(kv, n, -1, dim).transpose(0, 1).reshape(n, heads, length, dim)
+        return o, s.reshape(kv, n, -1).transpose(0, 1).reshape(n, heads, length)
 
     def _over_prefixes(self, layer: int, q, scale: float):
         """(output, log-sum-exp) of each decode row's queries (rows, kv heads, group, dim) over its prefix, all
