@@ -99,12 +99,12 @@ class HFBackend:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
         self._decoder, self._head = self.model.get_decoder(), self.model.get_output_embeddings()
         self._split = None not in (self._decoder, self._head) and self._decoder is not self.model
-        # a cache layer that keeps every position is what the batched paths copy and extend; other kinds (sliding
-        # windows, chunked attention) go through transformers' own left-padded `generate`
         self._last_layer = self.model.config.get_text_config().num_hidden_layers - 1
         self._own = None
         self._kv_pool: dict = {}  # PrefixKV's buffers, reused by the next batch
         self.rows_dropped = 0  # finished rows taken out of PrefixKV decode batches
+        # a cache layer that keeps every position is what the batched paths copy and extend; other kinds (sliding
+        # windows, chunked attention) go through transformers' own left-padded `generate`
         self._plain_cache = all(type(layer).__name__ == "DynamicLayer" for layer in self._new_cache().layers)
         # CPU: PrefixKV decoding where the probe finds the model's own logits, on the model's forward written out
         # (eval/llama_forward.py) for the Llama layout, else on transformers' forward; else the transformers cache
@@ -138,12 +138,7 @@ class HFBackend:
 
     def _decode(self, new_ids: Sequence[int]) -> str:
         """Text up to and including the first EOS (kept so the parser sees real end-of-text tokens)."""
-        ids = list(new_ids)
-        for i, t in enumerate(ids):
-            if t in self.eos_ids:
-                ids = ids[: i + 1]
-                break
-        return self.tok.decode(ids, skip_special_tokens=False)
+        return self.tok.decode(self._through_eos(list(new_ids)), skip_special_tokens=False)
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
         """Greedy continuations of ``prompts`` (returned in input order), in batches of similar length."""
@@ -299,7 +294,8 @@ class HFBackend:
 
     def _greedy_prefix_kv(self, seqs: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
         """``_greedy`` on ``PrefixKV``: a prefix's keys once per language, each row's own tokens in a buffer row
-        (longest first, so that decode reads them in length buckets); all rows decode until each has an EOS."""
+        (longest first, so that decode reads them in length buckets); rows that have their EOS leave the decode
+        batch once they are ``DROP_FINISHED`` of it."""
         import torch
 
         from eval.prefix_kv import PrefixKV, prefix_kv_attention
