@@ -135,32 +135,34 @@ def test_prefixes_in_one_pass():
         kv.prefixes([4])
 
 
-def test_backend_keeps_transformers_cache_for_sliding_window(tmp_path, shared_data):
+@pytest.fixture(scope="module")
+def english(shared_data):
+    """The English questions: what the tiny HF models' tokenizers are trained on."""
+    import json
+
+    return [
+        json.loads(x)["question"] for x in (shared_data / "qa" / "English.jsonl").read_text().splitlines()
+    ]
+
+
+def test_backend_keeps_transformers_cache_for_sliding_window(tmp_path, english):
     """A model ``PrefixKV`` cannot serve (here a sliding-window Mistral: its attention needs a window mask) fails
     the backend's probe, so generation does not take it (tests/test_eval_run.py checks what it takes instead);
     a Llama passes it."""
-    import json
-
     from eval.backends import HFBackend
     from megatron_mmed.testing.tiny_hf import build_tiny_model
 
-    texts = [
-        json.loads(x)["question"] for x in (shared_data / "qa" / "English.jsonl").read_text().splitlines()
-    ]
-    llama_dir = build_tiny_model(tmp_path / "llama", texts, vocab_size=400)
-    llama = HFBackend(llama_dir)
+    llama = HFBackend(build_tiny_model(tmp_path / "llama", english, vocab_size=400))
     assert llama.prefix_kv
-    build_tiny_model(tmp_path / "mistral", texts, vocab_size=400, sliding_window=4)
+    build_tiny_model(tmp_path / "mistral", english, vocab_size=400, sliding_window=4)
     backend = HFBackend(tmp_path / "mistral")
     assert not backend.prefix_kv
 
 
-def test_forward_written_out_only_for_the_llama_layout(llama, tmp_path, shared_data, monkeypatch):
+def test_forward_written_out_only_for_the_llama_layout(llama, tmp_path, english, monkeypatch):
     """``LlamaForward.of`` takes a Llama and refuses a layout it does not write out (Qwen3: norms on the query
     and key heads); a written-out forward that is wrong fails the backend's probe, which then runs PrefixKV on
-    transformers' forward (the tokens stay the model's own)."""
-    import json
-
+    transformers' forward."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from eval import llama_forward
@@ -169,10 +171,7 @@ def test_forward_written_out_only_for_the_llama_layout(llama, tmp_path, shared_d
 
     assert LlamaForward.of(llama) is not None
     assert LlamaForward.of(Qwen3ForCausalLM(Qwen3Config(**SIZE, head_dim=16))) is None
-    texts = [
-        json.loads(x)["question"] for x in (shared_data / "qa" / "English.jsonl").read_text().splitlines()
-    ]
-    model_dir = build_tiny_model(tmp_path / "llama", texts, vocab_size=400)
+    model_dir = build_tiny_model(tmp_path / "llama", english, vocab_size=400)
     assert HFBackend(model_dir).own_forward
     monkeypatch.setattr(llama_forward, "_rotate_half", lambda x: x)  # a rotary embedding gone wrong
     backend = HFBackend(model_dir)
